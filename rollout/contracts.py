@@ -1,0 +1,197 @@
+"""The data contracts that cross process boundaries: messages, tasks, trajectories.
+
+Every model here is pydantic with ``extra="forbid"`` and round-trips losslessly through JSON
+(``Model.model_validate_json(m.model_dump_json()) == m``), including non-finite floats, which
+appear as behaviour logprobs of ``-inf``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Contract(BaseModel):
+    """Base for all contracts: strict keys, JSON-safe infinities."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class ToolCall(Contract):
+    """One function call requested by the assistant (OpenAI chat shape)."""
+
+    id: str
+    """Call id; the tool message answering it carries the same ``tool_call_id``."""
+    name: str
+    """Tool name as the model wrote it (may name a tool that does not exist)."""
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    """Parsed arguments, or the raw text when the model's arguments were not a JSON object."""
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict; raises ``ValueError`` with a readable reason if impossible."""
+        if isinstance(self.arguments, dict):
+            return self.arguments
+        try:
+            value = json.loads(self.arguments)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"arguments are not valid JSON ({e.msg} at char {e.pos})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"arguments must be a JSON object, got {type(value).__name__}")
+        return value
+
+
+class Message(Contract):
+    """A chat message. Assistant messages carry text and/or tool calls; tool messages answer one."""
+
+    role: Role
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    """Set on ``role == "tool"`` messages: the id of the call this message answers."""
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, not {self.role!r}")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError(f"tool_call_id is only valid on tool messages, not {self.role!r}")
+        return self
+
+
+class ToolResult(Contract):
+    """What a ``ToolEnv`` returns for one call. Errors are observations, not exceptions."""
+
+    tool_call_id: str
+    name: str
+    content: str
+    error: bool = False
+
+    def to_message(self) -> Message:
+        return Message(role="tool", content=self.content, tool_call_id=self.tool_call_id)
+
+
+class Action(Contract):
+    """A tool call in a task's gold (or forbidden) action list."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    requestor: Literal["assistant", "user"] = "assistant"
+    """Who performs it: the agent, or (tau² telecom) the user on their own device."""
+
+
+class UserScenario(Contract):
+    """What the user simulator is told: who it is, what it wants, what it knows."""
+
+    persona: str = ""
+    reason_for_call: str
+    """The request, in the user's words; the scripted simulator opens with it verbatim."""
+    known_info: dict[str, str] = Field(default_factory=dict)
+    """Facts only the user holds (e.g. ``{"customer id": "C0042"}``): given when asked."""
+    unknown_info: list[str] = Field(default_factory=list)
+    """Things the user does not know and must not invent."""
+    task_instructions: str = ""
+    """Free-form guidance for an LM user simulator (tone, when to stop, what not to reveal)."""
+
+
+class InitialState(Contract):
+    """The DB a task starts from: a named reference DB and/or inline data, then init actions."""
+
+    reference: str | None = None
+    """Name of a DB the domain provides (e.g. tau² airline's ``db.json``); None for inline."""
+    data: dict[str, Any] | None = None
+    """The whole DB inline (procedural tasks), or a patch merged into the reference."""
+    actions: list[Action] = Field(default_factory=list)
+    """Tool calls applied after loading (tau²'s ``initialization_actions``)."""
+
+
+class Provenance(Contract):
+    """Where a task came from, so yields can be traced back to plans and generators."""
+
+    generator: str
+    plan_id: str | None = None
+    round: int | None = None
+    seed: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Task(Contract):
+    """One task: scenario, start state, what a correct agent does and says, how to check it."""
+
+    id: str
+    domain: str
+    split: str = "train"
+    """Data split ("train", "test", or a source's own split name)."""
+    scenario: UserScenario
+    initial_state: InitialState
+    gold_actions: list[Action] = Field(default_factory=list)
+    required_outputs: list[str] = Field(default_factory=list)
+    """Strings the agent must say (case-insensitive substring of its text, commas removed)."""
+    forbidden_actions: list[Action] = Field(default_factory=list)
+    """Writes the user asks for but the policy forbids; negative tests for checkers."""
+    checker: str | None = None
+    """Python source defining ``check(initial_db, final_db, messages)``; run only in a sandbox."""
+    provenance: Provenance = Field(default_factory=lambda: Provenance(generator="unknown"))
+
+
+class Termination(str, Enum):
+    """Why an episode ended. Only ``USER_STOP`` and ``AGENT_STOP`` can earn reward (as tau²)."""
+
+    USER_STOP = "user_stop"
+    AGENT_STOP = "agent_stop"
+    MAX_STEPS = "max_steps"
+    CONTEXT_OVERFLOW = "context_overflow"
+    ERROR = "error"
+
+
+class RewardInfo(Contract):
+    """A reward and the components it was built from."""
+
+    reward: float
+    components: dict[str, float] = Field(default_factory=dict)
+    """Per check (``db``, ``outputs``, ``checker``...): 1.0 pass, 0.0 fail."""
+    reasons: dict[str, str] = Field(default_factory=dict)
+    """Why a component failed, for humans and for synth's failure tagging."""
+
+
+class Trajectory(Contract):
+    """One episode, token-exact: what was sampled is what gets trained."""
+
+    task_id: str
+    group_id: str = ""
+    sample_index: int = 0
+    messages: list[Message]
+    tokens: list[int] = Field(default_factory=list)
+    loss_mask: list[int] = Field(default_factory=list)
+    """1 on tokens the policy generated, 0 elsewhere (prompt, user, tool tokens)."""
+    behaviour_logprobs: list[float] = Field(default_factory=list)
+    """Logprob of each token under the policy that sampled it (0.0 where not generated)."""
+    versions: list[int] = Field(default_factory=list)
+    """Policy version that generated each token (-1 where not generated)."""
+    reward: float | None = None
+    reward_info: RewardInfo | None = None
+    termination: Termination
+    error: str | None = None
+    """What went wrong when ``termination`` is ``error`` (the exception, one line)."""
+    timings: dict[str, float] = Field(default_factory=dict)
+    """Seconds spent per party (``agent``, ``user``, ``env``) and in ``total``."""
+
+    @model_validator(mode="after")
+    def _check_token_arrays(self) -> Trajectory:
+        n = len(self.tokens)
+        for name in ("loss_mask", "behaviour_logprobs", "versions"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, tokens has {n}")
+        if any(m not in (0, 1) for m in self.loss_mask):
+            raise ValueError("loss_mask entries must be 0 or 1")
+        return self
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The assistant's tool calls in order, as a replay would execute them."""
+        return [c for m in self.messages if m.role == "assistant" for c in (m.tool_calls or [])]

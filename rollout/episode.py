@@ -1,0 +1,100 @@
+"""The asyncio episode runner: agent ⇄ tool environment ⇄ user simulator, until a stop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from rollout.agents import Agent
+from rollout.contracts import Message, Task, Termination, Trajectory
+from rollout.domain import Domain
+from rollout.user_sim import UserSimulator, is_stop
+
+T = TypeVar("T")
+
+
+class _Clock:
+    """Accumulates seconds per party, so slow parties show up in trajectory timings."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {"agent": 0.0, "user": 0.0, "env": 0.0}
+
+    async def timed(self, party: str, coro: Awaitable[T]) -> T:
+        t0 = time.perf_counter()
+        try:
+            return await coro
+        finally:
+            self.totals[party] += time.perf_counter() - t0
+
+
+async def run_episode(
+    task: Task,
+    domain: Domain,
+    agent: Agent,
+    user: UserSimulator,
+    *,
+    max_steps: int = 50,
+    group_id: str = "",
+    sample_index: int = 0,
+) -> Trajectory:
+    """Run one episode. Never raises for agent, user or tool failures: they end the episode with
+    ``termination == "error"`` (and ``error`` set) so one bad episode cannot crash a run.
+
+    A step is one agent message; ``max_steps`` bounds them. Tool errors are observations.
+    """
+    t_start = time.perf_counter()
+    clock = _Clock()
+    env = domain.make_env(task)
+    tools = domain.tool_schemas()
+    messages: list[Message] = [Message(role="system", content=domain.policy)]
+    termination, error = Termination.MAX_STEPS, None
+
+    async def user_turn() -> bool:
+        reply = await clock.timed("user", user.respond(messages))
+        if reply.role != "user":
+            raise ValueError(f"user simulator returned a {reply.role!r} message")
+        messages.append(reply)
+        return is_stop(reply)
+
+    try:
+        if await user_turn():
+            termination = Termination.USER_STOP
+        else:
+            for _ in range(max_steps):
+                msg = await clock.timed("agent", agent.act(messages, tools))
+                if msg.role != "assistant":
+                    raise ValueError(f"agent returned a {msg.role!r} message")
+                messages.append(msg)
+                if msg.tool_calls:
+                    t0 = time.perf_counter()
+                    ended = False
+                    for call in msg.tool_calls:
+                        result = env.call(call)
+                        messages.append(result.to_message())
+                        ended |= call.name in domain.terminal_tools and not result.error
+                    clock.totals["env"] += time.perf_counter() - t0
+                    if ended:
+                        termination = Termination.AGENT_STOP
+                        break
+                    continue
+                if await user_turn():
+                    termination = Termination.USER_STOP
+                    break
+    except Exception as e:  # noqa: BLE001 - any failure of a party ends only this episode
+        termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
+
+    timings = dict(clock.totals, total=time.perf_counter() - t_start)
+    return Trajectory(
+        task_id=task.id,
+        group_id=group_id,
+        sample_index=sample_index,
+        messages=messages,
+        termination=termination,
+        error=error,
+        timings=timings,
+    )
+
+
+EpisodeFactory = Callable[[Task], tuple[Agent, UserSimulator]]
+"""Builds a fresh (agent, user simulator) pair for a task."""

@@ -1,0 +1,229 @@
+"""The task pool: a directory of append-only JSONL shards plus a manifest.
+
+Layout::
+
+    POOL/manifest.json          {"format": ..., "shards": [{"file", "sha256", "ids", "splits"}]}
+    POOL/shards/<uuid>.jsonl    one Task per line
+
+Atomicity: a shard is written to a hidden temp file, fsync'd and renamed; only then is it added
+to the manifest, which is itself replaced atomically under an advisory lock (several writers may
+share a pool). Readers see only shards the manifest lists, so a writer killed at any point leaves
+no partial shard visible. The manifest keeps each task's id and split, so a split's index is
+built without parsing shards; shards are parsed lazily and checked against their sha256.
+
+This lives in ``rollout`` (not ``synth``) because verifiers and the learner read pools and must
+not import ``synth``; ``synth`` is the main writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from rollout.contracts import Task
+
+FORMAT = "eigen-task-pool/1"
+MANIFEST = "manifest.json"
+
+
+class PoolError(Exception):
+    """A pool directory that cannot be read as a task pool (names the file and the problem)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.exists():
+        return {"format": FORMAT, "shards": []}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise PoolError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class PoolWriter:
+    """Appends tasks to a pool in shards of ``shard_size``. Use as a context manager (flushes).
+
+    ``add`` skips ids already in the pool (or already added), so a generator that was killed and
+    restarted with the same seed neither duplicates nor loses tasks.
+    """
+
+    def __init__(self, root: str | Path, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        self.root = Path(root)
+        self.shard_size = shard_size
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        self._known = {i for s in _read_manifest(self.root)["shards"] for i in s["ids"]}
+        self._buffer: list[Task] = []
+        self.written = 0
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._known
+
+    def add(self, task: Task) -> bool:
+        """Queue a task; returns False (and drops it) if its id is already in the pool."""
+        if task.id in self._known:
+            return False
+        self._known.add(task.id)
+        self._buffer.append(task)
+        if len(self._buffer) >= self.shard_size:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write buffered tasks as one shard and publish it in the manifest."""
+        if not self._buffer:
+            return
+        data = "".join(t.model_dump_json() + "\n" for t in self._buffer).encode()
+        name = f"shards/{uuid.uuid4().hex}.jsonl"
+        _atomic_write(self.root / name, data)
+        entry = {
+            "file": name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "ids": [t.id for t in self._buffer],
+            "splits": [t.split for t in self._buffer],
+        }
+        with _locked(self.root):
+            manifest = _read_manifest(self.root)
+            manifest["shards"].append(entry)
+            _atomic_write(self.root / MANIFEST, json.dumps(manifest).encode())
+        self.written += len(self._buffer)
+        self._buffer = []
+
+    def __enter__(self) -> PoolWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        # Flush on clean exit and on errors alike: accepted tasks are never lost.
+        self.flush()
+
+
+class TaskPool:
+    """Read access to a pool: ``len``, ids, splits, random access, iteration, grain datasets."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / MANIFEST).exists():
+            raise PoolError(f"{self.root}: no {MANIFEST}; not a task pool (create one with synth.procedural)")
+        self._shards = _read_manifest(self.root)["shards"]
+        self._index = [(s, i) for s, shard in enumerate(self._shards) for i in range(len(shard["ids"]))]
+        self._load_shard = lru_cache(maxsize=64)(self._parse_shard)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def splits(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for shard in self._shards:
+            for sp in shard["splits"]:
+                counts[sp] = counts.get(sp, 0) + 1
+        return counts
+
+    def positions(self, split: str | None = None) -> list[int]:
+        """Global positions of the tasks in ``split`` (all if None), in pool order."""
+        return [
+            n for n, (s, i) in enumerate(self._index) if split is None or self._shards[s]["splits"][i] == split
+        ]
+
+    def _parse_shard(self, s: int) -> list[Task]:
+        shard = self._shards[s]
+        path = self.root / shard["file"]
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise PoolError(f"{path}: sha256 does not match the manifest (corrupted shard)")
+        tasks = []
+        for lineno, line in enumerate(data.decode().splitlines(), 1):
+            try:
+                tasks.append(Task.model_validate_json(line))
+            except ValueError as e:
+                raise PoolError(f"{path}:{lineno}: invalid task: {e}") from None
+        return tasks
+
+    def __getitem__(self, n: int) -> Task:
+        s, i = self._index[n]
+        return self._load_shard(s)[i]
+
+    def tasks(self, split: str | None = None) -> Iterator[Task]:
+        for n in self.positions(split):
+            yield self[n]
+
+    def data_source(self, split: str | None = None) -> TaskDataSource:
+        return TaskDataSource(self, split)
+
+    def dataset(self, split: str | None = None, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1):
+        """A ``grain.MapDataset`` of tasks: deterministic shuffle per epoch from ``seed``.
+
+        ``num_epochs=None`` repeats forever. ``iter(ds.to_iter_dataset())`` gives an iterator
+        whose ``get_state()`` / ``set_state()`` checkpoint and restore the exact position.
+        """
+        import grain  # lazy: grain is heavy and only readers that want it pay for it
+
+        ds = grain.MapDataset.source(self.data_source(split))
+        if shuffle:
+            ds = ds.shuffle(seed=seed)
+        if num_epochs != 1:
+            ds = ds.repeat(num_epochs)
+        return ds
+
+
+class TaskDataSource:
+    """grain ``RandomAccessDataSource`` over one split of a pool (picklable: holds only paths)."""
+
+    def __init__(self, pool: TaskPool, split: str | None = None):
+        self.root = pool.root
+        self.split = split
+        self._positions = pool.positions(split)
+        self._pool: TaskPool | None = pool
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, i: int) -> Task:
+        if self._pool is None:
+            self._pool = TaskPool(self.root)
+        return self._pool[self._positions[i]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "split": self.split, "_positions": self._positions, "_pool": None}
+
+    def __repr__(self) -> str:
+        return f"TaskDataSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

@@ -1,0 +1,21 @@
+"""Config section owned by ``verifiers``: reward components and the checker sandbox."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rollout.configio import Section
+
+
+class VerifierConfig(Section):
+    components: list[Literal["db", "outputs", "checker"]] = ["db", "outputs", "checker"]
+    """What a reward of 1 requires: DB hash equal to the gold replay's, required outputs said,
+    the task's checker passing."""
+    checker_timeout_s: float = Field(5.0, gt=0)
+    """Wall-clock and CPU-time limit per checker run."""
+    checker_memory_mb: int = Field(512, ge=64)
+    """Address-space limit per checker run."""
+    sandbox_workers: int = Field(2, ge=1)
+    """Warm sandbox processes (checks run concurrently up to this many)."""
