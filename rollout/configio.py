@@ -86,13 +86,21 @@ def _field_at(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, ty
     return tp, owner
 
 
-def _format_errors(e: ValidationError, model: type[BaseModel], source: str, lines: dict) -> str:
+def _format_errors(
+    e: ValidationError, model: type[BaseModel], source: str, lines: dict, overrides: Sequence[str]
+) -> str:
+    by_path = {tuple(parse_override(o)[0]): o for o in overrides}
     msgs = []
     for err in e.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         key = ".".join(str(p) for p in loc) or "<root>"
-        line = lines.get(tuple(str(p) for p in loc))
-        where = f"{source}:{line}" if line else source
+        path = tuple(str(p) for p in loc)
+        override = next((o for p, o in by_path.items() if path[: len(p)] == p), None)
+        if override is not None:
+            where = f"override {override!r}"
+        else:
+            line = lines.get(path)
+            where = f"{source}:{line}" if line else source
         tp, owner = _field_at(model, loc)
         if err["type"] == "extra_forbidden":
             known = ", ".join(sorted(owner.model_fields)) if owner else "?"
@@ -167,12 +175,10 @@ def load_config(
     data = apply_overrides(data, overrides)
     ignored = set(foreign_sections) - set(root.model_fields)
     data = {k: v for k, v in data.items() if k not in ignored}
-    if overrides:
-        source += f" (with overrides {' '.join(overrides)})"
     try:
         return root.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, root, source, lines)) from None
+        raise ConfigError(_format_errors(e, root, source, lines, overrides)) from None
 
 
 def dump_config(config: BaseModel) -> str:

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from rollout.contracts import Action, Message, Task
 from rollout.domain import Domain, action_to_call, hash_state, replay
+from verifiers.perturb import perturbations
 from verifiers.sandbox import Sandbox
-
-
-def drop_last_write(actions: list[Action], write_tools: frozenset[str]) -> list[Action] | None:
-    """``actions`` without its last write; None if there is no write."""
-    idx = [i for i, a in enumerate(actions) if a.name in write_tools]
-    if not idx:
-        return None
-    return actions[: idx[-1]] + actions[idx[-1] + 1 :]
 
 
 def _final_state(domain: Domain, task: Task, actions: list[Action]) -> tuple[dict, list[str]]:
@@ -46,12 +39,7 @@ def validate_task(task: Task, domain: Domain, sandbox: Sandbox) -> list[str]:
     if not res.passed:
         reasons.append(f"checker fails the gold outcome: {res.reason}")
 
-    negatives: list[tuple[str, list[Action]]] = []
-    dropped = drop_last_write(task.gold_actions, domain.write_tools)
-    if dropped is not None:
-        negatives.append(("gold minus its last write", dropped))
-    negatives += [(f"gold plus forbidden {a.name}", task.gold_actions + [a]) for a in task.forbidden_actions]
-    for label, actions in negatives:
+    for label, actions in perturbations(task, domain.write_tools):
         state, _ = _final_state(domain, task, actions)
         if hash_state(state) == hash_state(gold):
             reasons.append(f"DB hash cannot tell {label} from gold")

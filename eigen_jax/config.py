@@ -1,0 +1,43 @@
+"""The full run config: every section, as ``python -m eigen_jax.train`` validates it.
+
+Each section's model lives with the package that owns it; this module only composes them (it is
+plain pydantic and imports no JAX).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rollout.config import DomainConfig, EpisodeConfig
+from rollout.configio import Section
+from synth.config import PoolConfig, ProceduralConfig
+from verifiers.config import VerifierConfig
+
+Stage = Literal["generate", "selfcheck"]
+"""Stages ``eigen_jax.train`` can run; SFT, GRPO and eval stages join as they land."""
+
+
+class RunSection(Section):
+    name: str = "run"
+    """Run name, used in logs."""
+    out_dir: str = "runs/default"
+    """Where the run writes its outputs (summaries, metrics, checkpoints)."""
+    seed: int = 0
+    """Master seed for everything the run does not seed explicitly."""
+    stages: list[Stage] = Field(default_factory=lambda: ["generate", "selfcheck"])
+    """Stages to run, in order."""
+    progress: bool = True
+    """Show progress bars (disable for log files)."""
+
+
+class RunConfig(Section):
+    """A whole run. Sections not used by the listed stages are validated all the same."""
+
+    run: RunSection = RunSection()
+    domain: DomainConfig = DomainConfig()
+    procedural: ProceduralConfig = ProceduralConfig()
+    pool: PoolConfig = PoolConfig()
+    episode: EpisodeConfig = EpisodeConfig()
+    verifier: VerifierConfig = VerifierConfig()

@@ -1,0 +1,123 @@
+import typing
+
+import pytest
+from pydantic import BaseModel
+
+from eigen_jax.config import RunConfig
+from rollout.configio import KNOWN_SECTIONS, ConfigError, Section, dump_config, load_config, parse_override
+from synth.procedural.__main__ import ProceduralCommandConfig
+from verifiers.selfcheck import SelfcheckConfig
+
+GOOD = """\
+run:
+  name: t
+procedural:
+  num_tasks: 10
+  max_actions: 2
+pool:
+  dir: somewhere
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_and_override(tmp_path):
+    cfg = load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.seed=5", "verifier.components=[db]"])
+    assert cfg.procedural.num_tasks == 10 and cfg.procedural.seed == 5
+    assert cfg.verifier.components == ["db"]
+    assert cfg.pool.dir == "somewhere" and cfg.episode.max_steps == 50
+
+
+def test_typo_key_names_file_line_and_choices(tmp_path):
+    p = _write(tmp_path, GOOD.replace("max_actions", "max_actoins"))
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, p)
+    msg = str(e.value)
+    assert f"{p}:5: procedural.max_actoins: unknown key" in msg
+    assert "max_actions" in msg  # the valid choices are listed
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    p = _write(tmp_path, GOOD.replace("num_tasks: 10", "num_tasks: ten"))
+    with pytest.raises(ConfigError, match=rf"{p}:4: procedural.num_tasks: expected int, got 'ten'"):
+        load_config(RunConfig, p)
+    p = _write(tmp_path, GOOD + "verifier:\n  components: [db, vibes]\n")
+    with pytest.raises(ConfigError, match=r"verifier.components.1: expected 'db' \| 'outputs' \| 'checker'"):
+        load_config(RunConfig, p)
+
+
+def test_unknown_section_and_bad_override(tmp_path):
+    p = _write(tmp_path, GOOD + "trainr:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=rf"{p}:8: trainr: unknown key"):
+        load_config(RunConfig, p)
+    with pytest.raises(ConfigError, match=r"override 'pool.shard_size=abc': pool.shard_size: expected int"):
+        load_config(RunConfig, _write(tmp_path, GOOD), ["pool.shard_size=abc"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("pool.dir")
+    with pytest.raises(ConfigError, match="procedural.max_actions is not a mapping"):
+        load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.max_actions.x=1"])
+
+
+def test_cross_field_and_range_checks(tmp_path):
+    with pytest.raises(ConfigError, match="min_actions .3. > max_actions .2."):
+        load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.min_actions=3"])
+    with pytest.raises(ConfigError, match="procedural.forbidden_prob: expected float"):
+        load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.forbidden_prob=1.5"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: invalid YAML"):
+        load_config(RunConfig, _write(tmp_path, "run:\n\tname: t\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(RunConfig, tmp_path / "missing.yaml")
+
+
+def test_commands_tolerate_each_others_sections_but_not_typos(tmp_path):
+    p = _write(tmp_path, GOOD)
+    assert load_config(SelfcheckConfig, p).episode.max_steps == 50
+    assert load_config(ProceduralCommandConfig, p).procedural.num_tasks == 10
+    with pytest.raises(ConfigError, match="procedual: unknown key"):
+        load_config(ProceduralCommandConfig, _write(tmp_path, GOOD + "procedual: {}\n"))
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(RunConfig, _write(tmp_path, GOOD), ["episode.max_steps=7"])
+    again = load_config(RunConfig, _write(tmp_path, dump_config(cfg)))
+    assert again == cfg
+
+
+def test_known_sections_match_the_full_run_config():
+    assert set(RunConfig.model_fields) == set(KNOWN_SECTIONS)
+
+
+def _sections(model: type[BaseModel], seen: set) -> None:
+    if model in seen:
+        return
+    seen.add(model)
+    for field in model.model_fields.values():
+        for tp in [field.annotation, *typing.get_args(field.annotation)]:
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                _sections(tp, seen)
+
+
+def test_every_config_field_is_documented():
+    seen: set = set()
+    _sections(RunConfig, seen)
+    for model in seen:
+        assert issubclass(model, Section), model
+        if model is RunConfig:
+            continue
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "configs"
+    for path in root.glob("*.yaml"):
+        load_config(RunConfig, path)

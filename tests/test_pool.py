@@ -1,0 +1,127 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rollout.pool import PoolError, PoolWriter, TaskPool
+
+
+def _write(root, tasks, shard_size=7):
+    with PoolWriter(root, shard_size=shard_size) as w:
+        for t in tasks:
+            w.add(t)
+    return w
+
+
+def test_round_trip_splits_and_random_access(tmp_path, shop_tasks):
+    _write(tmp_path, shop_tasks)
+    pool = TaskPool(tmp_path)
+    assert len(pool) == len(shop_tasks)
+    assert [pool[i] for i in range(len(pool))] == shop_tasks
+    want = {}
+    for t in shop_tasks:
+        want[t.split] = want.get(t.split, 0) + 1
+    assert pool.splits() == want
+    assert [t.id for t in pool.tasks("test")] == [t.id for t in shop_tasks if t.split == "test"]
+    shards = json.loads((tmp_path / "manifest.json").read_text())["shards"]
+    assert len(shards) == -(-len(shop_tasks) // 7)
+
+
+def test_restarted_writer_skips_existing_ids(tmp_path, shop_tasks):
+    _write(tmp_path, shop_tasks[:25])
+    w = _write(tmp_path, shop_tasks)  # a restart that regenerates everything
+    assert w.written == len(shop_tasks) - 25
+    assert [t.id for t in TaskPool(tmp_path).tasks()] == [t.id for t in shop_tasks]
+
+
+def test_writer_killed_mid_shard_leaves_nothing_visible(tmp_path, shop_tasks):
+    _write(tmp_path, shop_tasks[:10], shard_size=10)
+    src = tmp_path.parent / (tmp_path.name + "_src")
+    _write(src, shop_tasks[10:20], shard_size=10)
+    # A writer that dies (SIGKILL) after writing its shard but before publishing it in the
+    # manifest, leaving a half-written temp file behind as well.
+    script = textwrap.dedent(f"""
+        import os, signal
+        import rollout.pool as p
+        from rollout.pool import PoolWriter, TaskPool
+        real = p._atomic_write
+        def dying(path, data):
+            if path.name == "manifest.json":
+                os.kill(os.getpid(), signal.SIGKILL)
+            with open(path.with_name(".tmp-partial-" + path.name), "wb") as f:
+                f.write(data[: len(data) // 2])
+            real(path, data)
+        p._atomic_write = dying
+        w = PoolWriter({str(tmp_path)!r}, shard_size=100)
+        for t in TaskPool({str(src)!r}).tasks():
+            w.add(t)
+        w.flush()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    files = os.listdir(tmp_path / "shards")
+    assert len([f for f in files if f.endswith(".jsonl") and not f.startswith(".")]) == 2  # one orphan
+    pool = TaskPool(tmp_path)
+    assert [t.id for t in pool.tasks()] == [t.id for t in shop_tasks[:10]]
+
+
+def test_concurrent_writers_lose_nothing(tmp_path, shop_tasks):
+    src = tmp_path / "src"
+    _write(src, shop_tasks)
+    dst = tmp_path / "dst"
+    script = textwrap.dedent("""
+        import sys
+        from rollout.pool import PoolWriter, TaskPool
+        src, dst, part = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        with PoolWriter(dst, shard_size=3) as w:
+            for i, t in enumerate(TaskPool(src).tasks()):
+                if i % 2 == part:
+                    w.add(t)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(src), str(dst), str(k)]) for k in (0, 1)]
+    assert all(p.wait() == 0 for p in procs)
+    assert sorted(t.id for t in TaskPool(dst).tasks()) == sorted(t.id for t in shop_tasks)
+
+
+def test_corruption_and_missing_pool_are_named(tmp_path, shop_tasks):
+    with pytest.raises(PoolError, match="no manifest.json"):
+        TaskPool(tmp_path / "nope")
+    _write(tmp_path, shop_tasks[:3])
+    shard = next((tmp_path / "shards").glob("*.jsonl"))
+    shard.write_text(shard.read_text().replace("shop", "shoq", 1))
+    with pytest.raises(PoolError, match="sha256"):
+        TaskPool(tmp_path)[0]
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(PoolError, match=r"manifest.json: not valid JSON \(line 1"):
+        TaskPool(tmp_path)
+
+
+def test_grain_dataset_is_deterministic_and_checkpointable(tmp_path, shop_tasks):
+    _write(tmp_path, shop_tasks)
+    pool = TaskPool(tmp_path)
+    order = [t.id for t in pool.dataset("train", seed=3)]
+    assert order == [t.id for t in TaskPool(tmp_path).dataset("train", seed=3)]
+    assert order != [t.id for t in pool.dataset("train", seed=4)]
+    assert sorted(order) == sorted(t.id for t in shop_tasks if t.split == "train")
+
+    it = iter(pool.dataset("train", seed=3, num_epochs=None).to_iter_dataset())
+    head = [next(it).id for _ in range(5)]
+    state = it.get_state()
+    rest = [next(it).id for _ in range(40)]  # crosses an epoch boundary
+    fresh = iter(TaskPool(tmp_path).dataset("train", seed=3, num_epochs=None).to_iter_dataset())
+    fresh.set_state(state)
+    assert [next(fresh).id for _ in range(40)] == rest
+    assert head == order[:5]
+
+
+def test_data_source_pickles_without_tasks(tmp_path, shop_tasks):
+    _write(tmp_path, shop_tasks)
+    src = TaskPool(tmp_path).data_source("train")
+    clone = pickle.loads(pickle.dumps(src))
+    assert len(clone) == len(src) and clone[3] == src[3]
+    assert len(pickle.dumps(src)) < 4000

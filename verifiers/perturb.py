@@ -1,0 +1,24 @@
+"""Near-miss action lists: what a correct verifier must reject."""
+
+from __future__ import annotations
+
+from rollout.contracts import Action, Task
+
+
+def drop_last_write(actions: list[Action], write_tools: frozenset[str]) -> list[Action] | None:
+    """``actions`` without its last write; None if there is no write."""
+    idx = [i for i, a in enumerate(actions) if a.name in write_tools]
+    if not idx:
+        return None
+    return actions[: idx[-1]] + actions[idx[-1] + 1 :]
+
+
+def perturbations(task: Task, write_tools: frozenset[str]) -> list[tuple[str, list[Action]]]:
+    """Labelled near misses of the gold actions: the last write dropped, each forbidden write
+    added. A verifier must score every one of them 0."""
+    out: list[tuple[str, list[Action]]] = []
+    dropped = drop_last_write(task.gold_actions, write_tools)
+    if dropped is not None:
+        out.append(("gold minus its last write", dropped))
+    out += [(f"gold plus forbidden {a.name}", [*task.gold_actions, a]) for a in task.forbidden_actions]
+    return out

@@ -1,0 +1,133 @@
+"""``python -m verifiers.selfcheck --pool DIR``: run model-free agents on a pool and score them.
+
+Three scripted agents play every task against the scripted user: ``oracle`` (gold actions),
+``idle`` (does nothing) and ``perturbed`` (gold minus its last write, or plus a forbidden write).
+A sound task set and verifier give oracle_pass ~ 1, perturbed_pass ~ 0, and idle_pass equal to
+the share of tasks whose correct outcome is to change nothing. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from tqdm import tqdm
+
+from rollout.agents import Agent, IdleAgent, OracleAgent
+from rollout.config import EpisodeConfig
+from rollout.configio import ConfigError, Section, add_config_args, dump_config, load_config
+from rollout.contracts import Task
+from rollout.domains import get_domain
+from rollout.episode import run_episode
+from rollout.pool import PoolError, TaskPool
+from rollout.user_sim import ScriptedUser
+from verifiers.config import VerifierConfig
+from verifiers.perturb import perturbations
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+
+class SelfcheckConfig(Section):
+    """The sections ``verifiers.selfcheck`` reads."""
+
+    episode: EpisodeConfig = EpisodeConfig()
+    verifier: VerifierConfig = VerifierConfig()
+
+
+def _agents(task: Task, write_tools: frozenset[str]) -> dict[str, Agent]:
+    agents: dict[str, Agent] = {"oracle": OracleAgent(task), "idle": IdleAgent()}
+    near_misses = perturbations(task, write_tools)
+    if near_misses:
+        agents["perturbed"] = OracleAgent(task, actions=near_misses[0][1])
+    return agents
+
+
+async def selfcheck(tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Play the three scripted agents on ``tasks``; return pass rates and failure samples."""
+    t0 = time.perf_counter()
+    vc = cfg.verifier
+    passed: dict[str, list[float]] = {"oracle": [], "idle": [], "perturbed": []}
+    terminations: Counter = Counter()
+    failures: list[dict[str, Any]] = []
+    no_change = 0
+    sem = asyncio.Semaphore(cfg.episode.concurrency)
+    with Sandbox(vc.sandbox_workers, vc.checker_timeout_s, vc.checker_memory_mb) as sandbox:
+        verifiers: dict[str, Verifier] = {}
+
+        async def play(task: Task) -> None:
+            nonlocal no_change
+            domain = get_domain(task.domain)
+            if task.domain not in verifiers:
+                verifiers[task.domain] = Verifier(domain, sandbox, vc.components)
+            no_change += not any(a.name in domain.write_tools for a in task.gold_actions)
+            for name, agent in _agents(task, domain.write_tools).items():
+                async with sem:
+                    user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
+                    traj = await run_episode(task, domain, agent, user, max_steps=cfg.episode.max_steps)
+                    info = await verifiers[task.domain].score(task, traj)
+                passed[name].append(info.reward)
+                terminations[f"{name}:{traj.termination.value}"] += 1
+                if (name == "oracle" and info.reward < 1) or (name == "perturbed" and info.reward > 0):
+                    failures.append({"task": task.id, "agent": name, "reasons": info.reasons})
+
+        bar = tqdm(total=len(tasks), desc="selfcheck", unit="task", disable=not progress)
+
+        async def play_and_tick(task: Task) -> None:
+            await play(task)
+            bar.update()
+
+        await asyncio.gather(*(play_and_tick(t) for t in tasks))
+        bar.close()
+
+    def rate(xs: list[float]) -> float:
+        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+    return {
+        "tasks": len(tasks),
+        "oracle_pass": rate(passed["oracle"]),
+        "idle_pass": rate(passed["idle"]),
+        "perturbed_pass": rate(passed["perturbed"]),
+        "no_change_share": round(no_change / len(tasks), 4) if tasks else float("nan"),
+        "perturbed_tasks": len(passed["perturbed"]),
+        "terminations": dict(sorted(terminations.items())),
+        "failures": failures[:20],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m verifiers.selfcheck", description=__doc__)
+    add_config_args(parser)
+    parser.add_argument("--pool", required=True, help="task pool directory")
+    parser.add_argument("--split", help="only this split (default: all tasks)")
+    parser.add_argument("--limit", type=int, help="only the first N tasks")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(SelfcheckConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    try:
+        tasks = list(TaskPool(args.pool).tasks(args.split))
+    except PoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tasks = tasks[: args.limit] if args.limit else tasks
+    if not tasks:
+        print(f"error: no tasks in {args.pool}" + (f" (split {args.split})" if args.split else ""), file=sys.stderr)
+        return 2
+    print(json.dumps(asyncio.run(selfcheck(tasks, cfg, progress=not args.no_progress))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
