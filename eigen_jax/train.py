@@ -23,8 +23,9 @@ from rollout.pool import TaskPool
 def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
     from synth.procedural import generate_to_pool
 
-    report = generate_to_pool(cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier,
-                              progress=cfg.run.progress)
+    report = generate_to_pool(
+        cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier, progress=cfg.run.progress
+    )
     return report.as_dict()
 
 
@@ -57,8 +58,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 def _print_table(summary: dict[str, Any]) -> None:
     if "generate" in summary:
         g = summary["generate"]
-        print(f"tasks: {g['accepted']} accepted, {g['rejected']} rejected, {g['already_in_pool']} already in pool "
-              f"(splits {g['splits']}; {g['seconds']}s)")
+        print(
+            f"tasks: {g['accepted']} accepted, {g['rejected']} rejected, "
+            f"{g['already_in_pool']} already in pool (splits {g['splits']}; {g['seconds']}s)"
+        )
     if "selfcheck" in summary:
         s = summary["selfcheck"]
         print(f"{'agent':<10} {'pass rate':>9}")
@@ -68,8 +71,11 @@ def _print_table(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eigen_jax.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eigen_jax.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser)
     args = parser.parse_args(argv)
     try:

@@ -44,7 +44,9 @@ class OracleAgent:
         if not self._finished:
             self._finished = True
             outputs = "; ".join(self.task.required_outputs)
-            return Message(role="assistant", content="All done." + (f" Details: {outputs}." if outputs else ""))
+            return Message(
+                role="assistant", content="All done." + (f" Details: {outputs}." if outputs else "")
+            )
         return Message(role="assistant", content="Thank you for contacting us. Goodbye.")
 
 

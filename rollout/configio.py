@@ -22,9 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-KNOWN_SECTIONS: frozenset[str] = frozenset(
-    {"run", "domain", "procedural", "pool", "episode", "verifier"}
-)
+KNOWN_SECTIONS: frozenset[str] = frozenset({"run", "domain", "procedural", "pool", "episode", "verifier"})
 """Top-level sections any run config may hold; kept equal to ``eigen_jax.config.RunConfig``'s
 fields by a test."""
 
@@ -189,7 +187,12 @@ def dump_config(config: BaseModel) -> str:
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """``--config FILE``, ``--print-config`` and positional ``key.path=value`` overrides."""
     parser.add_argument("--config", default=default, help="YAML run config (see configs/)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the fully resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="override config values, e.g. procedural.seed=3")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the fully resolved config and exit"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="override config values, e.g. procedural.seed=3",
+    )

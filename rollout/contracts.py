@@ -8,7 +8,7 @@ appear as behaviour logprobs of ``-inf``.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -140,7 +140,7 @@ class Task(Contract):
     provenance: Provenance = Field(default_factory=lambda: Provenance(generator="unknown"))
 
 
-class Termination(str, Enum):
+class Termination(StrEnum):
     """Why an episode ended. Only ``USER_STOP`` and ``AGENT_STOP`` can earn reward (as tau²)."""
 
     USER_STOP = "user_stop"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from rollout.agents import Agent
@@ -81,7 +81,7 @@ async def run_episode(
                 if await user_turn():
                     termination = Termination.USER_STOP
                     break
-    except Exception as e:  # noqa: BLE001 - any failure of a party ends only this episode
+    except Exception as e:
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
 
     timings = dict(clock.totals, total=time.perf_counter() - t_start)
@@ -95,6 +95,3 @@ async def run_episode(
         timings=timings,
     )
 
-
-EpisodeFactory = Callable[[Task], tuple[Agent, UserSimulator]]
-"""Builds a fresh (agent, user simulator) pair for a task."""

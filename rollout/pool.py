@@ -161,7 +161,9 @@ class TaskPool:
     def positions(self, split: str | None = None) -> list[int]:
         """Global positions of the tasks in ``split`` (all if None), in pool order."""
         return [
-            n for n, (s, i) in enumerate(self._index) if split is None or self._shards[s]["splits"][i] == split
+            n
+            for n, (s, i) in enumerate(self._index)
+            if split is None or self._shards[s]["splits"][i] == split
         ]
 
     def _parse_shard(self, s: int) -> list[Task]:
@@ -189,7 +191,9 @@ class TaskPool:
     def data_source(self, split: str | None = None) -> TaskDataSource:
         return TaskDataSource(self, split)
 
-    def dataset(self, split: str | None = None, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1):
+    def dataset(
+        self, split: str | None = None, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1
+    ):
         """A ``grain.MapDataset`` of tasks: deterministic shuffle per epoch from ``seed``.
 
         ``num_epochs=None`` repeats forever. ``iter(ds.to_iter_dataset())`` gives an iterator

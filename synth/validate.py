@@ -31,7 +31,7 @@ def validate_task(task: Task, domain: Domain, sandbox: Sandbox) -> list[str]:
     if has_write and hash_state(gold) == hash_state(initial):
         reasons.append("gold writes leave the DB unchanged")
     if not task.checker:
-        return reasons + ["task has no checker"]
+        return [*reasons, "task has no checker"]
     said = [Message(role="assistant", content="Done: " + "; ".join(task.required_outputs)).model_dump()]
     silent = [Message(role="assistant", content="Done.").model_dump()]
 

@@ -3,12 +3,12 @@ import os
 # Eight fake CPU devices for mesh/sharding tests; must be set before JAX is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import pytest  # noqa: E402
+import pytest
 
-from rollout.domains import get_domain  # noqa: E402
-from synth.config import ProceduralConfig  # noqa: E402
-from synth.procedural.shop import generate_shop_task  # noqa: E402
-from verifiers.sandbox import Sandbox  # noqa: E402
+from rollout.domains import get_domain
+from synth.config import ProceduralConfig
+from synth.procedural.shop import generate_shop_task
+from verifiers.sandbox import Sandbox
 
 
 @pytest.fixture(scope="session")

@@ -56,16 +56,16 @@ def test_unknown_section_and_bad_override(tmp_path):
         load_config(RunConfig, p)
     with pytest.raises(ConfigError, match=r"override 'pool.shard_size=abc': pool.shard_size: expected int"):
         load_config(RunConfig, _write(tmp_path, GOOD), ["pool.shard_size=abc"])
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         parse_override("pool.dir")
-    with pytest.raises(ConfigError, match="procedural.max_actions is not a mapping"):
+    with pytest.raises(ConfigError, match=r"procedural\.max_actions is not a mapping"):
         load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.max_actions.x=1"])
 
 
 def test_cross_field_and_range_checks(tmp_path):
-    with pytest.raises(ConfigError, match="min_actions .3. > max_actions .2."):
+    with pytest.raises(ConfigError, match=r"min_actions .3. > max_actions .2."):
         load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.min_actions=3"])
-    with pytest.raises(ConfigError, match="procedural.forbidden_prob: expected float"):
+    with pytest.raises(ConfigError, match=r"procedural\.forbidden_prob: expected float"):
         load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.forbidden_prob=1.5"])
 
 

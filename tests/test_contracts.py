@@ -7,17 +7,38 @@ from pydantic import ValidationError
 
 from rollout.contracts import Message, Task, Termination, ToolCall, ToolResult, Trajectory
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
-    st.text(max_size=8), c, max_size=3), max_leaves=10)
-tool_calls = st.builds(ToolCall, id=st.text(min_size=1, max_size=8), name=st.text(max_size=12),
-                       arguments=st.dictionaries(st.text(max_size=8), json_values, max_size=4) | st.text(max_size=30))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=10,
+)
+tool_calls = st.builds(
+    ToolCall,
+    id=st.text(min_size=1, max_size=8),
+    name=st.text(max_size=12),
+    arguments=st.dictionaries(st.text(max_size=8), json_values, max_size=4) | st.text(max_size=30),
+)
 messages = st.one_of(
     st.builds(Message, role=st.sampled_from(["system", "user"]), content=st.text(max_size=40)),
-    st.builds(Message, role=st.just("assistant"), content=st.none() | st.text(max_size=40),
-              tool_calls=st.none() | st.lists(tool_calls, min_size=1, max_size=3)),
-    st.builds(Message, role=st.just("tool"), content=st.text(max_size=40), tool_call_id=st.text(min_size=1, max_size=8)),
+    st.builds(
+        Message,
+        role=st.just("assistant"),
+        content=st.none() | st.text(max_size=40),
+        tool_calls=st.none() | st.lists(tool_calls, min_size=1, max_size=3),
+    ),
+    st.builds(
+        Message,
+        role=st.just("tool"),
+        content=st.text(max_size=40),
+        tool_call_id=st.text(min_size=1, max_size=8),
+    ),
 )
 
 
@@ -26,13 +47,16 @@ def trajectories(draw):
     n = draw(st.integers(0, 20))
     logprob = st.floats(max_value=0.0, allow_nan=False) | st.just(-math.inf)
     return Trajectory(
-        task_id=draw(st.text(max_size=10)), group_id=draw(st.text(max_size=5)),
-        sample_index=draw(st.integers(0, 64)), messages=draw(st.lists(messages, max_size=6)),
+        task_id=draw(st.text(max_size=10)),
+        group_id=draw(st.text(max_size=5)),
+        sample_index=draw(st.integers(0, 64)),
+        messages=draw(st.lists(messages, max_size=6)),
         tokens=draw(st.lists(st.integers(0, 200_000), min_size=n, max_size=n)),
         loss_mask=draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n)),
         behaviour_logprobs=draw(st.lists(logprob, min_size=n, max_size=n)),
         versions=draw(st.lists(st.integers(-1, 100), min_size=n, max_size=n)),
-        reward=draw(st.none() | st.floats(0, 1)), termination=draw(st.sampled_from(list(Termination))),
+        reward=draw(st.none() | st.floats(0, 1)),
+        termination=draw(st.sampled_from(list(Termination))),
         timings={"total": draw(st.floats(0, 1e4))},
     )
 
@@ -67,8 +91,15 @@ def test_message_role_rules():
 
 def test_trajectory_token_arrays_must_align():
     with pytest.raises(ValidationError, match="loss_mask has 1 entries, tokens has 2"):
-        Trajectory(task_id="t", messages=[], tokens=[1, 2], loss_mask=[1], behaviour_logprobs=[0, 0],
-                   versions=[0, 0], termination="user_stop")
+        Trajectory(
+            task_id="t",
+            messages=[],
+            tokens=[1, 2],
+            loss_mask=[1],
+            behaviour_logprobs=[0, 0],
+            versions=[0, 0],
+            termination="user_stop",
+        )
 
 
 def test_tool_call_argument_parsing():

@@ -89,7 +89,7 @@ def test_concurrent_writers_lose_nothing(tmp_path, shop_tasks):
 
 
 def test_corruption_and_missing_pool_are_named(tmp_path, shop_tasks):
-    with pytest.raises(PoolError, match="no manifest.json"):
+    with pytest.raises(PoolError, match=r"no manifest\.json"):
         TaskPool(tmp_path / "nope")
     _write(tmp_path, shop_tasks[:3])
     shard = next((tmp_path / "shards").glob("*.jsonl"))

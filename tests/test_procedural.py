@@ -47,7 +47,9 @@ def test_difficulty_knobs(shop):
     tasks, _ = stats(distractor_customers=5, orders_per_customer=4)
     assert all(len(t.initial_state.data["customers"]) == 6 for t in tasks)
     assert all(len(t.initial_state.data["orders"]) >= 24 for t in tasks)
-    kinds = Counter(k.split(":")[1] for t in stats(forbidden_prob=0.5)[0] for k in t.provenance.params["requests"])
+    kinds = Counter(
+        k.split(":")[1] for t in stats(forbidden_prob=0.5)[0] for k in t.provenance.params["requests"]
+    )
     assert kinds["owner"] > 0 and kinds["status"] > 0 and kinds["valid"] > 0
     tasks, _ = stats(distractor_customers=0, forbidden_prob=1.0)
     assert all("owner" not in "".join(t.provenance.params["requests"]) for t in tasks)
@@ -67,15 +69,21 @@ def test_validation_rejects_broken_tasks(shop_tasks, shop, sandbox):
     assert "checker passes when the required outputs are never said" in reasons
 
     always_false = task.model_copy(update={"checker": "def check(a, b, c):\n    return False\n"})
-    assert any(r.startswith("checker fails the gold outcome") for r in validate_task(always_false, shop, sandbox))
+    assert any(
+        r.startswith("checker fails the gold outcome") for r in validate_task(always_false, shop, sandbox)
+    )
 
     no_checker = task.model_copy(update={"checker": None})
     assert validate_task(no_checker, shop, sandbox) == ["task has no checker"]
 
-    bad_gold = task.model_copy(update={"gold_actions": [*task.gold_actions, Action(name="get_order", arguments={})]})
+    bad_gold = task.model_copy(
+        update={"gold_actions": [*task.gold_actions, Action(name="get_order", arguments={})]}
+    )
     assert validate_task(bad_gold, shop, sandbox)[0].startswith("gold action failed: get_order")
 
     # A forbidden action that changes nothing cannot be told apart from gold by the DB hash.
     read_only = task.model_copy(update={"forbidden_actions": [task.gold_actions[0]]})
-    assert any(r.startswith("DB hash cannot tell gold plus forbidden get_customer")
-               for r in validate_task(read_only, shop, sandbox))
+    assert any(
+        r.startswith("DB hash cannot tell gold plus forbidden get_customer")
+        for r in validate_task(read_only, shop, sandbox)
+    )

@@ -64,14 +64,23 @@ def test_state_hash_is_canonical():
     assert hash_state(a) != hash_state({**a, "a": "e"})
 
 
-arg_values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
-                       st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+arg_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 @st.composite
 def random_calls(draw, ids):
-    name = draw(st.sampled_from(["get_customer", "get_order", "cancel_order", "return_order",
-                                 "transfer_to_human", "nope", ""]))
+    name = draw(
+        st.sampled_from(
+            ["get_customer", "get_order", "cancel_order", "return_order", "transfer_to_human", "nope", ""]
+        )
+    )
     keys = st.sampled_from(["order_id", "customer_id", "summary", "extra"])
     value = st.sampled_from(ids) | arg_values
     args = draw(st.dictionaries(keys, value, max_size=3) | st.text(max_size=30))

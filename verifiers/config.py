@@ -10,7 +10,9 @@ from rollout.configio import Section
 
 
 class VerifierConfig(Section):
-    components: list[Literal["db", "outputs", "checker"]] = ["db", "outputs", "checker"]
+    components: list[Literal["db", "outputs", "checker"]] = Field(
+        default_factory=lambda: ["db", "outputs", "checker"]
+    )
     """What a reward of 1 requires: DB hash equal to the gold replay's, required outputs said,
     the task's checker passing."""
     checker_timeout_s: float = Field(5.0, gt=0)

@@ -63,7 +63,9 @@ class Verifier:
     async def score(self, task: Task, traj: Trajectory) -> RewardInfo:
         """Reward 1.0 iff every configured component passes; reasons name each failure."""
         if traj.termination not in _REWARDABLE:
-            return RewardInfo(reward=0.0, reasons={"termination": f"episode ended by {traj.termination.value}"})
+            return RewardInfo(
+                reward=0.0, reasons={"termination": f"episode ended by {traj.termination.value}"}
+            )
         comps: dict[str, float] = {}
         reasons: dict[str, str] = {}
         env, _ = replay(self.domain, task, traj.tool_calls())

@@ -39,8 +39,11 @@ class _Zygote:
     def __init__(self, scratch_root: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", str(_WORKER), scratch_root],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
         )
 
     def request(self, req: dict[str, Any], wall_timeout: float) -> dict[str, Any]:
@@ -90,8 +93,14 @@ class Sandbox:
 
     def run(self, code: str, args: list[Any], entry: str = "check") -> CheckResult:
         """Execute ``entry(*args)`` from ``code`` in a sandboxed child; args must be JSON-able."""
-        req = {"code": code, "entry": entry, "args": args, "timeout_s": self.timeout_s,
-               "memory_mb": self.memory_mb, "max_result_bytes": 65536}
+        req = {
+            "code": code,
+            "entry": entry,
+            "args": args,
+            "timeout_s": self.timeout_s,
+            "memory_mb": self.memory_mb,
+            "max_result_bytes": 65536,
+        }
         zygote = self._idle.get()
         try:
             out = zygote.request(req, wall_timeout=self.timeout_s + 10.0)

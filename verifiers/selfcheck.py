@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = tasks[: args.limit] if args.limit else tasks
     if not tasks:
-        print(f"error: no tasks in {args.pool}" + (f" (split {args.split})" if args.split else ""), file=sys.stderr)
+        print(
+            f"error: no tasks in {args.pool}" + (f" (split {args.split})" if args.split else ""),
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(asyncio.run(selfcheck(tasks, cfg, progress=not args.no_progress))))
     return 0

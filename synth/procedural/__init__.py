@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,16 @@ class GenerationReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requested": self.requested, "accepted": self.accepted,
-                "already_in_pool": self.already_in_pool, "rejected": self.rejected,
-                "rejections": dict(self.rejections), "splits": dict(self.splits),
-                "no_change": self.no_change, "seconds": round(self.seconds, 3)}
+        return {
+            "requested": self.requested,
+            "accepted": self.accepted,
+            "already_in_pool": self.already_in_pool,
+            "rejected": self.rejected,
+            "rejections": dict(self.rejections),
+            "splits": dict(self.splits),
+            "no_change": self.no_change,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def generate_to_pool(
@@ -61,7 +67,9 @@ def generate_to_pool(
     report = GenerationReport(requested=cfg.num_tasks)
     t0 = time.perf_counter()
     workers = verifier.sandbox_workers
-    sandbox = Sandbox(workers=workers, timeout_s=verifier.checker_timeout_s, memory_mb=verifier.checker_memory_mb)
+    sandbox = Sandbox(
+        workers=workers, timeout_s=verifier.checker_timeout_s, memory_mb=verifier.checker_memory_mb
+    )
 
     def make(i: int) -> tuple[Task, list[str] | None]:
         task = gen(cfg, i)
@@ -73,8 +81,9 @@ def generate_to_pool(
     # pool order equal to index order, so a resumed run writes the same pool.
     with sandbox, PoolWriter(pool.dir, pool.shard_size) as writer, ThreadPoolExecutor(workers) as ex:
         results = ex.map(make, range(cfg.num_tasks))
-        for task, reasons in tqdm(results, total=cfg.num_tasks, desc="generate", unit="task",
-                                  disable=not progress):
+        for task, reasons in tqdm(
+            results, total=cfg.num_tasks, desc="generate", unit="task", disable=not progress
+        ):
             if reasons is None:
                 report.already_in_pool += 1
                 continue

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    report = generate_to_pool(cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier,
-                              progress=not args.no_progress)
+    report = generate_to_pool(
+        cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier, progress=not args.no_progress
+    )
     print(json.dumps({"pool": cfg.pool.dir, **report.as_dict()}))
     return 0
 

@@ -43,10 +43,17 @@ def get_customer(db: ShopDB, args: CustomerArgs) -> dict[str, Any]:
 
 def get_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
     o = _order(db, args.order_id)
-    items = [{"name": db.products[p].name, "price": format_cents(db.products[p].price_cents)}
-             for p in o.product_ids]
-    return {"order_id": o.order_id, "customer_id": o.customer_id, "status": o.status,
-            "items": items, "total": format_cents(db.order_total_cents(o))}
+    items = [
+        {"name": db.products[p].name, "price": format_cents(db.products[p].price_cents)}
+        for p in o.product_ids
+    ]
+    return {
+        "order_id": o.order_id,
+        "customer_id": o.customer_id,
+        "status": o.status,
+        "items": items,
+        "total": format_cents(db.order_total_cents(o)),
+    }
 
 
 def cancel_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
@@ -71,14 +78,19 @@ def transfer_to_human(db: ShopDB, args: TransferArgs) -> str:
     return "Transfer successful. A human agent will take over."
 
 
-TOOLS: dict[str, Tool] = {t.name: t for t in [
-    Tool("get_customer", "Look up a customer and the ids of their orders.", CustomerArgs,
-         get_customer),
-    Tool("get_order", "Look up an order: owner, status, items and total.", OrderArgs, get_order),
-    Tool("cancel_order", "Cancel an order and refund its total.", OrderArgs, cancel_order,
-         writes=True),
-    Tool("return_order", "Return an order and refund its total.", OrderArgs, return_order,
-         writes=True),
-    Tool("transfer_to_human", "Hand the conversation to a human agent. Ends the conversation.",
-         TransferArgs, transfer_to_human, terminal=True),
-]}
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in [
+        Tool("get_customer", "Look up a customer and the ids of their orders.", CustomerArgs, get_customer),
+        Tool("get_order", "Look up an order: owner, status, items and total.", OrderArgs, get_order),
+        Tool("cancel_order", "Cancel an order and refund its total.", OrderArgs, cancel_order, writes=True),
+        Tool("return_order", "Return an order and refund its total.", OrderArgs, return_order, writes=True),
+        Tool(
+            "transfer_to_human",
+            "Hand the conversation to a human agent. Ends the conversation.",
+            TransferArgs,
+            transfer_to_human,
+            terminal=True,
+        ),
+    ]
+}

@@ -1,0 +1,128 @@
+"""The foundation's acceptance, through the real commands: 1,000 procedural tasks, then the
+model-free self-check over all of them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rollout.pool import TaskPool
+
+ROOT = Path(__file__).parents[1]
+
+
+def _cli(*args, cwd=ROOT):
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _generate_and_check(tmp_path, config, n):
+    pool = tmp_path / "pool"
+    gen = _cli(
+        "synth.procedural", "--config", config, "--num-tasks", str(n), "--out", str(pool), "--no-progress"
+    )
+    assert gen["accepted"] == n and gen["rejected"] == 0, gen
+    assert len(TaskPool(pool)) == n
+    check = _cli("verifiers.selfcheck", "--config", config, "--pool", str(pool), "--no-progress")
+    assert check["tasks"] == n
+    return gen, check
+
+
+def test_thousand_tasks_oracle_idle_perturbed(tmp_path):
+    gen, check = _generate_and_check(tmp_path, "configs/quickstart.yaml", 1000)
+    assert check["oracle_pass"] >= 0.99, check["failures"]
+    assert check["perturbed_pass"] <= 0.01, check["failures"]
+    assert check["perturbed_tasks"] == 1000
+    # The do-nothing floor is exactly the share of tasks where the right outcome is no change.
+    assert check["idle_pass"] == check["no_change_share"] == round(gen["no_change"] / 1000, 4)
+    assert 0.02 < check["idle_pass"] < 0.5
+    assert gen["splits"]["test"] > 100 and gen["splits"]["train"] > 600
+
+    # Killed and restarted: a rerun adds nothing, and extending the stream keeps earlier tasks.
+    again = _cli(
+        "synth.procedural",
+        "--config",
+        "configs/quickstart.yaml",
+        "--num-tasks",
+        "1010",
+        "--out",
+        str(tmp_path / "pool"),
+        "--no-progress",
+    )
+    assert again["already_in_pool"] == 1000 and again["accepted"] == 10
+
+
+@pytest.mark.slow
+def test_hard_config_thousand_tasks(tmp_path):
+    _, check = _generate_and_check(tmp_path, "configs/procedural_hard.yaml", 1000)
+    assert check["oracle_pass"] >= 0.99 and check["perturbed_pass"] <= 0.01
+    assert check["idle_pass"] == check["no_change_share"]
+
+
+def test_train_entry_point_runs_stages_and_writes_summary(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eigen_jax.train",
+            "--config",
+            "configs/quickstart.yaml",
+            f"run.out_dir={tmp_path}",
+            f"pool.dir={tmp_path / 'pool'}",
+            "procedural.num_tasks=60",
+            "run.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "oracle" in out.stdout and "summary written" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["generate"]["accepted"] == 60 and summary["selfcheck"]["oracle_pass"] == 1.0
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_train_rejects_bad_config_naming_the_key(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eigen_jax.train",
+            "--config",
+            "configs/quickstart.yaml",
+            "procedural.num_taks=3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "procedural.num_taks: unknown key" in out.stderr and "num_tasks" in out.stderr
+
+
+def test_print_config_is_complete_and_loadable(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eigen_jax.train",
+            "--config",
+            "configs/quickstart.yaml",
+            "--print-config",
+            "episode.max_steps=9",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "resolved.yaml").write_text(out.stdout)
+    from eigen_jax.config import RunConfig
+    from rollout.configio import load_config
+
+    cfg = load_config(RunConfig, tmp_path / "resolved.yaml")
+    assert cfg.episode.max_steps == 9 and cfg.verifier.sandbox_workers == 2
