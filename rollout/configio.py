@@ -13,6 +13,7 @@ by ``eigen_jax.train``, whose model has every section.
 from __future__ import annotations
 
 import argparse
+import copy
 import types
 import typing
 from collections.abc import Collection, Sequence
@@ -125,8 +126,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Set each dotted key in (a copy of) ``data``; creates intermediate mappings as needed."""
-    import copy
-
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)

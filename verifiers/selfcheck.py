@@ -59,26 +59,28 @@ async def selfcheck(tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool =
     with Sandbox(vc.sandbox_workers, vc.checker_timeout_s, vc.checker_memory_mb) as sandbox:
         verifiers: dict[str, Verifier] = {}
 
-        async def play(task: Task) -> None:
-            nonlocal no_change
+        async def episode(task: Task, name: str, agent: Agent) -> None:
             domain = get_domain(task.domain)
-            if task.domain not in verifiers:
-                verifiers[task.domain] = Verifier(domain, sandbox, vc.components)
-            no_change += not any(a.name in domain.write_tools for a in task.gold_actions)
-            for name, agent in _agents(task, domain.write_tools).items():
-                async with sem:
-                    user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
-                    traj = await run_episode(task, domain, agent, user, max_steps=cfg.episode.max_steps)
-                    info = await verifiers[task.domain].score(task, traj)
-                passed[name].append(info.reward)
-                terminations[f"{name}:{traj.termination.value}"] += 1
-                if (name == "oracle" and info.reward < 1) or (name == "perturbed" and info.reward > 0):
-                    failures.append({"task": task.id, "agent": name, "reasons": info.reasons})
+            user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
+            traj = await run_episode(task, domain, agent, user, max_steps=cfg.episode.max_steps)
+            info = await verifiers[task.domain].score(task, traj)
+            passed[name].append(info.reward)
+            terminations[f"{name}:{traj.termination.value}"] += 1
+            if (name == "oracle" and info.reward < 1) or (name == "perturbed" and info.reward > 0):
+                failures.append({"task": task.id, "agent": name, "reasons": info.reasons})
 
         bar = tqdm(total=len(tasks), desc="selfcheck", unit="task", disable=not progress)
 
         async def play_and_tick(task: Task) -> None:
-            await play(task)
+            # Bound tasks in flight (not episodes), so tasks finish in order and progress is smooth.
+            nonlocal no_change
+            async with sem:
+                domain = get_domain(task.domain)
+                if task.domain not in verifiers:
+                    verifiers[task.domain] = Verifier(domain, sandbox, vc.components)
+                no_change += not any(a.name in domain.write_tools for a in task.gold_actions)
+                agents = _agents(task, domain.write_tools)
+                await asyncio.gather(*(episode(task, n, a) for n, a in agents.items()))
             bar.update()
 
         await asyncio.gather(*(play_and_tick(t) for t in tasks))

@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _report import machine, median_time, write_section  # noqa: E402
+from _report import machine, median_time, write_section
 
-from rollout.pool import TaskPool  # noqa: E402
-from synth.config import PoolConfig, ProceduralConfig  # noqa: E402
-from synth.procedural import generate_to_pool  # noqa: E402
-from verifiers.config import VerifierConfig  # noqa: E402
-from verifiers.selfcheck import SelfcheckConfig, selfcheck  # noqa: E402
+from rollout.pool import TaskPool
+from synth.config import PoolConfig, ProceduralConfig
+from synth.procedural import generate_to_pool
+from verifiers.config import VerifierConfig
+from verifiers.selfcheck import SelfcheckConfig, selfcheck
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ Median of {args.repeats} runs (generation samples: {", ".join(f"{s:.1f}" for s i
 | step | seconds for {args.tasks} tasks | rate |
 |---|---:|---:|
 | generate + validate into a pool (bar: < 30 s) | {gen_s:.1f} | {args.tasks / gen_s:,.0f} tasks/s |
-| self-check: 3 scripted episodes per task + rewards | {check_s:.1f} | {3 * args.tasks / check_s:,.0f} episodes/s |
+| self-check: 3 scripted episodes/task + rewards | {check_s:.1f} | {3 * args.tasks / check_s:,.0f} ep/s |
 """
     print(body)
     write_section("procedural", body)

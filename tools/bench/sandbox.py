@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _report import machine, median_time, write_section  # noqa: E402
+from _report import machine, median_time, write_section
 
-from rollout.domains import get_domain  # noqa: E402
-from synth.config import ProceduralConfig  # noqa: E402
-from synth.procedural.shop import generate_shop_task  # noqa: E402
-from verifiers.reward import gold_state  # noqa: E402
-from verifiers.sandbox import _WORKER, Sandbox  # noqa: E402
+from rollout.domains import get_domain
+from synth.config import ProceduralConfig
+from synth.procedural.shop import generate_shop_task
+from verifiers.reward import gold_state
+from verifiers.sandbox import _WORKER, Sandbox
 
 
 def _cases(n: int) -> list[tuple[str, list]]:
