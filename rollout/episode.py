@@ -94,4 +94,3 @@ async def run_episode(
         error=error,
         timings=timings,
     )
-

@@ -43,8 +43,9 @@ def main() -> None:
 
     gen_s, gen_all = median_time(generate, args.repeats)
     tasks = list(TaskPool(tmp / "pool").tasks())
-    check_s, _ = median_time(lambda: asyncio.run(selfcheck(tasks, SelfcheckConfig(), progress=False)),
-                             args.repeats)
+    check_s, _ = median_time(
+        lambda: asyncio.run(selfcheck(tasks, SelfcheckConfig(), progress=False)), args.repeats
+    )
     shutil.rmtree(tmp)
     body = f"""## Procedural tasks and self-check
 

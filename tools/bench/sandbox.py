@@ -42,8 +42,13 @@ def _cases(n: int) -> list[tuple[str, list]]:
 def _spawn_check(code: str, args: list) -> bool:
     # The worker script serves one request and exits: a fresh interpreter per check.
     req = {"code": code, "entry": "check", "args": args, "timeout_s": 5.0, "memory_mb": 512}
-    out = subprocess.run([sys.executable, "-I", "-S", str(_WORKER), "/tmp"], input=json.dumps(req) + "\n",
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", str(_WORKER), "/tmp"],
+        input=json.dumps(req) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)["passed"]
 
 
@@ -56,9 +61,11 @@ def main() -> None:
     results = {}
     for workers in (1, 2):
         with Sandbox(workers=workers) as sb:
+
             def run(sb=sb, workers=workers):
                 with ThreadPoolExecutor(workers) as ex:
                     assert all(r.passed for r in ex.map(lambda c: sb.run(*c), cases))
+
             run()  # warm-up
             med, _ = median_time(run, args.repeats)
             results[f"warm workers ({workers})"] = len(cases) / med
@@ -67,6 +74,7 @@ def main() -> None:
     def spawn():
         with ThreadPoolExecutor(2) as ex:
             assert all(ex.map(lambda c: _spawn_check(*c), few))
+
     med, _ = median_time(spawn, args.repeats)
     results["fresh interpreter per check (2 threads), peer"] = len(few) / med
     peer = results["fresh interpreter per check (2 threads), peer"]
