@@ -46,7 +46,8 @@ class ToolCall(Contract):
 
 
 class Message(Contract):
-    """A chat message. Assistant messages carry text and/or tool calls; tool messages answer one."""
+    """A chat message. Assistant messages carry text and/or tool calls; tool messages answer one.
+    User messages may carry tool calls too: tools on the user's side (tau² telecom's device)."""
 
     role: Role
     content: str | None = None
@@ -56,8 +57,8 @@ class Message(Contract):
 
     @model_validator(mode="after")
     def _check_role_fields(self) -> Message:
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"only assistant messages carry tool_calls, not {self.role!r}")
+        if self.tool_calls and self.role not in ("assistant", "user"):
+            raise ValueError(f"only assistant and user messages carry tool_calls, not {self.role!r}")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         if self.role != "tool" and self.tool_call_id is not None:
@@ -192,6 +193,6 @@ class Trajectory(Contract):
             raise ValueError("loss_mask entries must be 0 or 1")
         return self
 
-    def tool_calls(self) -> list[ToolCall]:
-        """The assistant's tool calls in order, as a replay would execute them."""
-        return [c for m in self.messages if m.role == "assistant" for c in (m.tool_calls or [])]
+    def tool_calls(self, roles: tuple[str, ...] = ("assistant",)) -> list[ToolCall]:
+        """Tool calls made by ``roles``, in order, as a replay would execute them."""
+        return [c for m in self.messages if m.role in roles for c in (m.tool_calls or [])]

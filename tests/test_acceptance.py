@@ -126,3 +126,27 @@ def test_print_config_is_complete_and_loadable(tmp_path):
 
     cfg = load_config(RunConfig, tmp_path / "resolved.yaml")
     assert cfg.episode.max_steps == 9 and cfg.verifier.sandbox_workers == 2
+
+
+def test_selfcheck_writes_scored_trajectories(tmp_path):
+    pool = tmp_path / "pool"
+    _cli("synth.procedural", "--num-tasks", "5", "--out", str(pool), "--no-progress")
+    out = tmp_path / "traj.jsonl"
+    check = _cli("verifiers.selfcheck", "--pool", str(pool), "--trajectories", str(out), "--no-progress")
+    from rollout.contracts import Trajectory
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 15 and {r["agent"] for r in rows} == {"oracle", "idle", "perturbed"}
+    for r in rows:
+        traj = Trajectory.model_validate(r["trajectory"])
+        assert traj.reward == traj.reward_info.reward
+        expected = {"oracle": 1.0, "perturbed": 0.0}.get(r["agent"], traj.reward_info.components["db"])
+        assert traj.reward == expected, r["agent"]
+    assert check["oracle_pass"] == 1.0
+    missing = subprocess.run(
+        [sys.executable, "-m", "verifiers.selfcheck", "--pool", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2 and "no manifest.json" in missing.stderr

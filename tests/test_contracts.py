@@ -83,8 +83,9 @@ def test_generated_tasks_round_trip(shop_tasks):
 def test_message_role_rules():
     with pytest.raises(ValidationError, match="tool_call_id"):
         Message(role="tool", content="x")
-    with pytest.raises(ValidationError, match="only assistant"):
-        Message(role="user", tool_calls=[ToolCall(id="1", name="f")])
+    with pytest.raises(ValidationError, match="only assistant and user"):
+        Message(role="system", tool_calls=[ToolCall(id="1", name="f")])
+    Message(role="user", tool_calls=[ToolCall(id="1", name="toggle_airplane_mode")])  # user-side tools
     with pytest.raises(ValidationError, match="extra"):
         Message.model_validate({"role": "user", "content": "hi", "bogus": 1})
 

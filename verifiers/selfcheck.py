@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -47,8 +48,14 @@ def _agents(task: Task, write_tools: frozenset[str]) -> dict[str, Agent]:
     return agents
 
 
-async def selfcheck(tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Play the three scripted agents on ``tasks``; return pass rates and failure samples."""
+async def selfcheck(
+    tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool = True, trajectories: TextIO | None = None
+) -> dict[str, Any]:
+    """Play the three scripted agents on ``tasks``; return pass rates and failure samples.
+
+    With ``trajectories``, every scored episode is written to it as a JSON line
+    ``{"agent": name, "trajectory": Trajectory}``.
+    """
     t0 = time.perf_counter()
     vc = cfg.verifier
     passed: dict[str, list[float]] = {"oracle": [], "idle": [], "perturbed": []}
@@ -64,6 +71,11 @@ async def selfcheck(tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool =
             user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
             traj = await run_episode(task, domain, agent, user, max_steps=cfg.episode.max_steps)
             info = await verifiers[task.domain].score(task, traj)
+            if trajectories is not None:
+                traj = traj.model_copy(update={"reward": info.reward, "reward_info": info})
+                trajectories.write(
+                    json.dumps({"agent": name, "trajectory": traj.model_dump(mode="json")}) + "\n"
+                )
             passed[name].append(info.reward)
             terminations[f"{name}:{traj.termination.value}"] += 1
             if (name == "oracle" and info.reward < 1) or (name == "perturbed" and info.reward > 0):
@@ -86,15 +98,15 @@ async def selfcheck(tasks: list[Task], cfg: SelfcheckConfig, *, progress: bool =
         await asyncio.gather(*(play_and_tick(t) for t in tasks))
         bar.close()
 
-    def rate(xs: list[float]) -> float:
-        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+    def rate(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
 
     return {
         "tasks": len(tasks),
         "oracle_pass": rate(passed["oracle"]),
         "idle_pass": rate(passed["idle"]),
         "perturbed_pass": rate(passed["perturbed"]),
-        "no_change_share": round(no_change / len(tasks), 4) if tasks else float("nan"),
+        "no_change_share": round(no_change / len(tasks), 4) if tasks else None,
         "perturbed_tasks": len(passed["perturbed"]),
         "terminations": dict(sorted(terminations.items())),
         "failures": failures[:20],
@@ -108,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", required=True, help="task pool directory")
     parser.add_argument("--split", help="only this split (default: all tasks)")
     parser.add_argument("--limit", type=int, help="only the first N tasks")
+    parser.add_argument("--trajectories", metavar="FILE", help="also write every scored episode here (JSONL)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -130,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(json.dumps(asyncio.run(selfcheck(tasks, cfg, progress=not args.no_progress))))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.trajectories, "w")) if args.trajectories else None
+        result = asyncio.run(selfcheck(tasks, cfg, progress=not args.no_progress, trajectories=out))
+    print(json.dumps(result))
     return 0
 
 
