@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eigen_jax.config import RunConfig
-from rollout.configio import ConfigError, add_config_args, dump_config, load_config
+from rollout.configio import add_config_args, config_from_args, dump_config
 from rollout.pool import TaskPool
 
 
@@ -78,14 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(RunConfig, args.config, args.overrides, foreign_sections=())
-    except ConfigError as e:
-        print(f"config error:\n{e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
+    cfg = config_from_args(RunConfig, args, foreign_sections=())
     summary = run(cfg)
     _print_table(summary)
     print(f"summary written to {Path(cfg.run.out_dir) / 'summary.json'}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rollout.configio import Section
 
@@ -10,6 +10,15 @@ from rollout.configio import Section
 class DomainConfig(Section):
     name: str = "shop"
     """Registered domain name (``rollout.domains.available_domains()``); ``shop`` is built in."""
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from rollout.domains import available_domains  # domains import configs, not the reverse
+
+        if name not in available_domains():
+            raise ValueError(f"unknown domain; available: {', '.join(available_domains())}")
+        return name
 
 
 class EpisodeConfig(Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import types
 import typing
 from collections.abc import Collection, Sequence
@@ -104,6 +105,10 @@ def _format_errors(
         if err["type"] == "extra_forbidden":
             known = ", ".join(sorted(owner.model_fields)) if owner else "?"
             msgs.append(f"{where}: {key}: unknown key (expected one of: {known})")
+        elif err["type"] == "value_error":  # a validator's own message says what is expected
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(err.get("input"), dict) else f"{err.get('input')!r}: "
+            msgs.append(f"{where}: {key}: {shown}{msg}")
         elif err["type"] == "missing":
             msgs.append(f"{where}: {key}: required key missing (expected {_type_name(tp)})")
         else:
@@ -195,3 +200,28 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None)
         metavar="key.path=value",
         help="override config values, e.g. procedural.seed=3",
     )
+
+
+def config_from_args(
+    root: type[M],
+    args: argparse.Namespace,
+    extra_overrides: Sequence[str] = (),
+    *,
+    foreign_sections: Collection[str] = KNOWN_SECTIONS,
+) -> M:
+    """The config named by ``add_config_args`` arguments, for a command's ``main``.
+
+    On a config error prints it and exits 2; with ``--print-config`` prints the resolved config
+    and exits 0. ``extra_overrides`` (from a command's own flags) apply after the positional ones.
+    """
+    try:
+        cfg = load_config(
+            root, args.config, [*args.overrides, *extra_overrides], foreign_sections=foreign_sections
+        )
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        raise SystemExit(0)
+    return cfg

@@ -13,8 +13,12 @@ from rollout.pool import TaskPool
 ROOT = Path(__file__).parents[1]
 
 
-def _cli(*args, cwd=ROOT):
-    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd)
+def _proc(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def _cli(*args):
+    out = _proc(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,21 +67,14 @@ def test_hard_config_thousand_tasks(tmp_path):
 
 
 def test_train_entry_point_runs_stages_and_writes_summary(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eigen_jax.train",
-            "--config",
-            "configs/quickstart.yaml",
-            f"run.out_dir={tmp_path}",
-            f"pool.dir={tmp_path / 'pool'}",
-            "procedural.num_tasks=60",
-            "run.progress=false",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    out = _proc(
+        "eigen_jax.train",
+        "--config",
+        "configs/quickstart.yaml",
+        f"run.out_dir={tmp_path}",
+        f"pool.dir={tmp_path / 'pool'}",
+        "procedural.num_tasks=60",
+        "run.progress=false",
     )
     assert out.returncode == 0, out.stderr
     assert "oracle" in out.stdout and "summary written" in out.stdout
@@ -87,37 +84,14 @@ def test_train_entry_point_runs_stages_and_writes_summary(tmp_path):
 
 
 def test_train_rejects_bad_config_naming_the_key(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eigen_jax.train",
-            "--config",
-            "configs/quickstart.yaml",
-            "procedural.num_taks=3",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    out = _proc("eigen_jax.train", "--config", "configs/quickstart.yaml", "procedural.num_taks=3")
     assert out.returncode == 2
     assert "procedural.num_taks: unknown key" in out.stderr and "num_tasks" in out.stderr
 
 
 def test_print_config_is_complete_and_loadable(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eigen_jax.train",
-            "--config",
-            "configs/quickstart.yaml",
-            "--print-config",
-            "episode.max_steps=9",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    out = _proc(
+        "eigen_jax.train", "--config", "configs/quickstart.yaml", "--print-config", "episode.max_steps=9"
     )
     assert out.returncode == 0, out.stderr
     (tmp_path / "resolved.yaml").write_text(out.stdout)
@@ -143,10 +117,5 @@ def test_selfcheck_writes_scored_trajectories(tmp_path):
         expected = {"oracle": 1.0, "perturbed": 0.0}.get(r["agent"], traj.reward_info.components["db"])
         assert traj.reward == expected, r["agent"]
     assert check["oracle_pass"] == 1.0
-    missing = subprocess.run(
-        [sys.executable, "-m", "verifiers.selfcheck", "--pool", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    missing = _proc("verifiers.selfcheck", "--pool", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr

@@ -69,6 +69,14 @@ def test_cross_field_and_range_checks(tmp_path):
         load_config(RunConfig, _write(tmp_path, GOOD), ["procedural.forbidden_prob=1.5"])
 
 
+def test_unknown_domain(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"override 'domain.name=nope': domain.name: 'nope': unknown domain; available: shop",
+    ):
+        load_config(RunConfig, _write(tmp_path, GOOD), ["domain.name=nope"])
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:2: invalid YAML"):
         load_config(RunConfig, _write(tmp_path, "run:\n\tname: t\n"))

@@ -12,6 +12,20 @@ BLOCK = textwrap.dedent("""
 """)
 
 
+def test_pool_generation_and_grain_work_without_jax(tmp_path):
+    code = BLOCK + textwrap.dedent(f"""
+        from rollout.pool import TaskPool
+        from synth.config import PoolConfig, ProceduralConfig
+        from synth.procedural import generate_to_pool
+        from verifiers.config import VerifierConfig
+        pool = PoolConfig(dir={str(tmp_path)!r})
+        generate_to_pool("shop", ProceduralConfig(num_tasks=5), pool, VerifierConfig(), progress=False)
+        print(len(list(TaskPool(pool.dir).dataset(seed=0))))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr
+
+
 def test_rollout_synth_verifiers_import_without_jax():
     mods = [
         "rollout.contracts",

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rollout.agents import Agent, IdleAgent, OracleAgent
 from rollout.config import EpisodeConfig
-from rollout.configio import ConfigError, Section, add_config_args, dump_config, load_config
+from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
 from rollout.episode import run_episode
@@ -123,14 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trajectories", metavar="FILE", help="also write every scored episode here (JSONL)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(SelfcheckConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error:\n{e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
+    cfg = config_from_args(SelfcheckConfig, args)
     try:
         tasks = list(TaskPool(args.pool).tasks(args.split))
     except PoolError as e:

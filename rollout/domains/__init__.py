@@ -10,19 +10,6 @@ from rollout.domain import Domain
 _FACTORIES: dict[str, Callable[[], Domain]] = {}
 
 
-def register_domain(name: str, factory: Callable[[], Domain]) -> None:
-    _FACTORIES[name] = factory
-
-
-def _shop() -> Domain:
-    from rollout.domains.shop import ShopDomain
-
-    return ShopDomain()
-
-
-register_domain("shop", _shop)
-
-
 def available_domains() -> list[str]:
     return sorted(_FACTORIES)
 
@@ -35,3 +22,18 @@ def get_domain(name: str) -> Domain:
     except KeyError:
         raise ValueError(f"unknown domain {name!r}; available: {', '.join(available_domains())}") from None
     return factory()
+
+
+def register_domain(name: str, factory: Callable[[], Domain]) -> None:
+    """Make ``get_domain(name)`` build its domain with ``factory`` (called once, then cached)."""
+    _FACTORIES[name] = factory
+    get_domain.cache_clear()
+
+
+def _shop() -> Domain:
+    from rollout.domains.shop import ShopDomain
+
+    return ShopDomain()
+
+
+register_domain("shop", _shop)

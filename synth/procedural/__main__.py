@@ -6,10 +6,8 @@ import argparse
 import json
 import sys
 
-from pydantic import BaseModel
-
 from rollout.config import DomainConfig
-from rollout.configio import ConfigError, Section, add_config_args, dump_config, load_config
+from rollout.configio import Section, add_config_args, config_from_args
 from synth.config import PoolConfig, ProceduralConfig
 from synth.procedural import generate_to_pool
 from verifiers.config import VerifierConfig
@@ -24,15 +22,15 @@ class ProceduralCommandConfig(Section):
     verifier: VerifierConfig = VerifierConfig()
 
 
-def _load(args: argparse.Namespace) -> BaseModel:
-    overrides = list(args.overrides)
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
     if args.num_tasks is not None:
         overrides.append(f"procedural.num_tasks={args.num_tasks}")
     if args.out is not None:
         overrides.append(f"pool.dir={args.out}")
     if args.seed is not None:
         overrides.append(f"procedural.seed={args.seed}")
-    return load_config(ProceduralCommandConfig, args.config, overrides)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="same as procedural.seed=S")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
-        cfg = _load(args)
-    except ConfigError as e:
-        print(f"config error:\n{e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return 0
+    cfg = config_from_args(ProceduralCommandConfig, args, _flag_overrides(args))
     report = generate_to_pool(
         cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier, progress=not args.no_progress
     )

@@ -56,22 +56,22 @@ def get_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
     }
 
 
-def cancel_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
-    o = _order(db, args.order_id)
+def _close_with_refund(db: ShopDB, order_id: str, status: str) -> dict[str, Any]:
+    # Checks happen before any mutation: a refused call leaves the DB untouched.
+    o = _order(db, order_id)
     if o.status in ("cancelled", "returned"):
         raise ToolError(f"order '{o.order_id}' is already {o.status}")
     o.refund_cents = db.order_total_cents(o)
-    o.status = "cancelled"
+    o.status = status
     return {"order_id": o.order_id, "status": o.status, "refund": format_cents(o.refund_cents)}
+
+
+def cancel_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
+    return _close_with_refund(db, args.order_id, "cancelled")
 
 
 def return_order(db: ShopDB, args: OrderArgs) -> dict[str, Any]:
-    o = _order(db, args.order_id)
-    if o.status in ("cancelled", "returned"):
-        raise ToolError(f"order '{o.order_id}' is already {o.status}")
-    o.refund_cents = db.order_total_cents(o)
-    o.status = "returned"
-    return {"order_id": o.order_id, "status": o.status, "refund": format_cents(o.refund_cents)}
+    return _close_with_refund(db, args.order_id, "returned")
 
 
 def transfer_to_human(db: ShopDB, args: TransferArgs) -> str:
