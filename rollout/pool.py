@@ -82,8 +82,10 @@ def _locked(root: Path) -> Iterator[None]:
 class PoolWriter:
     """Appends tasks to a pool in shards of ``shard_size``. Use as a context manager (flushes).
 
-    ``add`` skips ids already in the pool (or already added), so a generator that was killed and
-    restarted with the same seed neither duplicates nor loses tasks.
+    Ids are unique in a pool: ``add`` skips ids already published or queued, and ``flush`` drops
+    ids that another writer published meanwhile (it writes under the pool lock). So a generator
+    that was killed and restarted with the same seed, or two writers racing on the same tasks,
+    neither duplicate nor lose tasks.
     """
 
     def __init__(self, root: str | Path, shard_size: int = 256):
@@ -92,19 +94,26 @@ class PoolWriter:
         self.root = Path(root)
         self.shard_size = shard_size
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        self._known = {i for s in _read_manifest(self.root)["shards"] for i in s["ids"]}
-        self._buffer: list[Task] = []
+        self._published: set[str] = set()
+        self._shards_seen = 0
+        self._refresh(_read_manifest(self.root))
+        self._buffer: dict[str, Task] = {}
         self.written = 0
+        """Tasks this writer has published."""
+
+    def _refresh(self, manifest: dict[str, Any]) -> None:
+        for shard in manifest["shards"][self._shards_seen :]:
+            self._published.update(shard["ids"])
+        self._shards_seen = len(manifest["shards"])
 
     def __contains__(self, task_id: str) -> bool:
-        return task_id in self._known
+        return task_id in self._published or task_id in self._buffer
 
     def add(self, task: Task) -> bool:
         """Queue a task; returns False (and drops it) if its id is already in the pool."""
-        if task.id in self._known:
+        if task.id in self:
             return False
-        self._known.add(task.id)
-        self._buffer.append(task)
+        self._buffer[task.id] = task
         if len(self._buffer) >= self.shard_size:
             self.flush()
         return True
@@ -113,21 +122,27 @@ class PoolWriter:
         """Write buffered tasks as one shard and publish it in the manifest."""
         if not self._buffer:
             return
-        data = "".join(t.model_dump_json() + "\n" for t in self._buffer).encode()
-        name = f"shards/{uuid.uuid4().hex}.jsonl"
-        _atomic_write(self.root / name, data)
-        entry = {
-            "file": name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "ids": [t.id for t in self._buffer],
-            "splits": [t.split for t in self._buffer],
-        }
         with _locked(self.root):
             manifest = _read_manifest(self.root)
-            manifest["shards"].append(entry)
+            self._refresh(manifest)
+            tasks = [t for i, t in self._buffer.items() if i not in self._published]
+            self._buffer = {}
+            if not tasks:
+                return
+            data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
+            name = f"shards/{uuid.uuid4().hex}.jsonl"
+            _atomic_write(self.root / name, data)
+            manifest["shards"].append(
+                {
+                    "file": name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "ids": [t.id for t in tasks],
+                    "splits": [t.split for t in tasks],
+                }
+            )
             _atomic_write(self.root / MANIFEST, json.dumps(manifest).encode())
-        self.written += len(self._buffer)
-        self._buffer = []
+            self._refresh(manifest)
+        self.written += len(tasks)
 
     def __enter__(self) -> PoolWriter:
         return self
