@@ -125,3 +125,16 @@ def test_data_source_pickles_without_tasks(tmp_path, shop_tasks):
     clone = pickle.loads(pickle.dumps(src))
     assert len(clone) == len(src) and clone[3] == src[3]
     assert len(pickle.dumps(src)) < 4000
+
+
+def test_writers_opened_together_publish_each_id_once(tmp_path, shop_tasks):
+    a, b = PoolWriter(tmp_path, shard_size=100), PoolWriter(tmp_path, shard_size=100)
+    for t in shop_tasks[:20]:
+        a.add(t)
+    for t in shop_tasks[10:30]:
+        b.add(t)
+    a.flush()
+    b.flush()
+    assert (a.written, b.written) == (20, 10)
+    assert [t.id for t in TaskPool(tmp_path).tasks()] == [t.id for t in shop_tasks[:30]]
+    assert not b.add(shop_tasks[0])  # now known to b as published
