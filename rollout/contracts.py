@@ -137,7 +137,8 @@ class Task(Contract):
     forbidden_actions: list[Action] = Field(default_factory=list)
     """Writes the user asks for but the policy forbids; negative tests for checkers."""
     checker: str | None = None
-    """Python source defining ``check(initial_db, final_db, messages)``; run only in a sandbox."""
+    """Python source (standard library only) defining ``check(initial_db, final_db, messages)`` ->
+    ``bool`` or ``(bool, reason)``, over JSON data; run only in the verifiers' sandbox."""
     provenance: Provenance = Field(default_factory=lambda: Provenance(generator="unknown"))
 
 

@@ -27,6 +27,11 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 
+if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: $venv is not a Python 3.11 environment; remove it (rm -rf $venv) and re-run" >&2
+  exit 1
+fi
+
 stamp="$venv/.eigen-setup-${extras//,/-}"
 want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
