@@ -1,0 +1,190 @@
+"""The decoder (Flax NNX) shared by the learner and the embedded sampler.
+
+Module and parameter names mirror HF's (``layers.3.self_attn.q_proj.kernel`` is
+``model.layers.3.self_attn.q_proj.weight`` transposed), so checkpoint I/O and sharding rules are
+simple tables. Numerics follow HF: RMSNorm and softmax in fp32, RoPE tables in fp32; matmuls take
+``dtype`` inputs and accumulate in fp32 (bf16 inputs are the fast path on CPUs, GPUs and TPUs).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from eigen_jax.model.config import DecoderConfig
+from eigen_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
+
+_NEG = -1e30  # finite "minus infinity": fully masked rows (padding queries) stay NaN-free
+
+
+class LayerCache(NamedTuple):
+    """One layer's KV cache: [B, S, n_kv_heads, head_dim] each."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class Linear(nnx.Module):
+    def __init__(self, din: int, dout: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), param_dtype) * 0.02)
+        self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=jnp.float32
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h, nh, nkv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if nh % nkv:
+            raise ValueError(f"num_attention_heads ({nh}) must be a multiple of num_key_value_heads ({nkv})")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Linear(h, nh * hd, bias=cfg.qkv_bias, **kw)
+        self.k_proj = Linear(h, nkv * hd, bias=cfg.qkv_bias, **kw)
+        self.v_proj = Linear(h, nkv * hd, bias=cfg.qkv_bias, **kw)
+        self.o_proj = Linear(nh * hd, h, bias=cfg.o_bias, **kw)
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype) if cfg.qk_norm else None
+        self.nh, self.nkv, self.hd, self.dtype = nh, nkv, hd, dtype
+
+    def __call__(self, x, cos, sin, mask, cache: LayerCache | None, cache_index):
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.nh, self.hd)
+        k = self.k_proj(x).reshape(b, t, self.nkv, self.hd)
+        v = self.v_proj(x).reshape(b, t, self.nkv, self.hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
+            cache, k, v = LayerCache(k_all, v_all), k_all, v_all
+        g = self.nh // self.nkv
+        q = q.reshape(b, t, self.nkv, g, self.hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.where(mask[:, None, None], scores * self.hd**-0.5, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype), preferred_element_type=jnp.float32)
+        return self.o_proj(out.reshape(b, t, self.nh * self.hd).astype(self.dtype)), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, cache, cache_index):
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer for the Qwen3 and Llama/Qwen2 families.
+
+    Args:
+        cfg: architecture (``DecoderConfig.from_hf(config_json)``).
+        dtype: compute dtype of activations and matmul inputs (float32 for parity tests,
+            bfloat16 for real runs).
+        param_dtype: storage dtype of parameters.
+    """
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.embed_tokens = nnx.Param(
+            jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype) * 0.02
+        )
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layers = nnx.List([Block(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False, **kw)
+        )
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array | None = None,
+        cache: list[LayerCache] | None = None,
+        cache_index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, list[LayerCache] | None]:
+        """Logits (fp32, [B, T, vocab]) and the updated cache.
+
+        Without ``cache``: ``mask`` [B, T] marks real tokens (1) vs padding (0); attention is causal
+        over the sequence. With ``cache`` (length S): this call's tokens are written at slots
+        ``cache_index .. cache_index+T-1`` and ``mask`` [B, S] marks which slots hold real tokens
+        (all rows share slot indices: ragged batches are left-padded).
+        """
+        b, t = tokens.shape
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
+        cos, sin = rope_tables(jnp.asarray(inverse_frequencies(self.cfg)), positions)
+        if cache is None:
+            valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            attn_mask = causal[None] & valid[:, None, :]
+        else:
+            s = cache[0].k.shape[1]
+            q_slot = cache_index + jnp.arange(t)
+            attn_mask = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & mask.astype(bool)[:, None, :]
+        new_cache = [] if cache is not None else None
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index)
+            if new_cache is not None:
+                new_cache.append(c)
+        x = self.norm(x)
+        if self.lm_head is None:
+            logits = jnp.dot(
+                x, self.embed_tokens[...].astype(self.dtype).T, preferred_element_type=jnp.float32
+            )
+        else:
+            head = self.lm_head.kernel[...].astype(self.dtype)
+            logits = jnp.dot(x, head, preferred_element_type=jnp.float32)
+        return logits, new_cache
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list[LayerCache]:
+        """An empty KV cache for ``batch`` sequences of up to ``length`` tokens."""
+        shape = (batch, length, self.cfg.num_key_value_heads, self.cfg.head_dim)
+        dt = dtype or self.dtype
+        return [
+            LayerCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(self.cfg.num_hidden_layers)
+        ]
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Position ids for a padded batch: 0, 1, ... over real tokens (left or right padding)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,177 @@
+"""HF checkpoints in and out, without torch.
+
+``load_hf(dir)`` reads ``config.json`` and ``model.safetensors`` (or a sharded
+``model.safetensors.index.json``) tensor by tensor into (optionally mesh-sharded) JAX arrays.
+``save_hf(model, dir)`` writes ``config.json`` and safetensors that transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from eigen_jax.model.config import DecoderConfig
+from eigen_jax.model.decoder import Decoder
+from eigen_jax.model.sharding import spec_for
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
+def hf_key(path: tuple) -> tuple[str, bool]:
+    """Our parameter path -> (HF state-dict key, whether the tensor is transposed)."""
+    parts = [str(p) for p in path]
+    if parts == ["embed_tokens"]:
+        return "model.embed_tokens.weight", False
+    transpose = parts[-1] == "kernel"
+    if transpose:
+        parts[-1] = "weight"
+    prefix = "" if parts[0] == "lm_head" else "model."
+    return prefix + ".".join(parts), transpose
+
+
+def _abstract(cfg: DecoderConfig, dtype, param_dtype) -> Decoder:
+    return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+
+
+class _Tensors:
+    """Reads tensors by name from a single or index-sharded safetensors checkpoint."""
+
+    def __init__(self, root: Path):
+        index = root / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {k: root / f for k, f in weight_map.items()}
+        elif (root / "model.safetensors").exists():
+            with safe_open(root / "model.safetensors", framework="numpy") as f:
+                self.files = {k: root / "model.safetensors" for k in f.keys()}
+        else:
+            raise FileNotFoundError(f"{root}: no model.safetensors or model.safetensors.index.json")
+        self._open: dict[Path, Any] = {}
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self.files:
+            raise KeyError(key)
+        path = self.files[key]
+        if path not in self._open:
+            self._open[path] = safe_open(path, framework="numpy")
+        return self._open[path].get_tensor(key)
+
+
+def load_hf(
+    root: str | Path,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    mesh: Mesh | None = None,
+) -> Decoder:
+    """A ``Decoder`` with the weights of the HF checkpoint in ``root``, sharded over ``mesh``.
+
+    Each tensor goes from disk to its devices directly (placed by the family's partition rules),
+    so no host ever holds a second copy of the model.
+    """
+    root = Path(root)
+    cfg = DecoderConfig.from_hf(json.loads((root / "config.json").read_text()))
+    model = _abstract(cfg, dtype, param_dtype)
+    tensors = _Tensors(root)
+    state = nnx.state(model, nnx.Param)
+    missing: list[str] = []
+
+    def load(path, var):
+        key, transpose = hf_key(path)
+        try:
+            arr = tensors.get(key)
+        except KeyError:
+            missing.append(key)
+            return var
+        if transpose:
+            arr = arr.T
+        if arr.shape != var.shape:
+            raise ValueError(f"{root}: {key} has shape {arr.shape}, the config implies {var.shape}")
+        arr = np.asarray(arr).astype(param_dtype)
+        if mesh is None:
+            return var.replace(jnp.asarray(arr))
+        spec = spec_for(".".join(str(p) for p in path), arr.shape, cfg.family, mesh)
+        return var.replace(jax.device_put(arr, jax.sharding.NamedSharding(mesh, spec)))
+
+    state = nnx.map_state(load, state)
+    if missing:
+        raise ValueError(f"{root}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    nnx.update(model, state)
+    return model
+
+
+def save_hf(
+    model: Decoder,
+    root: str | Path,
+    *,
+    dtype=None,
+    tokenizer_dir: str | Path | None = None,
+    max_shard_bytes: int = 4 << 30,
+) -> Path:
+    """Write ``model`` as an HF checkpoint (config.json + safetensors, sharded past
+    ``max_shard_bytes``), optionally with the tokenizer files from ``tokenizer_dir``.
+
+    ``dtype`` is the stored dtype (default: the parameters' own). Tensors are gathered one at a
+    time, so peak host memory is one tensor beyond what is written.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    hf_cfg = model.cfg.to_hf()
+    tensors: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        key, transpose = hf_key(path)
+        arr = np.asarray(jax.device_get(var[...] if hasattr(var, "__getitem__") else var.value))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        tensors[key] = np.ascontiguousarray(arr.T if transpose else arr)
+    hf_cfg["torch_dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
+        str(next(iter(tensors.values())).dtype), "float32"
+    )
+    hf_cfg["dtype"] = hf_cfg["torch_dtype"]
+    (root / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key, arr in tensors.items():
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], root / "model.safetensors", metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, root / name, metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        index = {
+            "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+            "weight_map": weight_map,
+        }
+        (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.exists():
+                shutil.copy(src, root / name)
+    return root

@@ -1,0 +1,94 @@
+"""Device meshes with (data, fsdp, tensor) axes and per-family parameter partition rules.
+
+A rule maps a parameter path (``layers.3.self_attn.q_proj.kernel``) to a ``PartitionSpec``.
+Kernels are [in, out]: column-parallel projections (q/k/v, gate/up, lm_head) split ``out`` over
+``tensor`` and ``in`` over ``fsdp``; row-parallel ones (o, down) the reverse, so a block needs one
+all-reduce per matmul pair. A dimension that a mesh axis does not divide is left unsplit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+"""Mesh axes the batch dimension of activations is split over."""
+
+_DECODER_RULES: list[tuple[str, P]] = [
+    (r"embed_tokens$", P("tensor", "fsdp")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.kernel$", P("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.bias$", P("tensor")),
+    (r"(o_proj|down_proj)\.kernel$", P("tensor", "fsdp")),
+    (r"lm_head\.kernel$", P("fsdp", "tensor")),
+    (r".*", P()),  # norms, output biases: replicated
+]
+
+RULES: dict[str, list[tuple[str, P]]] = {
+    "qwen3": _DECODER_RULES,
+    "llama": _DECODER_RULES,
+    "qwen2": _DECODER_RULES,
+}
+"""Partition rules per model family (first matching regex wins)."""
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one ``-1`` entry takes the remaining devices."""
+    devs = list(devices) if devices is not None else jax.devices()
+    shape = list(shape)
+    if shape.count(-1) > 1 or len(shape) != 3:
+        raise ValueError(f"mesh shape {shape}: three sizes, at most one -1")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        shape[shape.index(-1)] = len(devs) // known
+    if int(np.prod(shape)) != len(devs):
+        raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, have {len(devs)}")
+    return Mesh(np.asarray(devs).reshape(shape), AXES)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop axes that do not divide their dimension (e.g. tiny test models on 8 devices)."""
+    dims = []
+    for i, axis in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axis,) if isinstance(axis, str) else tuple(axis or ())
+        size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+        dims.append(axis if names and shape[i] % size == 0 else None)
+    return P(*dims)
+
+
+def spec_for(path: str, shape: tuple[int, ...], family: str, mesh: Mesh) -> P:
+    for pattern, spec in RULES[family]:
+        if re.search(pattern, path):
+            return _fit(spec, shape, mesh)
+    raise AssertionError("the last rule matches everything")
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh) -> nnx.State:
+    """A ``NamedSharding`` per parameter of ``model`` (a state tree matching ``nnx.state(model)``)."""
+    family = model.cfg.family
+    state = nnx.state(model, nnx.Param)
+
+    def one(path, var):
+        name = ".".join(str(p) for p in path)
+        return NamedSharding(mesh, spec_for(name, var.shape, family, mesh))
+
+    return nnx.map_state(one, state)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
+    """Place ``model``'s parameters on ``mesh`` by the family's rules (in place; returns it)."""
+    shardings = param_shardings(model, mesh)
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(jax.device_put, state, shardings))
+    return model
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding for [batch, ...] inputs: batch over (data, fsdp), the rest replicated."""
+    return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
