@@ -59,6 +59,8 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
         names = (axis,) if isinstance(axis, str) else tuple(axis or ())
         size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
         dims.append(axis if names and shape[i] % size == 0 else None)
+    while dims and dims[-1] is None:  # P("x", None) == P("x") in meaning; keep the short form
+        dims.pop()
     return P(*dims)
 
 
@@ -69,23 +71,24 @@ def spec_for(path: str, shape: tuple[int, ...], family: str, mesh: Mesh) -> P:
     raise AssertionError("the last rule matches everything")
 
 
-def param_shardings(model: nnx.Module, mesh: Mesh) -> nnx.State:
-    """A ``NamedSharding`` per parameter of ``model`` (a state tree matching ``nnx.state(model)``)."""
+def param_specs(model: nnx.Module, mesh: Mesh) -> dict[str, P]:
+    """``{"layers.0.self_attn.q_proj.kernel": PartitionSpec, ...}`` for ``model`` on ``mesh``."""
     family = model.cfg.family
-    state = nnx.state(model, nnx.Param)
-
-    def one(path, var):
-        name = ".".join(str(p) for p in path)
-        return NamedSharding(mesh, spec_for(name, var.shape, family, mesh))
-
-    return nnx.map_state(one, state)
+    return {
+        ".".join(str(p) for p in path): spec_for(".".join(str(p) for p in path), var.shape, family, mesh)
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Place ``model``'s parameters on ``mesh`` by the family's rules (in place; returns it)."""
-    shardings = param_shardings(model, mesh)
-    state = nnx.state(model, nnx.Param)
-    nnx.update(model, jax.tree.map(jax.device_put, state, shardings))
+    family = model.cfg.family
+
+    def place(path, var):
+        spec = spec_for(".".join(str(p) for p in path), var.shape, family, mesh)
+        return var.replace(jax.device_put(var[...], NamedSharding(mesh, spec)))
+
+    nnx.update(model, nnx.map_state(place, nnx.state(model, nnx.Param)))
     return model
 
 

@@ -1,0 +1,17 @@
+"""Small pure functions over logits shared by the learner and the sampler."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """log p(target) under softmax(logits / temperature), in fp32; shapes [..., V] and [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def next_token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """[B, T-1]: logprob of ``tokens[:, 1:]`` given the prefix, from logits [B, T, V]."""
+    return token_logprobs(logits[:, :-1], tokens[:, 1:], temperature)
