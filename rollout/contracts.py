@@ -54,6 +54,9 @@ class Message(Contract):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     """Set on ``role == "tool"`` messages: the id of the call this message answers."""
+    malformed: str | None = None
+    """Set when a model's output could not be parsed (e.g. a broken ``<tool_call>``): why.
+    ``content`` then holds the raw text."""
 
     @model_validator(mode="after")
     def _check_role_fields(self) -> Message:
