@@ -46,6 +46,9 @@ class DecoderConfig(BaseModel):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
 
+    def __hash__(self) -> int:  # the config is static jit metadata; rope_scaling is a dict
+        return hash(self.model_dump_json())
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> DecoderConfig:
         """From a parsed HF ``config.json`` (transformers 4.x or 5.x layouts)."""

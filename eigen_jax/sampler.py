@@ -1,0 +1,257 @@
+"""The embedded inference engine: jitted prefill + KV-cache decode over ragged batches.
+
+A whole batch (prefill and every decode step) runs in one compiled call: the decode loop is a
+``lax.while_loop`` that stops when every row has finished, so Python never runs per token.
+Ragged prompts are left-padded into a bucketed length and batches into bucketed sizes; the
+sampling knobs are traced values, so one compilation serves every request of a bucket.
+
+Logprobs are those of softmax(logits / temperature) before top-k/top-p truncation (temperature 1
+when greedy), which is what the learner recomputes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from eigen_jax.model.decoder import Decoder, positions_from_mask
+from rollout.engine import Generation, SamplingParams
+
+
+def bucket(n: int, minimum: int) -> int:
+    """Smallest power of two >= max(n, minimum): a handful of shapes covers every request."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+class _Knobs(NamedTuple):
+    """Per-row sampling knobs, traced (changing them never recompiles)."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array
+
+
+def _filter(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Mask logits outside the top-k / top-p set (rows [B, V]); a no-op when both are off."""
+
+    def apply(lg):
+        srt = jnp.sort(lg, axis=-1)[:, ::-1]
+        v = lg.shape[-1]
+        kth = jnp.take_along_axis(srt, jnp.clip(top_k[:, None] - 1, 0, v - 1), axis=-1)
+        lg = jnp.where((top_k[:, None] > 0) & (lg < kth), -jnp.inf, lg)
+        probs = jax.nn.softmax(jnp.where((top_k[:, None] > 0) & (srt < kth), -jnp.inf, srt), axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
+        keep = before < top_p[:, None]
+        cutoff = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where(lg < cutoff, -jnp.inf, lg)
+
+    needed = jnp.any(top_k > 0) | jnp.any(top_p < 1.0)
+    return jax.lax.cond(needed, apply, lambda lg: lg, logits)
+
+
+def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Array, jax.Array]:
+    """Next token and its logprob per row of ``logits`` [B, V] (fp32)."""
+    greedy = knobs.temperature <= 0.0
+    temp = jnp.where(greedy, 1.0, knobs.temperature)[:, None]
+    scaled = logits / temp
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    drawn = jax.vmap(jax.random.categorical)(keys, _filter(scaled, knobs.top_p, knobs.top_k))
+    tok = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn)
+    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))
+def _generate(graphdef, state, prompt, prompt_mask, keys, knobs, stop_ids, max_new_per_row, live, max_new):
+    model = nnx.merge(graphdef, state)
+    b, p = prompt.shape
+    total = p + max_new
+    cache = model.init_cache(b, total)
+    mask = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_mask)
+    positions = positions_from_mask(prompt_mask)
+    logits, cache = model(prompt, positions, mask, cache, 0)
+
+    out_tok = jnp.zeros((b, max_new), jnp.int32)
+    out_lp = jnp.zeros((b, max_new), jnp.float32)
+    state0 = dict(
+        i=0,
+        logits=logits[:, -1],
+        cache=cache,
+        mask=mask,
+        pos=positions[:, -1] + 1,
+        done=~live,
+        stopped=jnp.zeros((b,), bool),
+        n=jnp.zeros((b,), jnp.int32),
+        tok=out_tok,
+        lp=out_lp,
+    )
+
+    def cond(s):
+        return (s["i"] < max_new) & ~jnp.all(s["done"])
+
+    def body(s):
+        i = s["i"]
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+        tok, lp = _sample(s["logits"], step_keys, knobs)
+        active = ~s["done"]
+        tok = jnp.where(active, tok, 0)
+        hit_stop = active & jnp.any(tok[:, None] == stop_ids, axis=-1)
+        n = s["n"] + active
+        done = s["done"] | hit_stop | (n >= max_new_per_row)
+        mask = s["mask"].at[:, p + i].set(active.astype(jnp.int32))
+        logits, cache = model(tok[:, None], s["pos"][:, None], mask, s["cache"], p + i)
+        return dict(
+            i=i + 1,
+            logits=logits[:, -1],
+            cache=cache,
+            mask=mask,
+            pos=s["pos"] + 1,
+            done=done,
+            stopped=s["stopped"] | hit_stop,
+            n=n,
+            tok=s["tok"].at[:, i].set(tok),
+            lp=s["lp"].at[:, i].set(jnp.where(active, lp, 0.0)),
+        )
+
+    s = jax.lax.while_loop(cond, body, state0)
+    return s["tok"], s["lp"], s["n"], s["stopped"]
+
+
+class Sampler:
+    """In-process ``InferenceEngine`` over a ``Decoder``.
+
+    Args:
+        model: the decoder (its current weights are copied in; ``update_weights`` swaps them).
+        pad_id: token id used for padding rows and columns (never attended to).
+        min_prompt_bucket, min_batch_bucket, min_new_bucket: smallest padded shapes.
+        seed: seed of the engine's own sampling stream.
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        *,
+        pad_id: int = 0,
+        min_prompt_bucket: int = 32,
+        min_batch_bucket: int = 1,
+        min_new_bucket: int = 16,
+        seed: int = 0,
+    ):
+        self.graphdef, self.state = nnx.split(model)
+        self.pad_id = pad_id
+        self.min_prompt_bucket, self.min_batch_bucket, self.min_new_bucket = (
+            min_prompt_bucket,
+            min_batch_bucket,
+            min_new_bucket,
+        )
+        self._version = 0
+        self._key = jax.random.key(seed)
+        self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def update_weights(self, model_or_state: Decoder | nnx.State) -> int:
+        """Swap in new weights (same architecture); returns the new version."""
+        state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
+        if jax.tree.structure(state) != jax.tree.structure(self.state):
+            raise ValueError("update_weights: the new weights do not match the model's structure")
+        self.state = state
+        self._version += 1
+        return self._version
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], sampling: Sequence[SamplingParams] | SamplingParams
+    ) -> list[Generation]:
+        """Complete every prompt (one compiled call per bucket; blocks until all are done)."""
+        if not prompts:
+            return []
+        params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(params) != len(prompts) or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate_batch: one SamplingParams per prompt, and no empty prompt")
+        b = bucket(len(prompts), self.min_batch_bucket)
+        p = bucket(max(len(x) for x in prompts), self.min_prompt_bucket)
+        n = bucket(max(sp.max_new_tokens for sp in params), self.min_new_bucket)
+        tok = np.full((b, p), self.pad_id, np.int32)
+        msk = np.zeros((b, p), np.int32)
+        for r, x in enumerate(prompts):
+            tok[r, p - len(x) :] = x  # left padding: every row's last prompt token is in the last column
+            msk[r, p - len(x) :] = 1
+        k = max(1, max(len(sp.stop_token_ids) for sp in params))
+        stops = np.full((b, k), -1, np.int32)
+        for r, sp in enumerate(params):
+            stops[r, : len(sp.stop_token_ids)] = sp.stop_token_ids
+        keys = []
+        for sp in params:
+            if sp.seed is None:
+                self._key, sub = jax.random.split(self._key)
+            else:
+                sub = jax.random.key(sp.seed)
+            keys.append(sub)
+        keys += [jax.random.key(0)] * (b - len(params))
+        pad_rows = b - len(params)
+        knobs = _Knobs(
+            temperature=jnp.asarray([sp.temperature for sp in params] + [1.0] * pad_rows, jnp.float32),
+            top_p=jnp.asarray([sp.top_p for sp in params] + [1.0] * pad_rows, jnp.float32),
+            top_k=jnp.asarray([sp.top_k for sp in params] + [0] * pad_rows, jnp.int32),
+        )
+        max_rows = np.asarray([sp.max_new_tokens for sp in params] + [1] * pad_rows, np.int32)
+        live = np.arange(b) < len(params)
+        version = self._version
+        out_tok, out_lp, lengths, stopped = jax.device_get(
+            _generate(
+                self.graphdef,
+                self.state,
+                jnp.asarray(tok),
+                jnp.asarray(msk),
+                jnp.stack(keys),
+                knobs,
+                jnp.asarray(stops),
+                jnp.asarray(max_rows),
+                jnp.asarray(live),
+                max_new=n,
+            )
+        )
+        return [
+            Generation(
+                tokens=out_tok[r, : lengths[r]].tolist(),
+                logprobs=out_lp[r, : lengths[r]].tolist(),
+                finish_reason="stop" if stopped[r] else "length",
+                version=version,
+            )
+            for r in range(len(prompts))
+        ]
+
+    async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
+        """Queue one request; requests that arrive while a batch runs form the next batch."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((list(prompt_tokens), sampling, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # let concurrent callers enqueue before the batch is cut
+            batch, self._queue = self._queue, []
+            try:
+                gens = await asyncio.to_thread(
+                    self.generate_batch, [b[0] for b in batch], [b[1] for b in batch]
+                )
+            except Exception as e:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, _, fut), gen in zip(batch, gens, strict=True):
+                if not fut.done():
+                    fut.set_result(gen)

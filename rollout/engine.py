@@ -1,0 +1,52 @@
+"""The ``InferenceEngine`` interface: token ids in, token ids + logprobs + policy version out.
+
+Implementations: the in-process JAX sampler (``eigen_jax.sampler.Sampler``) and HTTP clients for
+OpenAI-compatible servers (vLLM, ``eigen_jax.serve``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from rollout.contracts import Contract
+
+
+class SamplingParams(Contract):
+    """How to sample one completion."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """0 is greedy. Returned logprobs are those of softmax(logits / temperature) (1 when greedy)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (1 = off)."""
+    top_k: int = Field(0, ge=0)
+    """Sample among the k most likely tokens (0 = off)."""
+    max_new_tokens: int = Field(256, ge=1)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    """Generation ends after emitting any of these (the stop token is included in the output)."""
+    seed: int | None = None
+    """Per-request seed; None draws from the engine's own stream."""
+
+
+class Generation(Contract):
+    """One completion."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    """Behaviour logprob of each generated token (see ``SamplingParams.temperature``)."""
+    finish_reason: Literal["stop", "length"]
+    version: int
+    """Policy version of the weights that generated every token of this completion."""
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    @property
+    def version(self) -> int:
+        """Version of the weights new requests are served with."""
+        ...
+
+    async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
+        """Complete ``prompt_tokens``; concurrent calls may be batched by the engine."""
+        ...
