@@ -63,8 +63,19 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
     temp = jnp.where(greedy, 1.0, knobs.temperature)[:, None]
     scaled = logits / temp
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    drawn = jax.vmap(jax.random.categorical)(keys, _filter(scaled, knobs.top_p, knobs.top_k))
-    tok = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn)
+
+    def draw(_):
+        # Inverse-CDF sampling: one uniform per row. (Gumbel-max needs a random number per
+        # vocabulary entry, which on CPU costs more than a small model's whole forward pass.)
+        probs = jax.nn.softmax(_filter(scaled, knobs.top_p, knobs.top_k), axis=-1)
+        cdf = jnp.cumsum(probs, axis=-1)
+        u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]
+        idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(cdf, u)
+        return jnp.minimum(idx, logits.shape[-1] - 1).astype(jnp.int32)
+
+    greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    drawn = jax.lax.cond(jnp.all(greedy), lambda _: greedy_tok, draw, None)
+    tok = jnp.where(greedy, greedy_tok, drawn)
     return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
 
@@ -76,7 +87,7 @@ def _generate(graphdef, state, prompt, prompt_mask, keys, knobs, stop_ids, max_n
     cache = model.init_cache(b, total)
     mask = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_mask)
     positions = positions_from_mask(prompt_mask)
-    logits, cache = model(prompt, positions, mask, cache, 0)
+    logits, cache = model(prompt, positions, mask, cache, 0, last_only=True)
 
     out_tok = jnp.zeros((b, max_new), jnp.int32)
     out_lp = jnp.zeros((b, max_new), jnp.float32)

@@ -142,6 +142,7 @@ class Decoder(nnx.Module):
         mask: jax.Array | None = None,
         cache: list[LayerCache] | None = None,
         cache_index: jax.Array | int = 0,
+        last_only: bool = False,
     ) -> tuple[jax.Array, list[LayerCache] | None]:
         """Logits (fp32, [B, T, vocab]) and the updated cache.
 
@@ -149,6 +150,8 @@ class Decoder(nnx.Module):
         over the sequence. With ``cache`` (length S): this call's tokens are written at slots
         ``cache_index .. cache_index+T-1`` and ``mask`` [B, S] marks which slots hold real tokens
         (all rows share slot indices: ragged batches are left-padded).
+        ``last_only`` computes logits for the last position only ([B, 1, vocab]): a prefill needs
+        no more, and the LM head dominates a small model's cost.
         """
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
@@ -166,11 +169,10 @@ class Decoder(nnx.Module):
             x, c = layer(x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index)
             if new_cache is not None:
                 new_cache.append(c)
-        x = self.norm(x)
-        if self.lm_head is None:
-            logits = jnp.dot(
-                x, self.embed_tokens[...].astype(self.dtype).T, preferred_element_type=jnp.float32
-            )
+        x = self.norm(x[:, -1:] if last_only else x)
+        if self.lm_head is None:  # contract with the embedding's hidden axis: no transposed copy
+            emb = self.embed_tokens[...].astype(self.dtype)
+            logits = jax.lax.dot_general(x, emb, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
         else:
             head = self.lm_head.kernel[...].astype(self.dtype)
             logits = jnp.dot(x, head, preferred_element_type=jnp.float32)

