@@ -62,7 +62,9 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
     greedy = knobs.temperature <= 0.0
     temp = jnp.where(greedy, 1.0, knobs.temperature)[:, None]
     scaled = logits / temp
-    logp = jax.nn.log_softmax(scaled, axis=-1)
+    # Only the chosen token's logprob is needed: logsumexp is ~3x cheaper than a full log_softmax
+    # over a 151k vocabulary on CPU (and argmax is slower than top_k there).
+    lse = jax.nn.logsumexp(scaled, axis=-1)
 
     def draw(_):
         # Inverse-CDF sampling: one uniform per row. (Gumbel-max needs a random number per
@@ -73,10 +75,10 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
         idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(cdf, u)
         return jnp.minimum(idx, logits.shape[-1] - 1).astype(jnp.int32)
 
-    greedy_tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy_tok = jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
     drawn = jax.lax.cond(jnp.all(greedy), lambda _: greedy_tok, draw, None)
     tok = jnp.where(greedy, greedy_tok, drawn)
-    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+    return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))

