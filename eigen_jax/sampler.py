@@ -66,18 +66,25 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
     # over a 151k vocabulary on CPU (and argmax is slower than top_k there).
     lse = jax.nn.logsumexp(scaled, axis=-1)
 
+    none = jnp.zeros(logits.shape[:1], jnp.int32)
+
     def draw(_):
         # Inverse-CDF sampling: one uniform per row. (Gumbel-max needs a random number per
         # vocabulary entry, which on CPU costs more than a small model's whole forward pass.)
-        probs = jax.nn.softmax(_filter(scaled, knobs.top_p, knobs.top_k), axis=-1)
-        cdf = jnp.cumsum(probs, axis=-1)
+        # Unnormalised weights suffice (u is scaled by the total); ``lse`` keeps exp in range.
+        weights = jnp.exp(_filter(scaled, knobs.top_p, knobs.top_k) - lse[:, None])
+        cdf = jnp.cumsum(weights, axis=-1)
         u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]
         idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(cdf, u)
         return jnp.minimum(idx, logits.shape[-1] - 1).astype(jnp.int32)
 
-    greedy_tok = jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
-    drawn = jax.lax.cond(jnp.all(greedy), lambda _: greedy_tok, draw, None)
-    tok = jnp.where(greedy, greedy_tok, drawn)
+    def argmax(_):
+        return jax.lax.top_k(logits, 1)[1][:, 0].astype(jnp.int32)
+
+    # Each path costs a pass or more over [B, vocab]: run only the ones some row needs.
+    drawn = jax.lax.cond(jnp.all(greedy), lambda _: none, draw, None)
+    best = jax.lax.cond(jnp.any(greedy), argmax, lambda _: none, None)
+    tok = jnp.where(greedy, best, drawn)
     return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
@@ -141,7 +148,7 @@ class Sampler:
     """In-process ``InferenceEngine`` over a ``Decoder``.
 
     Args:
-        model: the decoder (its current weights are copied in; ``update_weights`` swaps them).
+        model: the decoder whose current weights are served (``update_weights`` swaps them).
         pad_id: token id used for padding rows and columns (never attended to).
         min_prompt_bucket, min_batch_bucket, min_new_bucket: smallest padded shapes.
         seed: seed of the engine's own sampling stream.
