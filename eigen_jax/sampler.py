@@ -26,6 +26,10 @@ from eigen_jax.model.decoder import Decoder, positions_from_mask
 from rollout.engine import Generation, SamplingParams
 
 
+class ContextOverflow(ValueError):
+    """A request longer than the engine serves; episodes end with ``context_overflow``."""
+
+
 def bucket(n: int, minimum: int) -> int:
     """Smallest power of two >= max(n, minimum): a handful of shapes covers every request."""
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
@@ -152,6 +156,8 @@ class Sampler:
         pad_id: token id used for padding rows and columns (never attended to).
         min_prompt_bucket, min_batch_bucket, min_new_bucket: smallest padded shapes.
         seed: seed of the engine's own sampling stream.
+        max_len: longest prompt + completion served (default: the model's
+            ``max_position_embeddings``); longer requests raise ``ContextOverflow``.
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class Sampler:
         min_batch_bucket: int = 1,
         min_new_bucket: int = 16,
         seed: int = 0,
+        max_len: int | None = None,
     ):
         self.graphdef, self.state = nnx.split(model)
         self.pad_id = pad_id
@@ -172,6 +179,7 @@ class Sampler:
             min_new_bucket,
         )
         self._version = 0
+        self.max_len = max_len or model.cfg.max_position_embeddings
         self._key = jax.random.key(seed)
         self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
@@ -198,6 +206,12 @@ class Sampler:
         params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
         if len(params) != len(prompts) or any(len(p) == 0 for p in prompts):
             raise ValueError("generate_batch: one SamplingParams per prompt, and no empty prompt")
+        for x, sp in zip(prompts, params, strict=True):
+            if len(x) + sp.max_new_tokens > self.max_len:
+                raise ContextOverflow(
+                    f"prompt of {len(x)} tokens + max_new_tokens {sp.max_new_tokens} "
+                    f"exceeds max_len {self.max_len}"
+                )
         b = bucket(len(prompts), self.min_batch_bucket)
         p = bucket(max(len(x) for x in prompts), self.min_prompt_bucket)
         n = bucket(max(sp.max_new_tokens for sp in params), self.min_new_bucket)

@@ -9,7 +9,7 @@ from hf_models import write_tiny
 from eigen_jax.model import positions_from_mask
 from eigen_jax.model.hf import load_hf
 from eigen_jax.ops import next_token_logprobs
-from eigen_jax.sampler import Sampler, _generate
+from eigen_jax.sampler import ContextOverflow, Sampler, _generate
 from rollout.engine import InferenceEngine, SamplingParams
 
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [42], [9, 9, 9, 9, 9, 9]]
@@ -101,6 +101,14 @@ def test_weight_swap_bumps_version(tiny, tmp_path):
     assert all(g.version == 1 for g in after) and [g.tokens for g in after] != [g.tokens for g in before]
     with pytest.raises(ValueError, match="do not match"):
         s.update_weights({"not": "weights"})
+
+
+def test_context_overflow_is_a_clear_error(tiny):
+    _, model, _ = tiny
+    s = Sampler(model, max_len=40)
+    with pytest.raises(ContextOverflow, match="prompt of 30 tokens \\+ max_new_tokens 16 exceeds max_len 40"):
+        s.generate_batch([[1] * 30], SamplingParams(max_new_tokens=16))
+    assert len(s.generate_batch([[1] * 30], SamplingParams(max_new_tokens=10))[0].tokens) == 10
 
 
 def test_async_requests_are_batched(tiny):
