@@ -20,7 +20,7 @@ def test_next_token_logprobs_shifts_targets():
     tokens = jnp.asarray([[0, 2, 1]])
     got = next_token_logprobs(logits, tokens)
     assert got.shape == (1, 2)
-    np.testing.assert_allclose(got[0, 0], 10.0 - math.log(math.exp(10.0) + 3), rtol=1e-6)
+    np.testing.assert_allclose(got[0, 0], 10.0 - math.log(math.exp(10.0) + 3), atol=1e-6)
     np.testing.assert_allclose(got[0, 1], -math.log(4.0), rtol=1e-6)
 
 
