@@ -138,7 +138,7 @@ def save_hf(
     tensors: dict[str, np.ndarray] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         key, transpose = hf_key(path)
-        arr = np.asarray(jax.device_get(var[...] if hasattr(var, "__getitem__") else var.value))
+        arr = np.asarray(jax.device_get(var[...]))
         if dtype is not None:
             arr = arr.astype(dtype)
         tensors[key] = np.ascontiguousarray(arr.T if transpose else arr)
