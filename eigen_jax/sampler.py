@@ -281,7 +281,7 @@ class Sampler:
                 gens = await asyncio.to_thread(
                     self.generate_batch, [b[0] for b in batch], [b[1] for b in batch]
                 )
-            except Exception as e:
+            except Exception as e:  # fail these requests, keep the engine serving
                 for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)

@@ -76,8 +76,7 @@ class ChatFormat:
             if m.role in ("user", "system"):
                 out.append(f"{IM_START}{m.role}\n{m.content or ''}{IM_END}\n")
             elif m.role == "assistant":
-                prompt = self.generation_prompt() if self.empty_think else f"{IM_START}assistant\n"
-                out.append(prompt + self.assistant_body(m) + f"{IM_END}\n")
+                out.append(self.generation_prompt() + self.assistant_body(m) + f"{IM_END}\n")
             else:  # tool results: one user turn per run of consecutive tool messages
                 if i == 0 or messages[i - 1].role != "tool":
                     out.append(f"{IM_START}user")

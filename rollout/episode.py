@@ -81,7 +81,7 @@ async def run_episode(
                 if await user_turn():
                     termination = Termination.USER_STOP
                     break
-    except Exception as e:
+    except Exception as e:  # any failure of a party ends only this episode
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
 
     timings = dict(clock.totals, total=time.perf_counter() - t_start)

@@ -35,7 +35,7 @@ def _child(req, write_fd, scratch):
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         namespace = {"__name__": "__checker__"}
-        exec(compile(req["code"], "<checker>", "exec"), namespace)
+        exec(compile(req["code"], "<checker>", "exec"), namespace)  # this child IS the sandbox
         fn = namespace.get(req["entry"])
         if not callable(fn):
             out = {"passed": False, "reason": f"checker defines no function {req['entry']!r}"}
@@ -51,7 +51,7 @@ def _child(req, write_fd, scratch):
         out = {"passed": False, "reason": "memory limit exceeded"}
     except RecursionError:
         out = {"passed": False, "reason": "recursion limit exceeded"}
-    except BaseException as e:
+    except BaseException as e:  # everything the checker does is a result, never a crash
         out = {"passed": False, "reason": f"checker raised {type(e).__name__}: {str(e)[:500]}"}
     try:
         data = json.dumps(out).encode()
@@ -114,7 +114,7 @@ def main():
         try:
             req = json.loads(line)
             result = _run(req, scratch_root)
-        except Exception as e:
+        except Exception as e:  # a bad request must not kill the zygote
             result = {"passed": False, "reason": f"sandbox error: {type(e).__name__}: {e}", "seconds": 0.0}
         out.write(json.dumps(result) + "\n")
         out.flush()

@@ -13,6 +13,11 @@ def drop_last_write(actions: list[Action], write_tools: frozenset[str]) -> list[
     return actions[: idx[-1]] + actions[idx[-1] + 1 :]
 
 
+def expects_no_change(task: Task, write_tools: frozenset[str]) -> bool:
+    """Whether the task's correct outcome leaves the DB as it is (every request must be refused)."""
+    return not any(a.name in write_tools for a in task.gold_actions)
+
+
 def perturbations(task: Task, write_tools: frozenset[str]) -> list[tuple[str, list[Action]]]:
     """Labelled near misses of the gold actions: the last write dropped, each forbidden write
     added. A verifier must score every one of them 0."""

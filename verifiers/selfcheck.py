@@ -28,7 +28,7 @@ from rollout.episode import run_episode
 from rollout.pool import PoolError, TaskPool
 from rollout.user_sim import ScriptedUser
 from verifiers.config import VerifierConfig
-from verifiers.perturb import perturbations
+from verifiers.perturb import expects_no_change, perturbations
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 
@@ -90,7 +90,7 @@ async def selfcheck(
                 domain = get_domain(task.domain)
                 if task.domain not in verifiers:
                     verifiers[task.domain] = Verifier(domain, sandbox, vc.components)
-                no_change += not any(a.name in domain.write_tools for a in task.gold_actions)
+                no_change += expects_no_change(task, domain.write_tools)
                 agents = _agents(task, domain.write_tools)
                 await asyncio.gather(*(episode(task, n, a) for n, a in agents.items()))
             bar.update()

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from eigen_jax.model.config import DecoderConfig
 from eigen_jax.model.decoder import Decoder
-from eigen_jax.model.sharding import spec_for
+from eigen_jax.model.sharding import param_name, spec_for
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -108,7 +108,7 @@ def load_hf(
         arr = np.asarray(arr).astype(param_dtype)
         if mesh is None:
             return var.replace(jnp.asarray(arr))
-        spec = spec_for(".".join(str(p) for p in path), arr.shape, cfg.family, mesh)
+        spec = spec_for(param_name(path), arr.shape, cfg.family, mesh)
         return var.replace(jax.device_put(arr, jax.sharding.NamedSharding(mesh, spec)))
 
     state = nnx.map_state(load, state)

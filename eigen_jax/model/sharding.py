@@ -64,6 +64,11 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*dims)
 
 
+def param_name(path: tuple) -> str:
+    """An nnx state path as the dotted name the rules match: ``layers.0.mlp.up_proj.kernel``."""
+    return ".".join(str(p) for p in path)
+
+
 def spec_for(path: str, shape: tuple[int, ...], family: str, mesh: Mesh) -> P:
     for pattern, spec in RULES[family]:
         if re.search(pattern, path):
@@ -75,7 +80,7 @@ def param_specs(model: nnx.Module, mesh: Mesh) -> dict[str, P]:
     """``{"layers.0.self_attn.q_proj.kernel": PartitionSpec, ...}`` for ``model`` on ``mesh``."""
     family = model.cfg.family
     return {
-        ".".join(str(p) for p in path): spec_for(".".join(str(p) for p in path), var.shape, family, mesh)
+        param_name(path): spec_for(param_name(path), var.shape, family, mesh)
         for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
 
@@ -85,7 +90,7 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     family = model.cfg.family
 
     def place(path, var):
-        spec = spec_for(".".join(str(p) for p in path), var.shape, family, mesh)
+        spec = spec_for(param_name(path), var.shape, family, mesh)
         return var.replace(jax.device_put(var[...], NamedSharding(mesh, spec)))
 
     nnx.update(model, nnx.map_state(place, nnx.state(model, nnx.Param)))

@@ -18,6 +18,7 @@ from synth.config import PoolConfig, ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from synth.validate import validate_task
 from verifiers.config import VerifierConfig
+from verifiers.perturb import expects_no_change
 from verifiers.sandbox import Sandbox
 
 GENERATORS: dict[str, Callable[[ProceduralConfig, int], Task]] = {"shop": generate_shop_task}
@@ -94,6 +95,6 @@ def generate_to_pool(
             writer.add(task)
             report.accepted += 1
             report.splits[task.split] += 1
-            report.no_change += not any(a.name in domain.write_tools for a in task.gold_actions)
+            report.no_change += expects_no_change(task, domain.write_tools)
     report.seconds = time.perf_counter() - t0
     return report
