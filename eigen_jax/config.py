@@ -10,13 +10,14 @@ from typing import Literal
 
 from pydantic import Field
 
+from eigen_jax.train_config import CheckpointSection, GRPOSection, ModelSection, SFTSection
 from rollout.config import DomainConfig, EpisodeConfig
 from rollout.configio import Section
 from synth.config import PoolConfig, ProceduralConfig
 from verifiers.config import VerifierConfig
 
-Stage = Literal["generate", "selfcheck"]
-"""Stages ``eigen_jax.train`` can run; SFT, GRPO and eval stages join as they land."""
+Stage = Literal["generate", "selfcheck", "sft_user", "sft_agent", "grpo"]
+"""Stages ``eigen_jax.train`` can run; eval joins with the eval issue."""
 
 
 class RunSection(Section):
@@ -41,3 +42,8 @@ class RunConfig(Section):
     pool: PoolConfig = PoolConfig()
     episode: EpisodeConfig = EpisodeConfig()
     verifier: VerifierConfig = VerifierConfig()
+    model: ModelSection = ModelSection()
+    sft_user: SFTSection = SFTSection()
+    sft_agent: SFTSection = SFTSection()
+    grpo: GRPOSection = GRPOSection()
+    checkpoint: CheckpointSection = CheckpointSection()

@@ -97,6 +97,29 @@ class ChatFormat:
         text = self._system(system, tools) + self._messages(rest)
         return text + (self.generation_prompt() if add_generation_prompt else "")
 
+    def segments(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[tuple[str, bool]]:
+        """``render(messages, tools)`` cut into (text, generated) pieces: ``generated`` is True for
+        each assistant turn's body plus its ``<|im_end|>`` -- what a policy samples, so what SFT
+        trains on. Pieces start and end at the same places as token-in/token-out episodes
+        append them, so tokenizing them one by one gives the ids an episode would."""
+        system = messages[0].content if messages and messages[0].role == "system" else None
+        rest = list(messages[1:] if system is not None else messages)
+        out: list[tuple[str, bool]] = []
+        prompt = self._system(system, tools)
+        start = 0
+        for i, m in enumerate(rest):
+            if m.role != "assistant":
+                continue
+            prompt += self._messages(rest[start:i]) + self.generation_prompt()
+            out += [(prompt, False), (self.assistant_body(m) + IM_END, True)]
+            prompt, start = "\n", i + 1
+        prompt += self._messages(rest[start:])
+        if prompt:
+            out.append((prompt, False))
+        return [(text, gen) for text, gen in out if text]
+
     def continuation(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """Text to append after a generated assistant turn that ended with ``<|im_end|>``."""
         text = "\n" + self._messages(messages)

@@ -24,7 +24,21 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-KNOWN_SECTIONS: frozenset[str] = frozenset({"run", "domain", "procedural", "pool", "episode", "verifier"})
+KNOWN_SECTIONS: frozenset[str] = frozenset(
+    {
+        "run",
+        "domain",
+        "procedural",
+        "pool",
+        "episode",
+        "verifier",
+        "model",
+        "sft_user",
+        "sft_agent",
+        "grpo",
+        "checkpoint",
+    }
+)
 """Top-level sections any run config may hold; kept equal to ``eigen_jax.config.RunConfig``'s
 fields by a test."""
 

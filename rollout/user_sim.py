@@ -24,6 +24,37 @@ class UserSimulator(Protocol):
         ...
 
 
+def user_system_prompt(scenario: UserScenario) -> str:
+    """The user-simulator model's instructions: who it is, why it calls, what it knows and what it
+    does not, and how to end (shared by SFT of the user model and its use in episodes)."""
+    lines = [
+        "You are a customer talking to a support agent. Write only your next message, in plain text.",
+        f"Why you are calling: {scenario.reason_for_call}",
+    ]
+    if scenario.persona:
+        lines.append(f"Persona: {scenario.persona}")
+    if scenario.known_info:
+        lines.append("You know: " + "; ".join(f"{k}: {v}" for k, v in scenario.known_info.items()))
+    if scenario.unknown_info:
+        lines.append("You do not know: " + ", ".join(scenario.unknown_info))
+    if scenario.task_instructions:
+        lines.append(f"Instructions: {scenario.task_instructions}")
+    lines.append(f"When your request is settled (or cannot be), end with {STOP_TOKENS[0]}.")
+    return "\n".join(lines)
+
+
+def user_view(scenario: UserScenario, messages: list[Message]) -> list[Message]:
+    """The conversation as the user-simulator model sees it: its instructions as the system
+    message, its own turns as ``assistant``, the agent's text as ``user``; tool traffic hidden."""
+    out = [Message(role="system", content=user_system_prompt(scenario))]
+    for m in messages:
+        if m.role == "user":
+            out.append(Message(role="assistant", content=m.content or ""))
+        elif m.role == "assistant" and m.content:
+            out.append(Message(role="user", content=m.content))
+    return out
+
+
 def _norm(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
 

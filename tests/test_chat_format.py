@@ -77,6 +77,32 @@ def test_appending_continuations_is_token_exact(qwen_dir):
     assert tok.decode(ids) == fmt.render(conv[:6], TOOLS)
 
 
+@pytest.mark.parametrize("empty_think", [False, True])
+def test_segments_cut_the_render_at_generated_turns(qwen_dir, empty_think):
+    tok = Tokenizer.from_dir(qwen_dir)
+    fmt, conv = ChatFormat(empty_think=empty_think), _conversation()
+    segs = fmt.segments(conv, TOOLS)
+    assert "".join(text for text, _ in segs) == fmt.render(conv, TOOLS)
+    gen = [text for text, g in segs if g]
+    assert gen == [fmt.assistant_body(m) + "<|im_end|>" for m in conv if m.role == "assistant"]
+    # tokenizing piece by piece is token-exact: what SFT trains on is what episodes produce
+    assert [i for text, _ in segs for i in tok.encode(text)] == tok.encode(fmt.render(conv, TOOLS))
+    # ending on an assistant turn: its generated piece, then the template's closing newline
+    assert fmt.segments(conv[:3])[-2:] == [(fmt.assistant_body(conv[2]) + "<|im_end|>", True), ("\n", False)]
+
+
+def test_user_view_flips_roles_and_hides_tools():
+    from rollout.contracts import UserScenario
+    from rollout.user_sim import STOP_TOKENS, user_view
+
+    sc = UserScenario(reason_for_call="cancel O12345", known_info={"customer id": "C0042"}, unknown_info=["zip"])
+    view = user_view(sc, _conversation()[1:])
+    assert [m.role for m in view] == ["system", "assistant", "user", "assistant", "user"]
+    assert "C0042" in view[0].content and "zip" in view[0].content and STOP_TOKENS[0] in view[0].content
+    assert view[1].content.startswith("Cancel order") and view[4].content == "Checking both."
+    assert all(m.tool_calls is None for m in view)
+
+
 def test_parse_round_trips_and_flags_malformed_output():
     fmt = ChatFormat()
     for m in _conversation():

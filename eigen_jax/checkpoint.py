@@ -1,0 +1,68 @@
+"""Orbax checkpoints of a ``TrainState`` plus JSON metadata (data iterator, controller, stage).
+
+The state is saved as a flat ``{tree path: array}`` dict, which orbax stores without knowing
+nnx or optax types; restoring flattens the live state the same way for shapes, dtypes and
+shardings, so a checkpoint comes back onto whatever mesh the resumed run uses. Orbax writes
+each step to a temporary directory and renames it when complete: a run killed mid-save leaves
+the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from eigen_jax.learner import TrainState
+
+
+def _flat(state: TrainState) -> tuple[dict[str, Any], Any]:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}, treedef
+
+
+class Checkpointer:
+    """Keeps the newest ``keep`` checkpoints of one stage under ``directory``."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory).absolute()
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+        """Save at ``state.step`` (blocks until written: a resume must never see half a step)."""
+        flat, _ = _flat(state)
+        step = int(state.step)
+        self._mngr.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
+        )
+        self._mngr.wait_until_finished()
+
+    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """The checkpoint at ``step`` (default: latest), shaped and sharded like ``like``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        flat, treedef = _flat(like)
+        target = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+            for k, v in flat.items()
+        }
+        out = self._mngr.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+        )
+        restored = out["state"]
+        if set(restored) != set(flat):
+            raise ValueError(f"{self.directory}/{step}: checkpoint does not match this model's state")
+        return jax.tree_util.tree_unflatten(treedef, [restored[k] for k in flat]), dict(out["meta"])
+
+    def close(self) -> None:
+        self._mngr.close()

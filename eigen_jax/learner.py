@@ -1,0 +1,147 @@
+"""The optimiser, the train state and one jitted, micro-batched, sharded update step.
+
+A ``Learner`` owns pure pytrees (params, optimiser state, step, RNG) so checkpoints and weight
+swaps are plain tree operations; the model object is rebuilt from them on demand. Losses are
+functions ``loss_fn(model, batch, denom) -> (loss, sums)``: ``denom`` is the whole batch's
+normaliser, so micro-batch losses add up to the full-batch loss and accumulated gradients equal
+one big batch's; ``sums`` are additive statistics (token counts, clipped tokens ...), or maxima
+for keys ending in ``_max``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from eigen_jax.model import Decoder
+from eigen_jax.model.sharding import batch_sharding
+from eigen_jax.train_config import OptimSection
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[[Decoder, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def learning_rate(cfg: OptimSection, total_steps: int) -> optax.Schedule:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(cfg.lr)
+    else:
+        decay = max(total_steps - cfg.warmup_steps, 1)
+        after = optax.cosine_decay_schedule(cfg.lr, decay, alpha=cfg.min_lr_ratio)
+    if cfg.warmup_steps == 0:
+        return after
+    warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warm, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimSection, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with the configured schedule, after global-norm clipping."""
+    adam = optax.adamw(
+        learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip else adam
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array
+    """Raw key data (uint32): stages derive per-step sampling seeds from it, so a resumed run
+    samples what the uninterrupted one would have."""
+
+
+def _split_micro(batch: Batch, n: int) -> Batch:
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
+
+
+class Learner:
+    """Trains ``model`` with ``loss_fn``; see the module docstring for the loss contract.
+
+    Args:
+        model: the decoder (already sharded over ``mesh`` when one is given).
+        tx: the optimiser (``make_optimizer``).
+        loss_fn: the loss (``eigen_jax.objectives``).
+        micro_batches: gradient-accumulation steps per update; must divide every batch.
+        mesh: shards each batch's leading axis over the mesh's (data, fsdp) axes.
+        seed: the RNG the state carries.
+    """
+
+    def __init__(
+        self,
+        model: Decoder,
+        tx: optax.GradientTransformation,
+        loss_fn: LossFn,
+        *,
+        micro_batches: int = 1,
+        mesh: Mesh | None = None,
+        seed: int = 0,
+    ):
+        self.graphdef, params = nnx.split(model)
+        self.tx, self.loss_fn, self.micro_batches, self.mesh = tx, loss_fn, micro_batches, mesh
+        self.state = TrainState(
+            params=params,
+            opt_state=jax.jit(tx.init)(params),
+            step=jnp.asarray(0, jnp.int32),
+            rng=jax.random.key_data(jax.random.key(seed)),
+        )
+        # No buffer donation: an in-process sampler may still hold the previous weights.
+        self._update = jax.jit(self._update_impl)
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def model(self) -> Decoder:
+        """The current weights as a ``Decoder`` (shares arrays with the state; do not mutate)."""
+        return nnx.merge(self.graphdef, self.state.params)
+
+    def put(self, batch: dict[str, np.ndarray]) -> Batch:
+        """Host arrays -> device arrays, batch axis sharded over the mesh."""
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in batch.items()}
+        return {k: jax.device_put(v, batch_sharding(self.mesh, np.ndim(v))) for k, v in batch.items()}
+
+    def _grads(self, params: nnx.State, batch: Batch, denom: jax.Array):
+        def f(p):
+            return self.loss_fn(nnx.merge(self.graphdef, p), batch, denom)
+
+        return jax.value_and_grad(f, has_aux=True)(params)
+
+    def _update_impl(self, state: TrainState, batch: Batch, denom: jax.Array):
+        n = self.micro_batches
+        if n == 1:
+            (loss, sums), grads = self._grads(state.params, batch, denom)
+        else:
+
+            def body(carry, micro):
+                (l_mb, s_mb), g_mb = self._grads(state.params, micro, denom)
+                g, l, s = carry
+                s = {k: (jnp.maximum if k.endswith("_max") else jnp.add)(s[k], s_mb[k]) for k in s}
+                return (jax.tree.map(jnp.add, g, g_mb), l + l_mb, s), None
+
+            micro = _split_micro(batch, n)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda: self._grads(state.params, first, denom))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (_, sums0), grads0 = zeros
+            (grads, loss, sums), _ = jax.lax.scan(body, (grads0, jnp.zeros((), jnp.float32), sums0), micro)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **sums}
+        return TrainState(params, opt_state, state.step + 1, state.rng), metrics
+
+    def update(self, batch: Batch, denom: jax.Array) -> dict[str, float]:
+        """One optimiser step on ``batch`` (already on device); returns its metrics as floats."""
+        lead = next(iter(batch.values())).shape[0]
+        if lead % self.micro_batches:
+            raise ValueError(f"batch of {lead} sequences does not split into {self.micro_batches} micro-batches")
+        self.state, metrics = self._update(self.state, batch, denom)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}

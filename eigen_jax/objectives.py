@@ -1,0 +1,92 @@
+"""Loss functions over a model and a batch, in the ``Learner``'s contract (see learner.py).
+
+Batches are dicts of [N, T] arrays: ``tokens``, ``attn_mask`` (1 on real tokens), ``loss_mask``
+(1 on tokens the trained role produced), and for GRPO ``advantages`` [N], ``behaviour_logp`` and
+``prox_logp`` (per token, aligned with ``tokens``: entry t is the logprob of token t), optionally
+``ref_logp``. Position t's logits predict token t + 1, so every per-token array is used from
+column 1 on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from eigen_jax import losses as L
+from eigen_jax.learner import Batch
+from eigen_jax.model import Decoder, positions_from_mask
+from eigen_jax.ops import next_token_logprobs
+
+
+def sequence_logprobs(model: Decoder, batch: Batch, temperature: float = 1.0) -> jax.Array:
+    """[N, T-1]: logprob of tokens[:, 1:] under ``model``."""
+    tokens, attn = batch["tokens"], batch["attn_mask"]
+    logits, _ = model(tokens, positions_from_mask(attn), attn)
+    return next_token_logprobs(logits, tokens, temperature)
+
+
+def target_mask(batch: Batch) -> jax.Array:
+    """The loss mask aligned with ``sequence_logprobs`` ([N, T-1])."""
+    return batch["loss_mask"][:, 1:] * batch["attn_mask"][:, 1:]
+
+
+class SFTLoss(NamedTuple):
+    """Masked next-token cross-entropy (hashable: it is static jit metadata)."""
+
+    aggregation: L.Aggregation = "token_mean"
+
+    def denom(self, batch: Batch) -> jax.Array:
+        return L.normaliser(target_mask(batch), self.aggregation)
+
+    def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
+        lp = sequence_logprobs(model, batch)
+        m = target_mask(batch).astype(jnp.float32)
+        loss = L.aggregate(-lp, m, self.aggregation, denom)
+        return loss, {"tokens": m.sum(), "nll_sum": -(lp * m).sum()}
+
+
+class GRPOLoss(NamedTuple):
+    """Decoupled PPO over group-relative advantages (on-policy when prox == behaviour)."""
+
+    eps_low: float = 0.4
+    eps_high: float = 0.4
+    weight_cap: float | None = 5.0
+    aggregation: L.Aggregation = "token_mean"
+    kl_coef: float = 0.0
+    temperature: float = 1.0
+
+    def denom(self, batch: Batch) -> jax.Array:
+        # Normalised by the tokens the policy generated, before the weight cap drops any: the cap
+        # then removes a token's term without re-weighting the others.
+        return L.normaliser(target_mask(batch), self.aggregation)
+
+    def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
+        lp = sequence_logprobs(model, batch, self.temperature)
+        m = target_mask(batch).astype(jnp.float32)
+        adv = L.broadcast_to_tokens(batch["advantages"].astype(jnp.float32), m)
+        t = L.decoupled_policy_loss(
+            lp,
+            batch["prox_logp"][:, 1:],
+            batch["behaviour_logp"][:, 1:],
+            adv,
+            m,
+            self.eps_low,
+            self.eps_high,
+            self.weight_cap,
+        )
+        loss = L.aggregate(t.loss, t.mask, self.aggregation, denom)
+        sums = {
+            "tokens": m.sum(),
+            "kept_tokens": t.mask.sum(),
+            "clipped_tokens": t.clipped.sum().astype(jnp.float32),
+            "weight_sum": (t.weight * m).sum(),
+            "weight_max": jnp.max(jnp.where(m > 0, t.weight, 0.0)),
+            "ratio_sum": (t.ratio * m).sum(),
+        }
+        if self.kl_coef > 0:
+            kl = L.kl_k3(lp, batch["ref_logp"][:, 1:])
+            loss = loss + self.kl_coef * L.aggregate(kl, m, self.aggregation, denom)
+            sums["kl_sum"] = (kl * m).sum()
+        return loss, sums

