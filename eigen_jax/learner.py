@@ -122,10 +122,10 @@ class Learner:
         else:
 
             def body(carry, micro):
-                (l_mb, s_mb), g_mb = self._grads(state.params, micro, denom)
-                g, l, s = carry
+                (loss_mb, s_mb), g_mb = self._grads(state.params, micro, denom)
+                g, total, s = carry
                 s = {k: (jnp.maximum if k.endswith("_max") else jnp.add)(s[k], s_mb[k]) for k in s}
-                return (jax.tree.map(jnp.add, g, g_mb), l + l_mb, s), None
+                return (jax.tree.map(jnp.add, g, g_mb), total + loss_mb, s), None
 
             micro = _split_micro(batch, n)
             first = jax.tree.map(lambda x: x[0], micro)
@@ -142,6 +142,6 @@ class Learner:
         """One optimiser step on ``batch`` (already on device); returns its metrics as floats."""
         lead = next(iter(batch.values())).shape[0]
         if lead % self.micro_batches:
-            raise ValueError(f"batch of {lead} sequences does not split into {self.micro_batches} micro-batches")
+            raise ValueError(f"a batch of {lead} sequences does not split into {self.micro_batches} micro-batches")
         self.state, metrics = self._update(self.state, batch, denom)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}

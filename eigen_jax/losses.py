@@ -2,7 +2,8 @@
 
 Conventions: a batch is N sequences of T tokens; per-token arrays are [N, T] and already aligned
 to the *target* token (the one whose logprob is taken); ``mask`` is 1 on tokens that enter the
-loss. Groups are integer ids, one per sequence (the G samples of one task share one). Losses return per-token terms; ``aggregate`` turns them into a scalar with a normaliser
+loss. Groups are integer ids, one per sequence (the G samples of one task share one). Losses
+return per-token terms; ``aggregate`` turns them into a scalar with a normaliser
 the caller computes once for the whole batch, so that micro-batches sum to exactly the
 full-batch loss.
 """

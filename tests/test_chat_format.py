@@ -95,7 +95,9 @@ def test_user_view_flips_roles_and_hides_tools():
     from rollout.contracts import UserScenario
     from rollout.user_sim import STOP_TOKENS, user_view
 
-    sc = UserScenario(reason_for_call="cancel O12345", known_info={"customer id": "C0042"}, unknown_info=["zip"])
+    sc = UserScenario(
+        reason_for_call="cancel O12345", known_info={"customer id": "C0042"}, unknown_info=["zip"]
+    )
     view = user_view(sc, _conversation()[1:])
     assert [m.role for m in view] == ["system", "assistant", "user", "assistant", "user"]
     assert "C0042" in view[0].content and "zip" in view[0].content and STOP_TOKENS[0] in view[0].content

@@ -49,7 +49,8 @@ def _batch(n=8, t=12, seed=0):
 
 
 def _params(learner):
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(learner.state)}
+    leaves = jax.tree_util.tree_leaves_with_path(learner.state)
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
 def _run(loss_fn, micro=1, mesh=None, steps=2, tx=None):
