@@ -142,6 +142,7 @@ class Learner:
         """One optimiser step on ``batch`` (already on device); returns its metrics as floats."""
         lead = next(iter(batch.values())).shape[0]
         if lead % self.micro_batches:
-            raise ValueError(f"a batch of {lead} sequences does not split into {self.micro_batches} micro-batches")
+            n = self.micro_batches
+            raise ValueError(f"a batch of {lead} sequences does not split into {n} micro-batches")
         self.state, metrics = self._update(self.state, batch, denom)
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
