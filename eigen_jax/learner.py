@@ -103,10 +103,21 @@ class Learner:
         """The current weights as a ``Decoder`` (shares arrays with the state; do not mutate)."""
         return nnx.merge(self.graphdef, self.state.params)
 
+    def skip(self) -> None:
+        """Advance ``step`` without an update (a stage step that produced nothing to learn from)."""
+        self.state = self.state._replace(step=self.state.step + 1)
+
     def put(self, batch: dict[str, np.ndarray]) -> Batch:
         """Host arrays -> device arrays, batch axis sharded over the mesh."""
         if self.mesh is None:
             return {k: jnp.asarray(v) for k, v in batch.items()}
+        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        lead = len(next(iter(batch.values())))
+        if lead % ways:
+            raise ValueError(
+                f"a batch of {lead} sequences does not split over the mesh's data x fsdp = {ways} "
+                "devices: make the batch size a multiple of it (or change model.mesh)"
+            )
         return {k: jax.device_put(v, batch_sharding(self.mesh, np.ndim(v))) for k, v in batch.items()}
 
     def _grads(self, params: nnx.State, batch: Batch, denom: jax.Array):
@@ -115,7 +126,7 @@ class Learner:
 
         return jax.value_and_grad(f, has_aux=True)(params)
 
-    def _update_impl(self, state: TrainState, batch: Batch, denom: jax.Array):
+    def _update_impl(self, state: TrainState, batch: Batch, denom: jax.Array, advance: jax.Array):
         n = self.micro_batches
         if n == 1:
             (loss, sums), grads = self._grads(state.params, batch, denom)
@@ -136,13 +147,16 @@ class Learner:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **sums}
-        return TrainState(params, opt_state, state.step + 1, state.rng), metrics
+        return TrainState(params, opt_state, state.step + advance, state.rng), metrics
 
-    def update(self, batch: Batch, denom: jax.Array) -> dict[str, float]:
-        """One optimiser step on ``batch`` (already on device); returns its metrics as floats."""
+    def update(self, batch: Batch, denom: jax.Array, advance: bool = True) -> dict[str, float]:
+        """One optimiser step on ``batch`` (already on device); returns its metrics as floats.
+
+        ``advance=False`` leaves ``step`` as it is: stages whose step is several optimiser
+        updates (PPO minibatches) advance it on the last one. The LR schedule counts updates."""
         lead = next(iter(batch.values())).shape[0]
         if lead % self.micro_batches:
             n = self.micro_batches
             raise ValueError(f"a batch of {lead} sequences does not split into {n} micro-batches")
-        self.state, metrics = self._update(self.state, batch, denom)
+        self.state, metrics = self._update(self.state, batch, denom, jnp.asarray(int(advance), jnp.int32))
         return {k: float(v) for k, v in jax.device_get(metrics).items()}

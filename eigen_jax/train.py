@@ -1,8 +1,13 @@
 """``python -m eigen_jax.train --config configs/X.yaml [key.path=value ...]``
 
 The composition root: runs the stages the config lists, in order, and writes a summary to
-``run.out_dir``. Stages now: ``generate`` (procedural tasks into the pool) and ``selfcheck``
-(model-free episodes through the verifier). SFT, GRPO and eval stages join as they land.
+``run.out_dir``. Stages: ``generate`` (procedural tasks into the pool), ``selfcheck`` (model-free
+episodes through the verifier), ``sft_user`` / ``sft_agent`` (SFT of the user-simulator model and
+of the agent on the pool's dialogues), ``grpo`` (from the SFT agent when the run has one).
+
+``--resume`` continues an interrupted run: finished stages are skipped, the running one restarts
+from its latest checkpoint (params, optimiser, step, RNG, data position) and goes on exactly as
+the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -37,10 +42,37 @@ def _stage_selfcheck(cfg: RunConfig) -> dict[str, Any]:
     return asyncio.run(selfcheck(tasks, sc, progress=cfg.run.progress))
 
 
-STAGES = {"generate": _stage_generate, "selfcheck": _stage_selfcheck}
+def _stage_sft_user(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    from eigen_jax.stages.sft import run_sft
+
+    return run_sft(cfg, "sft_user", "user", resume=resume)
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
+def _stage_sft_agent(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    from eigen_jax.stages.sft import run_sft
+
+    return run_sft(cfg, "sft_agent", "agent", resume=resume)
+
+
+def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    from eigen_jax.stages.common import StageDir
+    from eigen_jax.stages.grpo import run_grpo
+
+    agent = StageDir(cfg, "sft_agent")
+    start = str(agent.hf) if "sft_agent" in cfg.run.stages and agent.finished() else None
+    return run_grpo(cfg, resume=resume, start_from=start)
+
+
+STAGES = {
+    "generate": lambda cfg, resume: _stage_generate(cfg),
+    "selfcheck": lambda cfg, resume: _stage_selfcheck(cfg),
+    "sft_user": _stage_sft_user,
+    "sft_agent": _stage_sft_agent,
+    "grpo": _stage_grpo,
+}
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured stage; returns (and writes) ``{stage: summary}``."""
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +81,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     for stage in cfg.run.stages:
         t0 = time.perf_counter()
         print(f"[{cfg.run.name}] stage {stage} ...", file=sys.stderr, flush=True)
-        summary[stage] = STAGES[stage](cfg)
+        summary[stage] = STAGES[stage](cfg, resume)
         print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -68,6 +100,13 @@ def _print_table(summary: dict[str, Any]) -> None:
         for agent in ("oracle", "idle", "perturbed"):
             print(f"{agent:<10} {s[agent + '_pass']:>9.3f}")
         print(f"share of tasks whose correct outcome changes nothing: {s['no_change_share']:.3f}")
+    for stage in ("sft_user", "sft_agent"):
+        if stage in summary:
+            s = summary[stage]
+            print(f"{stage}: {s['steps']} steps, held-out loss {s['final_eval_loss']:.3f} -> {s['hf_dir']}")
+    if "grpo" in summary:
+        s = summary["grpo"]
+        print(f"grpo ({s['env']}): pass rate {s['first_pass_rate']:.3f} -> {s['last_pass_rate']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(parser)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its latest checkpoints"
+    )
     args = parser.parse_args(argv)
     cfg = config_from_args(RunConfig, args, foreign_sections=())
-    summary = run(cfg)
+    summary = run(cfg, resume=args.resume)
     _print_table(summary)
     print(f"summary written to {Path(cfg.run.out_dir) / 'summary.json'}")
     return 0

@@ -91,7 +91,7 @@ class SFTSection(Section):
 class GRPOSection(Section):
     env: Literal["toy"] = "toy"
     """Where groups come from. ``toy``: a single-turn token task (reward 1 when the first
-    generated token is in the class the prompt's last token names) that exercises the whole
+    generated token is in the class the prompt's instruction token names) that exercises the whole
     sample -> reward -> update -> weight-swap path on a CPU; multi-turn episodes join with the
     rollout controller."""
     steps: int = Field(40, ge=1)
@@ -123,11 +123,11 @@ class GRPOSection(Section):
     """Added to the group std."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of the policy."""
-    max_new_tokens: int = Field(4, ge=1)
-    """Tokens generated per sample."""
+    max_new_tokens: int = Field(1, ge=1)
+    """Tokens generated per sample (the toy task scores the first)."""
     toy_classes: int = Field(4, ge=2)
     """Toy env: number of answer classes (a random policy's pass rate is 1 / classes)."""
-    toy_prompt_len: int = Field(8, ge=1)
+    toy_prompt_len: int = Field(8, ge=2)
     """Toy env: prompt length in tokens."""
     optim: OptimSection = OptimSection()
     """Optimiser of this stage."""

@@ -1,0 +1,80 @@
+"""What every learner stage needs: the tokenizer, the starting model, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from eigen_jax.checkpoint import Checkpointer
+from eigen_jax.config import RunConfig
+from eigen_jax.learner import Learner
+from eigen_jax.model import Decoder, DecoderConfig
+from eigen_jax.model.hf import load_hf, save_hf
+from eigen_jax.model.sharding import make_mesh, shard_model
+from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def tokenizer(cfg: RunConfig, corpus: Iterable[str]) -> Tokenizer:
+    """The run's tokenizer. ``small`` is trained once on ``corpus`` and kept in the run directory,
+    so every stage (and a resumed run) uses the same ids."""
+    choice = cfg.model.tokenizer
+    if cfg.model.hf_dir is not None and choice == "small":
+        raise ValueError(
+            "model.tokenizer: 'small' only fits a from-scratch model; with model.hf_dir use "
+            "'qwen3' or the checkpoint's tokenizer directory"
+        )
+    if choice == "qwen3":
+        return Tokenizer.from_dir(qwen3_tokenizer_dir())
+    if choice != "small":
+        return Tokenizer.from_dir(choice)
+    saved = Path(cfg.run.out_dir) / "tokenizer"
+    if (saved / "tokenizer.json").exists():
+        return Tokenizer.from_dir(saved)
+    tok = build_small_tokenizer(corpus, cfg.model.small_vocab_size)
+    tok.save(saved)
+    return tok
+
+
+def base_model(cfg: RunConfig, tok: Tokenizer, start: str | Path | None = None) -> Decoder:
+    """The model a stage starts from: ``start`` (an earlier stage's HF export), else
+    ``model.hf_dir``, else ``model.arch`` from scratch; sharded over ``model.mesh``."""
+    m = cfg.model
+    dtype, pdtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
+    mesh = make_mesh(m.mesh)
+    source = start or m.hf_dir
+    if source is not None:
+        return load_hf(source, dtype=dtype, param_dtype=pdtype, mesh=mesh)
+    vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
+    arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
+    return shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
+
+
+class StageDir:
+    """``{out_dir}/{stage}/``: checkpoints, metrics, the final HF export and a done marker."""
+
+    def __init__(self, cfg: RunConfig, stage: str):
+        self.root = Path(cfg.run.out_dir) / stage
+        self.hf = self.root / "hf"
+        self.done = self.root / "done.json"
+        self.cfg = cfg
+
+    def checkpointer(self) -> Checkpointer:
+        return Checkpointer(self.root / "checkpoints", keep=self.cfg.checkpoint.keep)
+
+    def finish(self, learner: Learner, tok: Tokenizer, summary: dict[str, Any]) -> dict[str, Any]:
+        tok_dir = self.root / "tokenizer"
+        tok.save(tok_dir)
+        save_hf(learner.model(), self.hf, tokenizer_dir=tok_dir)
+        summary = {**summary, "hf_dir": str(self.hf)}
+        self.done.write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def finished(self) -> dict[str, Any] | None:
+        return json.loads(self.done.read_text()) if self.done.exists() else None

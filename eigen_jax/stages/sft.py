@@ -1,0 +1,199 @@
+"""SFT of the agent (loss on its turns) or of the user simulator (loss on the user's turns).
+
+Dialogues come from the task pool: each task is played by the oracle agent against the scripted
+user (the same episodes ``selfcheck`` verifies), which gives correct, tool-grounded
+conversations for every split. The user model trains on the same dialogues seen from its side
+(``rollout.user_sim.user_view``). Train split for training, test split for the held-out loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import numpy as np
+
+from eigen_jax.config import RunConfig
+from eigen_jax.learner import Learner, make_optimizer
+from eigen_jax.metrics import MetricsLogger
+from eigen_jax.objectives import SFTLoss
+from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from eigen_jax.train_config import SFTSection
+from rollout.agents import OracleAgent
+from rollout.chat_format import ChatFormat
+from rollout.contracts import Task, Trajectory
+from rollout.domains import get_domain
+from rollout.episode import run_episode
+from rollout.pool import TaskPool
+from rollout.tokenizer import Tokenizer
+from rollout.user_sim import ScriptedUser, user_view
+
+Role = Literal["agent", "user"]
+
+
+async def scripted_dialogues(tasks: list[Task], domain_name: str, cfg: RunConfig) -> list[Trajectory]:
+    """Oracle agent vs scripted user on every task (order kept)."""
+    domain = get_domain(domain_name)
+    sem = asyncio.Semaphore(cfg.episode.concurrency)
+
+    async def one(task: Task) -> Trajectory:
+        async with sem:
+            user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
+            return await run_episode(task, domain, OracleAgent(task), user, max_steps=cfg.episode.max_steps)
+
+    return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+
+def encode(
+    traj: Trajectory, task: Task, role: Role, tok: Tokenizer, fmt: ChatFormat, tools: list[dict[str, Any]]
+) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered dialogue and a mask that is 1 on the trained role's turns."""
+    if role == "agent":
+        segments = fmt.segments(traj.messages, tools)
+    else:
+        segments = fmt.segments(user_view(task.scenario, traj.messages))
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, generated in segments:
+        piece = tok.encode(text)
+        ids += piece
+        mask += [int(generated)] * len(piece)
+    return ids, mask
+
+
+def to_arrays(
+    examples: list[tuple[list[int], list[int]]], max_len: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Right-padded [N, max_len] arrays; longer examples are cut at ``max_len``."""
+    n = len(examples)
+    out = {
+        "tokens": np.full((n, max_len), pad_id, np.int32),
+        "attn_mask": np.zeros((n, max_len), np.int32),
+        "loss_mask": np.zeros((n, max_len), np.int32),
+    }
+    for r, (ids, mask) in enumerate(examples):
+        k = min(len(ids), max_len)
+        out["tokens"][r, :k] = ids[:k]
+        out["attn_mask"][r, :k] = 1
+        out["loss_mask"][r, :k] = mask[:k]
+    return out
+
+
+def corpus(cfg: RunConfig, pool: TaskPool) -> list[str]:
+    """Texts a ``small`` tokenizer is trained on: the policy, tool schemas and every scenario."""
+    import json
+
+    domain = get_domain(cfg.domain.name)
+    texts = [domain.policy, json.dumps(domain.tool_schemas())]
+    for t in pool.tasks():
+        texts += [t.model_dump_json()]
+    return texts
+
+
+def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> dict[str, Any]:
+    scfg: SFTSection = getattr(cfg, stage)
+    sd = StageDir(cfg, stage)
+    if resume and (done := sd.finished()):
+        return done
+    pool = TaskPool(cfg.pool.dir)
+    tok = tokenizer(cfg, corpus(cfg, pool))
+    fmt, tools = ChatFormat(), get_domain(cfg.domain.name).tool_schemas()
+    data: dict[str, dict[str, np.ndarray]] = {}
+    truncated = 0
+    for split in ("train", "test"):
+        tasks = list(pool.tasks(split))
+        if not tasks:
+            raise ValueError(f"{stage}: the pool at {cfg.pool.dir} has no {split!r} tasks (run 'generate')")
+        trajs = asyncio.run(scripted_dialogues(tasks, cfg.domain.name, cfg))
+        examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
+        truncated += sum(len(ids) > scfg.max_len for ids, _ in examples)
+        data[split] = to_arrays(examples, scfg.max_len, tok.pad_id)
+        if not data[split]["loss_mask"].any():
+            longest = max(len(ids) for ids, _ in examples)
+            raise ValueError(
+                f"{stage}.max_len: {scfg.max_len} tokens cut every {split} dialogue before the first "
+                f"{role} turn (dialogues run up to {longest} tokens); raise it"
+            )
+
+    import grain
+
+    model = base_model(cfg, tok)
+    loss_fn = SFTLoss(scfg.aggregation)
+    learner = Learner(
+        model,
+        make_optimizer(scfg.optim, scfg.steps),
+        loss_fn,
+        micro_batches=scfg.micro_batches,
+        mesh=model_mesh(model),
+        seed=cfg.run.seed,
+    )
+    n_train = len(data["train"]["tokens"])
+    batches = grain.MapDataset.range(n_train).shuffle(seed=cfg.run.seed).repeat().batch(scfg.batch_size)
+    it = iter(batches)
+    ckpt = sd.checkpointer()
+    start = ckpt.latest_step() if resume else None
+    if start is not None:
+        learner.state, meta = ckpt.restore(learner.state)
+        it.set_state(meta["data"])
+    log = MetricsLogger(sd.root, stage, scfg.steps, log_every=scfg.log_every, console=True, resume_step=start)
+    eval_fn = _eval_fn(learner, loss_fn)
+    last_eval = None
+    while learner.step < scfg.steps:
+        rows = np.asarray(next(it))
+        batch = learner.put({k: v[rows] for k, v in data["train"].items()})
+        m = learner.update(batch, loss_fn.denom(batch))
+        step = learner.step
+        row = {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
+        if step % scfg.eval_every == 0 or step == scfg.steps:
+            last_eval = eval_fn(data["test"], scfg.batch_size * scfg.eval_batches)
+            row["eval_loss"] = last_eval
+        log.log(step, row)
+        if step % cfg.checkpoint.every == 0 or step == scfg.steps:
+            ckpt.save(learner.state, {"data": it.get_state()})
+    log.close()
+    ckpt.close()
+    summary = {
+        "steps": scfg.steps,
+        "role": role,
+        "train_dialogues": n_train,
+        "test_dialogues": len(data["test"]["tokens"]),
+        "truncated_dialogues": truncated,
+        "final_eval_loss": last_eval,
+    }
+    return sd.finish(learner, tok, summary)
+
+
+def model_mesh(model):
+    """The mesh the model's parameters live on (None when they are on one device)."""
+    sharding = model.embed_tokens[...].sharding
+    return getattr(sharding, "mesh", None)
+
+
+def _eval_fn(learner: Learner, loss_fn: SFTLoss):
+    import jax
+
+    from eigen_jax.objectives import sequence_logprobs, target_mask
+
+    @jax.jit
+    def nll(params, batch):
+        from flax import nnx
+
+        lp = sequence_logprobs(nnx.merge(learner.graphdef, params), batch)
+        m = target_mask(batch)
+        return -(lp * m).sum(), m.sum()
+
+    def run(split: dict[str, np.ndarray], limit: int) -> float:
+        """Mean held-out NLL per trained token over the first ``limit`` dialogues (fixed set)."""
+        total = count = 0.0
+        n = min(limit, len(split["tokens"]))
+        bs = 8
+        for i in range(0, n, bs):
+            rows = np.arange(i, min(i + bs, n))
+            rows = np.pad(rows, (0, bs - len(rows)), constant_values=rows[-1])  # one shape: one compile
+            part = {k: v[rows] for k, v in split.items()}
+            part["loss_mask"][len(range(i, min(i + bs, n))) :] = 0
+            s, c = nll(learner.state.params, learner.put(part))
+            total, count = total + float(s), count + float(c)
+        return total / max(count, 1.0)
+
+    return run
