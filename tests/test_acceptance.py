@@ -75,6 +75,7 @@ def test_train_entry_point_runs_stages_and_writes_summary(tmp_path):
         f"pool.dir={tmp_path / 'pool'}",
         "procedural.num_tasks=60",
         "run.progress=false",
+        "run.stages=[generate,selfcheck]",  # the learner stages: tests/test_train_stages.py
     )
     assert out.returncode == 0, out.stderr
     assert "oracle" in out.stdout and "summary written" in out.stdout
