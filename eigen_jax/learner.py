@@ -58,6 +58,12 @@ class TrainState(NamedTuple):
     samples what the uninterrupted one would have."""
 
 
+def merge_sums(acc: dict[str, Any], new: dict[str, Any], maximum: Callable = jnp.maximum) -> dict[str, Any]:
+    """Combine two batches' loss statistics: keys ending in ``_max`` take the maximum, the rest add
+    (``maximum=max`` for host floats)."""
+    return {k: maximum(acc[k], new[k]) if k.endswith("_max") else acc[k] + new[k] for k in new}
+
+
 def _split_micro(batch: Batch, n: int) -> Batch:
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
 
@@ -135,8 +141,7 @@ class Learner:
             def body(carry, micro):
                 (loss_mb, s_mb), g_mb = self._grads(state.params, micro, denom)
                 g, total, s = carry
-                s = {k: (jnp.maximum if k.endswith("_max") else jnp.add)(s[k], s_mb[k]) for k in s}
-                return (jax.tree.map(jnp.add, g, g_mb), total + loss_mb, s), None
+                return (jax.tree.map(jnp.add, g, g_mb), total + loss_mb, merge_sums(s, s_mb)), None
 
             micro = _split_micro(batch, n)
             first = jax.tree.map(lambda x: x[0], micro)

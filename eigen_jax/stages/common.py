@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,24 @@ from eigen_jax.learner import Learner
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import load_hf, save_hf
 from eigen_jax.model.sharding import make_mesh, shard_model
+from rollout.domains import get_domain
+from rollout.pool import TaskPool
 from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def tokenizer(cfg: RunConfig, corpus: Iterable[str]) -> Tokenizer:
-    """The run's tokenizer. ``small`` is trained once on ``corpus`` and kept in the run directory,
-    so every stage (and a resumed run) uses the same ids."""
+def corpus(cfg: RunConfig) -> list[str]:
+    """Texts a ``small`` tokenizer is trained on: the policy, tool schemas and every task."""
+    domain = get_domain(cfg.domain.name)
+    return [domain.policy, json.dumps(domain.tool_schemas())] + [
+        t.model_dump_json() for t in TaskPool(cfg.pool.dir).tasks()
+    ]
+
+
+def tokenizer(cfg: RunConfig) -> Tokenizer:
+    """The run's tokenizer. ``small`` is trained once on the ``corpus`` and kept in the run
+    directory, so every stage (and a resumed run) uses the same ids."""
     choice = cfg.model.tokenizer
     if cfg.model.hf_dir is not None and choice == "small":
         raise ValueError(
@@ -37,9 +46,14 @@ def tokenizer(cfg: RunConfig, corpus: Iterable[str]) -> Tokenizer:
     saved = Path(cfg.run.out_dir) / "tokenizer"
     if (saved / "tokenizer.json").exists():
         return Tokenizer.from_dir(saved)
-    tok = build_small_tokenizer(corpus, cfg.model.small_vocab_size)
+    tok = build_small_tokenizer(corpus(cfg), cfg.model.small_vocab_size)
     tok.save(saved)
     return tok
+
+
+def model_mesh(model: Decoder):
+    """The mesh the model's parameters live on (None when they are on one device)."""
+    return getattr(model.embed_tokens[...].sharding, "mesh", None)
 
 
 def base_model(cfg: RunConfig, tok: Tokenizer, start: str | Path | None = None) -> Decoder:

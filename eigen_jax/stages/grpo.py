@@ -15,14 +15,12 @@ from flax import nnx
 
 from eigen_jax import losses as L
 from eigen_jax.config import RunConfig
-from eigen_jax.learner import Learner, make_optimizer
+from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import GRPOLoss, sequence_logprobs
 from eigen_jax.sampler import Sampler
-from eigen_jax.stages.common import StageDir, base_model, tokenizer
-from eigen_jax.stages.sft import corpus, model_mesh
+from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from rollout.engine import SamplingParams
-from rollout.pool import TaskPool
 
 
 class ToyEnv:
@@ -71,7 +69,7 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
     sd = StageDir(cfg, "grpo")
     if resume and (done := sd.finished()):
         return done
-    tok = tokenizer(cfg, corpus(cfg, TaskPool(cfg.pool.dir)))
+    tok = tokenizer(cfg)
     model = base_model(cfg, tok, start=start_from)
     env = ToyEnv(model.cfg.vocab_size, g.toy_prompt_len, g.toy_classes)
     loss_fn = GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
@@ -93,7 +91,7 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
     start = ckpt.latest_step() if resume else None
     if start is not None:
         learner.state, _ = ckpt.restore(learner.state)
-    sampler.update_weights(learner.state.params)
+        sampler.update_weights(learner.state.params)
     log = MetricsLogger(sd.root, "grpo", g.steps, log_every=g.log_every, resume_step=start)
     n_rows = g.tasks_per_step * g.group_size
     length = g.toy_prompt_len + g.max_new_tokens
@@ -145,13 +143,12 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
             batch = {**batch, "prox_logp": prox}
             if ref_params is not None:
                 batch["ref_logp"] = jnp.pad(logp_fn(ref_params, batch), ((0, 0), (1, 0)))
-            sums: dict[str, float] = {}
+            sums: dict[str, float] | None = None
             per = n_rows // g.minibatches
             for mb in range(g.minibatches):  # each minibatch is its own optimiser update
                 part = {k: v[mb * per : (mb + 1) * per] for k, v in batch.items()}
                 m = learner.update(part, loss_fn.denom(part), advance=mb == g.minibatches - 1)
-                for k, v in m.items():
-                    sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v
+                sums = m if sums is None else merge_sums(sums, m, max)
             tokens = max(sums["tokens"], 1.0)
             row.update(
                 loss=sums["loss"],

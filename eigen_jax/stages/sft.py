@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
+import jax.numpy as jnp
 import numpy as np
 
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import SFTLoss
-from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
 from rollout.chat_format import ChatFormat
@@ -79,24 +80,13 @@ def to_arrays(
     return out
 
 
-def corpus(cfg: RunConfig, pool: TaskPool) -> list[str]:
-    """Texts a ``small`` tokenizer is trained on: the policy, tool schemas and every scenario."""
-    import json
-
-    domain = get_domain(cfg.domain.name)
-    texts = [domain.policy, json.dumps(domain.tool_schemas())]
-    for t in pool.tasks():
-        texts += [t.model_dump_json()]
-    return texts
-
-
 def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> dict[str, Any]:
     scfg: SFTSection = getattr(cfg, stage)
     sd = StageDir(cfg, stage)
     if resume and (done := sd.finished()):
         return done
     pool = TaskPool(cfg.pool.dir)
-    tok = tokenizer(cfg, corpus(cfg, pool))
+    tok = tokenizer(cfg)
     fmt, tools = ChatFormat(), get_domain(cfg.domain.name).tool_schemas()
     data: dict[str, dict[str, np.ndarray]] = {}
     truncated = 0
@@ -163,24 +153,14 @@ def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> 
     return sd.finish(learner, tok, summary)
 
 
-def model_mesh(model):
-    """The mesh the model's parameters live on (None when they are on one device)."""
-    sharding = model.embed_tokens[...].sharding
-    return getattr(sharding, "mesh", None)
-
-
 def _eval_fn(learner: Learner, loss_fn: SFTLoss):
     import jax
-
-    from eigen_jax.objectives import sequence_logprobs, target_mask
+    from flax import nnx
 
     @jax.jit
-    def nll(params, batch):
-        from flax import nnx
-
-        lp = sequence_logprobs(nnx.merge(learner.graphdef, params), batch)
-        m = target_mask(batch)
-        return -(lp * m).sum(), m.sum()
+    def sums(params, batch):
+        _, s = loss_fn(nnx.merge(learner.graphdef, params), batch, jnp.ones(()))
+        return s["nll_sum"], s["tokens"]
 
     def run(split: dict[str, np.ndarray], limit: int) -> float:
         """Mean held-out NLL per trained token over the first ``limit`` dialogues (fixed set)."""
@@ -188,11 +168,11 @@ def _eval_fn(learner: Learner, loss_fn: SFTLoss):
         n = min(limit, len(split["tokens"]))
         bs = 8
         for i in range(0, n, bs):
-            rows = np.arange(i, min(i + bs, n))
-            rows = np.pad(rows, (0, bs - len(rows)), constant_values=rows[-1])  # one shape: one compile
+            real = min(bs, n - i)
+            rows = np.pad(np.arange(i, i + real), (0, bs - real), mode="edge")  # one shape: one compile
             part = {k: v[rows] for k, v in split.items()}
-            part["loss_mask"][len(range(i, min(i + bs, n))) :] = 0
-            s, c = nll(learner.state.params, learner.put(part))
+            part["loss_mask"][real:] = 0
+            s, c = sums(learner.state.params, learner.put(part))
             total, count = total + float(s), count + float(c)
         return total / max(count, 1.0)
 
