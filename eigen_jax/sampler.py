@@ -23,11 +23,9 @@ import numpy as np
 from flax import nnx
 
 from eigen_jax.model.decoder import Decoder, positions_from_mask
-from rollout.engine import Generation, SamplingParams
+from rollout.engine import ContextOverflow, Generation, SamplingParams
 
-
-class ContextOverflow(ValueError):
-    """A request longer than the engine serves; episodes end with ``context_overflow``."""
+__all__ = ["ContextOverflow", "Sampler", "bucket"]
 
 
 def bucket(n: int, minimum: int) -> int:

@@ -13,6 +13,10 @@ from pydantic import Field
 from rollout.contracts import Contract
 
 
+class ContextOverflow(ValueError):
+    """A request longer than the engine serves; episodes end with ``context_overflow``."""
+
+
 class SamplingParams(Contract):
     """How to sample one completion."""
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 from rollout.agents import Agent
 from rollout.contracts import Message, Task, Termination, Trajectory
 from rollout.domain import Domain
+from rollout.engine import ContextOverflow
 from rollout.user_sim import UserSimulator, is_stop
 
 T = TypeVar("T")
@@ -81,15 +82,23 @@ async def run_episode(
                 if await user_turn():
                     termination = Termination.USER_STOP
                     break
+    except ContextOverflow as e:
+        termination, error = Termination.CONTEXT_OVERFLOW, str(e)
     except Exception as e:  # any failure of a party ends only this episode
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
 
     timings = dict(clock.totals, total=time.perf_counter() - t_start)
+    # Token-level agents (LMAgent) carry the exact sampled transcript; others have none.
+    tr = getattr(agent, "transcript", None)
     return Trajectory(
         task_id=task.id,
         group_id=group_id,
         sample_index=sample_index,
         messages=messages,
+        tokens=list(tr.tokens) if tr is not None else [],
+        loss_mask=list(tr.loss_mask) if tr is not None else [],
+        behaviour_logprobs=list(tr.logprobs) if tr is not None else [],
+        versions=list(tr.versions) if tr is not None else [],
         termination=termination,
         error=error,
         timings=timings,

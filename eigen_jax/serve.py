@@ -1,0 +1,282 @@
+"""``python -m eigen_jax.serve``: the embedded sampler behind the OpenAI-compatible HTTP subset that
+eigen-jax's clients use, so a laptop runs the "separate inference servers" topology without vLLM.
+
+    python -m eigen_jax.serve --model runs/quickstart/sft_agent/hf [--port 8000]
+
+Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_token_ids``;
+``logprobs``), ``POST /v1/chat/completions`` (messages + tools, Qwen/Hermes tool calls parsed into
+``tool_calls``), ``GET /v1/models``, ``GET /health``; and for weight sync ``POST /pause``
+(waits for in-flight requests; new ones wait), ``/collective_rpc`` with method
+``reload_weights`` and ``kwargs.weights_path`` (an HF safetensors directory), ``/reset_prefix_cache``
+(nothing to reset: no prefix cache) and ``/resume``. Logprobs are those of
+softmax(logits / temperature), what the learner recomputes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from aiohttp import web
+
+from eigen_jax.model.hf import load_hf
+from eigen_jax.sampler import ContextOverflow, Sampler
+from rollout.chat_format import ChatFormat
+from rollout.engine import SamplingParams
+from rollout.openai_format import from_openai, to_openai
+from rollout.tokenizer import Tokenizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class BadRequest(ValueError):
+    pass
+
+
+class Server:
+    """Request handling around one ``Sampler`` (see the module docstring for the routes)."""
+
+    def __init__(self, sampler: Sampler, tokenizer: Tokenizer, name: str, *, dtype=jnp.float32, fmt=None):
+        self.sampler, self.tok, self.name, self.dtype = sampler, tokenizer, name, dtype
+        self.fmt = fmt or ChatFormat()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.served = 0
+        self.generated = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _sampling(self, body: dict[str, Any], stop_ids: list[int]) -> SamplingParams:
+        try:
+            top_k = int(body.get("top_k") or 0)
+            return SamplingParams(
+                temperature=float(body.get("temperature", 1.0)),
+                top_p=float(body.get("top_p", 1.0)),
+                top_k=max(top_k, 0),
+                max_new_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+                stop_token_ids=[int(t) for t in body.get("stop_token_ids") or []] + stop_ids,
+                seed=body.get("seed"),
+            )
+        except (ValueError, TypeError) as e:
+            raise BadRequest(f"invalid sampling parameters: {e}") from None
+
+    async def _generate(self, prompt: list[int], sp: SamplingParams):
+        await self._open.wait()  # paused for a weight swap: wait for /resume
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self.sampler.generate(prompt, sp)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _finish(self, gen_finish: str) -> str:
+        return "length" if gen_finish == "length" else "stop"
+
+    # -- routes ------------------------------------------------------------------------------
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list | str):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            ids = self.tok.encode(prompt)
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            ids = prompt
+        else:
+            raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
+        if not ids:
+            raise BadRequest("prompt is empty")
+        sp = self._sampling(body, [])
+        gen = await self._generate(ids, sp)
+        self.served += 1
+        self.generated += len(gen.tokens)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": self.tok.decode(gen.tokens),
+            "finish_reason": self._finish(gen.finish_reason),
+        }
+        if body.get("return_token_ids"):
+            choice["token_ids"] = gen.tokens
+            choice["prompt_token_ids"] = ids
+        if body.get("logprobs") is not None:
+            choice["logprobs"] = {
+                "tokens": [self.tok.decode([t]) for t in gen.tokens],
+                "token_logprobs": gen.logprobs,
+            }
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(gen.tokens),
+                "total_tokens": len(ids) + len(gen.tokens),
+            },
+        }
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        raw = body.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise BadRequest("messages must be a non-empty list")
+        try:
+            messages = [from_openai(m, f"messages[{i}]") for i, m in enumerate(raw)]
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        tools = body.get("tools") or None
+        text = self.fmt.render(messages, tools, add_generation_prompt=True)
+        ids = self.tok.encode(text)
+        sp = self._sampling(body, [self.tok.eos_id])
+        gen = await self._generate(ids, sp)
+        self.served += 1
+        self.generated += len(gen.tokens)
+        msg = self.fmt.parse_assistant(self.tok.decode(gen.tokens))
+        out = to_openai(msg)
+        finish = self._finish(gen.finish_reason)
+        if msg.tool_calls and finish == "stop":
+            finish = "tool_calls"
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [{"index": 0, "message": out, "finish_reason": finish}],
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(gen.tokens),
+                "total_tokens": len(ids) + len(gen.tokens),
+            },
+        }
+
+    async def pause(self) -> dict[str, Any]:
+        self._open.clear()
+        await self._idle.wait()
+        return {"status": "paused"}
+
+    async def resume(self) -> dict[str, Any]:
+        self._open.set()
+        return {"status": "resumed"}
+
+    async def collective_rpc(self, body: dict[str, Any]) -> dict[str, Any]:
+        method, kwargs = body.get("method"), body.get("kwargs") or {}
+        if method != "reload_weights":
+            raise BadRequest(f"collective_rpc: only 'reload_weights' is supported, not {method!r}")
+        path = kwargs.get("weights_path")
+        if not path or not Path(path).is_dir():
+            raise BadRequest(f"reload_weights: weights_path {path!r} is not a directory")
+        model = await asyncio.to_thread(load_hf, path, dtype=self.dtype, param_dtype=self.dtype)
+        try:
+            version = self.sampler.update_weights(model)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return {"results": [{"version": version}]}
+
+    # -- aiohttp glue ------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        def route(fn, with_body=True):
+            async def handler(request: web.Request) -> web.Response:
+                try:
+                    if with_body:
+                        try:
+                            body = await request.json() if request.can_read_body else {}
+                        except json.JSONDecodeError as e:
+                            raise BadRequest(f"body is not JSON: {e}") from None
+                        if not isinstance(body, dict):
+                            raise BadRequest("body must be a JSON object")
+                        return web.json_response(await fn(body))
+                    return web.json_response(await fn())
+                except BadRequest as e:
+                    return web.json_response(
+                        {"error": {"message": str(e), "type": "BadRequestError"}}, status=400
+                    )
+                except ContextOverflow as e:
+                    msg = f"This model's maximum context length is {self.sampler.max_len} tokens: {e}"
+                    return web.json_response(
+                        {"error": {"message": msg, "type": "BadRequestError"}}, status=400
+                    )
+
+            return handler
+
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/v1/completions", route(self.completions))
+        app.router.add_post("/v1/chat/completions", route(self.chat))
+        app.router.add_post("/pause", route(self.pause, with_body=False))
+        app.router.add_post("/resume", route(self.resume, with_body=False))
+        app.router.add_post("/collective_rpc", route(self.collective_rpc))
+        app.router.add_post("/reset_prefix_cache", route(self._ok, with_body=False))
+        app.router.add_get("/health", route(self._ok, with_body=False))
+        app.router.add_get("/v1/models", route(self._models, with_body=False))
+        return app
+
+    async def _ok(self) -> dict[str, Any]:
+        return {}
+
+    async def _models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "eigen-jax"}]}
+
+
+async def _progress(server: Server, every_s: float) -> None:
+    last = (0, 0, time.perf_counter())
+    while True:
+        await asyncio.sleep(every_s)
+        served, generated, now = server.served, server.generated, time.perf_counter()
+        if served != last[0]:
+            rate = (generated - last[1]) / (now - last[2])
+            print(
+                f"[serve] {served} requests, {generated} tokens generated ({rate:.0f} tok/s), "
+                f"weights v{server.sampler.version}",
+                flush=True,
+            )
+        last = (served, generated, now)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m eigen_jax.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="HF directory (config.json + safetensors)")
+    ap.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
+    ap.add_argument("--served-model-name", default=None)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ap.add_argument("--max-len", type=int, default=None, help="longest prompt + completion served")
+    ap.add_argument("--empty-think", action="store_true", help="Qwen3 chat turns open with an empty <think>")
+    ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    args = ap.parse_args(argv)
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").exists():
+        sys.exit(f"--model {model_dir}: no config.json (expected an HF model directory)")
+    tok = Tokenizer.from_dir(args.tokenizer or model_dir)
+    dtype = DTYPES[args.dtype]
+    sampler = Sampler(
+        load_hf(model_dir, dtype=dtype, param_dtype=dtype), pad_id=tok.pad_id, max_len=args.max_len
+    )
+    server = Server(
+        sampler,
+        tok,
+        args.served_model_name or model_dir.name,
+        dtype=dtype,
+        fmt=ChatFormat(empty_think=args.empty_think),
+    )
+
+    async def start(app: web.Application) -> None:
+        app["progress"] = asyncio.create_task(_progress(server, args.progress_every))
+
+    app = server.app()
+    app.on_startup.append(start)
+    print(f"[serve] {model_dir} on http://{args.host}:{args.port} as {server.name!r}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The staleness-bounded asynchronous rollout controller (AReaL-style admission control).
+
+Groups (G episodes of one task) are numbered in the order they start. A batch is B kept groups.
+A new group may start only while
+
+    started - dropped < (version + eta + 1) * B
+
+where ``version`` is the learner's current policy version and ``dropped`` counts groups that
+dynamic filtering threw away (they free their slot, so filtering cannot starve the learner).
+Every group therefore starts at most ``eta`` versions before the update that consumes it; with
+``eta = 0`` the batch for update v is generated entirely by version v: synchronous GRPO, exactly.
+Episodes may still span a weight swap when ``eta > 0``; each token carries its own version.
+
+The controller owns no model and no learner: it calls ``run_group(task, index)`` and hands kept
+groups to whoever awaits ``next_batch``; the trainer calls ``set_version`` after each weight sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+G = TypeVar("G")
+
+
+def may_start(started: int, dropped: int, version: int, batch_groups: int, max_staleness: int) -> bool:
+    """AReaL's admission rule (see the module docstring); pure, for tests and for the bench."""
+    return started - dropped < (version + max_staleness + 1) * batch_groups
+
+
+class RolloutController(Generic[G]):
+    """Keeps up to ``concurrency`` groups in flight under the staleness bound.
+
+    Args:
+        run_group: ``(index) -> group``: runs group ``index`` (the caller maps it to a task and
+            seeds, so a resumed run regenerates the same groups). Exceptions are reported by
+            ``next_batch``, not swallowed.
+        keep: dynamic filtering: False drops the group (e.g. all rewards equal).
+        batch_groups: B, kept groups per learner update.
+        max_staleness: eta (0 = synchronous).
+        concurrency: most groups in flight at once.
+        start_index: the first group index to run (from ``state_dict`` when resuming).
+    """
+
+    def __init__(
+        self,
+        run_group: Callable[[int], Awaitable[G]],
+        *,
+        keep: Callable[[G], bool],
+        batch_groups: int,
+        max_staleness: int = 2,
+        concurrency: int = 8,
+        start_index: int = 0,
+        version: int = 0,
+    ):
+        if batch_groups < 1 or max_staleness < 0 or concurrency < 1:
+            raise ValueError("batch_groups >= 1, max_staleness >= 0 and concurrency >= 1 are required")
+        self.run_group, self.keep = run_group, keep
+        self.batch_groups, self.max_staleness, self.concurrency = batch_groups, max_staleness, concurrency
+        self.version = version
+        # Counters relative to the learner's version at construction, so a resumed run admits
+        # the same groups for the same updates.
+        self._base_version = version
+        self.next_index = start_index
+        self._started = self._dropped = 0
+        self._in_flight: dict[int, asyncio.Task] = {}
+        self._ready: list[tuple[int, G]] = []
+        self._error: BaseException | None = None
+        self._changed: asyncio.Condition | None = None
+        self._producer: asyncio.Task | None = None
+        self.stats = {"started": 0, "kept": 0, "dropped": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin producing (call inside the running event loop)."""
+        self._changed = asyncio.Condition()
+        self._producer = asyncio.create_task(self._produce())
+
+    async def stop(self) -> None:
+        """Cancel in-flight groups and the producer."""
+        tasks = [self._producer, *self._in_flight.values()] if self._producer else []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._in_flight.clear()
+
+    def _admissible(self) -> bool:
+        return len(self._in_flight) < self.concurrency and may_start(
+            self._started,
+            self._dropped,
+            self.version - self._base_version,
+            self.batch_groups,
+            self.max_staleness,
+        )
+
+    async def _produce(self) -> None:
+        assert self._changed is not None
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(self._admissible)
+                index = self.next_index
+                self.next_index += 1
+                self._started += 1
+                self.stats["started"] += 1
+                self._in_flight[index] = asyncio.create_task(self._run(index))
+
+    async def _run(self, index: int) -> None:
+        assert self._changed is not None
+        try:
+            group = await self.run_group(index)
+            kept = self.keep(group)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # surfaced by next_batch: a broken run_group is a bug
+            async with self._changed:
+                self._error = e
+                self._in_flight.pop(index, None)
+                self._changed.notify_all()
+            return
+        async with self._changed:
+            self._in_flight.pop(index, None)
+            if kept:
+                self._ready.append((index, group))
+                self.stats["kept"] += 1
+            else:
+                self._dropped += 1
+                self.stats["dropped"] += 1
+            self._changed.notify_all()
+
+    # -- the learner's side ------------------------------------------------------------------
+    async def next_batch(self) -> list[G]:
+        """The next B kept groups, in start order (so a run is reproducible whatever finishes first)."""
+        assert self._changed is not None, "call start() first"
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: len(self._ready) >= self.batch_groups or self._error is not None
+            )
+            if self._error is not None:
+                raise RuntimeError(f"a rollout group failed: {self._error!r}") from self._error
+            self._ready.sort(key=lambda x: x[0])
+            batch, self._ready = self._ready[: self.batch_groups], self._ready[self.batch_groups :]
+        return [g for _, g in batch]
+
+    async def set_version(self, version: int) -> None:
+        """The learner's policy version after a weight sync: admits the next groups."""
+        assert self._changed is not None
+        async with self._changed:
+            self.version = version
+            self._changed.notify_all()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where to resume: the oldest group not yet consumed (in-flight and ready groups rerun)."""
+        pending = [*self._in_flight, *(i for i, _ in self._ready)]
+        return {"next_index": min(pending, default=self.next_index), "stats": dict(self.stats)}

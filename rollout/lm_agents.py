@@ -1,0 +1,131 @@
+"""Language-model parties of an episode: the policy agent (token-exact) and the LM user simulator.
+
+``LMAgent`` keeps the episode as one growing token list. The first turn renders the system
+prompt, tools and opening messages; every later turn appends only the *continuation* (tool
+results, the user's reply, the next generation prompt) tokenized on its own, then the engine's
+sampled tokens as they came. Earlier tokens are never re-tokenized, so the trajectory trains
+exactly on what was sampled, with the behaviour logprob and policy version of every generated
+token. ``ChatFormat.segments`` cuts SFT dialogues at the same places.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout.chat_format import IM_END, ChatFormat
+from rollout.contracts import Message, UserScenario
+from rollout.engine import ContextOverflow, InferenceEngine, SamplingParams
+from rollout.tokenizer import Tokenizer
+from rollout.user_sim import user_view
+
+
+class TokenTranscript:
+    """Token ids with the per-token arrays a ``Trajectory`` carries."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.loss_mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.versions: list[int] = []
+
+    def add_context(self, ids: list[int]) -> None:
+        self.tokens += ids
+        self.loss_mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+        self.versions += [-1] * len(ids)
+
+    def add_generated(self, ids: list[int], logprobs: list[float], version: int) -> None:
+        self.tokens += ids
+        self.loss_mask += [1] * len(ids)
+        self.logprobs += list(logprobs)
+        self.versions += [version] * len(ids)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class LMAgent:
+    """The policy as an ``Agent``: one per episode (it holds the episode's transcript).
+
+    Args:
+        engine: serves the policy (in-process sampler or an HTTP engine).
+        tokenizer: the policy's tokenizer (its ``eos_id`` ends every assistant turn).
+        sampling: sampling knobs; ``max_new_tokens`` bounds each turn; the eos stop is added.
+        max_len: longest transcript (prompt + completion) the engine serves; a turn that would
+            not fit raises ``ContextOverflow`` and the episode ends with ``context_overflow``.
+        fmt: the chat format the policy was trained with.
+    """
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        tokenizer: Tokenizer,
+        sampling: SamplingParams,
+        max_len: int,
+        fmt: ChatFormat | None = None,
+    ):
+        self.engine, self.tok, self.max_len = engine, tokenizer, max_len
+        self.fmt = fmt or ChatFormat()
+        stops = sorted({*sampling.stop_token_ids, tokenizer.eos_id})
+        self.sampling = sampling.model_copy(update={"stop_token_ids": stops})
+        self.transcript = TokenTranscript()
+        self._seen = 0  # messages already in the transcript
+
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:
+        if not self.transcript:
+            text = self.fmt.render(messages, tools, add_generation_prompt=True)
+        else:
+            text = self.fmt.continuation(messages[self._seen :])
+        self.transcript.add_context(self.tok.encode(text))
+        budget = self.max_len - len(self.transcript)
+        if budget < 1:
+            raise ContextOverflow(
+                f"the agent's context is full ({len(self.transcript)} of {self.max_len} tokens)"
+            )
+        sp = self.sampling.model_copy(update={"max_new_tokens": min(self.sampling.max_new_tokens, budget)})
+        gen = await self.engine.generate(list(self.transcript.tokens), sp)
+        self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version)
+        if not gen.tokens or gen.tokens[-1] != self.tok.eos_id:
+            # Cut off by the length limit: close the turn (not trained) so the next continuation
+            # starts where the chat format expects it.
+            self.transcript.add_context([self.tok.eos_id])
+        self._seen = len(messages) + 1  # the runner appends the message returned here
+        return self.fmt.parse_assistant(self.tok.decode(gen.tokens))
+
+
+class LMUser:
+    """An LM user simulator (e.g. the SFT'd user model): sees ``user_view`` of the conversation.
+
+    Args:
+        engine: serves the user model.
+        tokenizer: the user model's tokenizer.
+        scenario: the task's user scenario (its system prompt).
+        sampling: sampling knobs for each user turn (the eos stop is added).
+        max_len: longest prompt + completion; beyond it the episode ends with ``context_overflow``.
+    """
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        tokenizer: Tokenizer,
+        scenario: UserScenario,
+        sampling: SamplingParams,
+        max_len: int,
+        fmt: ChatFormat | None = None,
+    ):
+        self.engine, self.tok, self.scenario, self.max_len = engine, tokenizer, scenario, max_len
+        self.fmt = fmt or ChatFormat()
+        stops = sorted({*sampling.stop_token_ids, tokenizer.eos_id})
+        self.sampling = sampling.model_copy(update={"stop_token_ids": stops})
+
+    async def respond(self, messages: list[Message]) -> Message:
+        ids = self.tok.encode(self.fmt.render(user_view(self.scenario, messages), add_generation_prompt=True))
+        budget = self.max_len - len(ids)
+        if budget < 1:
+            raise ContextOverflow(
+                f"the user simulator's context is full ({len(ids)} of {self.max_len} tokens)"
+            )
+        sp = self.sampling.model_copy(update={"max_new_tokens": min(self.sampling.max_new_tokens, budget)})
+        gen = await self.engine.generate(ids, sp)
+        text = self.tok.decode(gen.tokens).removesuffix(IM_END).strip()
+        return Message(role="user", content=text)
