@@ -74,14 +74,30 @@ class Server:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self.sampler.generate(prompt, sp)
+            gen = await self.sampler.generate(prompt, sp)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+        self.served += 1
+        self.generated += len(gen.tokens)
+        return gen
 
-    def _finish(self, gen_finish: str) -> str:
-        return "length" if gen_finish == "length" else "stop"
+    def _answer(self, kind: str, ids: list[int], gen, choice: dict[str, Any]) -> dict[str, Any]:
+        """The OpenAI response envelope around one choice (``kind``: text_completion | chat.completion)."""
+        prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(ids),
+                "completion_tokens": len(gen.tokens),
+                "total_tokens": len(ids) + len(gen.tokens),
+            },
+        }
 
     # -- routes ------------------------------------------------------------------------------
     async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -98,12 +114,10 @@ class Server:
             raise BadRequest("prompt is empty")
         sp = self._sampling(body, [])
         gen = await self._generate(ids, sp)
-        self.served += 1
-        self.generated += len(gen.tokens)
         choice: dict[str, Any] = {
             "index": 0,
             "text": self.tok.decode(gen.tokens),
-            "finish_reason": self._finish(gen.finish_reason),
+            "finish_reason": gen.finish_reason,
         }
         if body.get("return_token_ids"):
             choice["token_ids"] = gen.tokens
@@ -113,18 +127,7 @@ class Server:
                 "tokens": [self.tok.decode([t]) for t in gen.tokens],
                 "token_logprobs": gen.logprobs,
             }
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": len(ids),
-                "completion_tokens": len(gen.tokens),
-                "total_tokens": len(ids) + len(gen.tokens),
-            },
-        }
+        return self._answer("text_completion", ids, gen, choice)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         raw = body.get("messages")
@@ -139,25 +142,10 @@ class Server:
         ids = self.tok.encode(text)
         sp = self._sampling(body, [self.tok.eos_id])
         gen = await self._generate(ids, sp)
-        self.served += 1
-        self.generated += len(gen.tokens)
         msg = self.fmt.parse_assistant(self.tok.decode(gen.tokens))
-        out = to_openai(msg)
-        finish = self._finish(gen.finish_reason)
-        if msg.tool_calls and finish == "stop":
-            finish = "tool_calls"
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [{"index": 0, "message": out, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": len(ids),
-                "completion_tokens": len(gen.tokens),
-                "total_tokens": len(ids) + len(gen.tokens),
-            },
-        }
+        finish = "tool_calls" if msg.tool_calls and gen.finish_reason == "stop" else gen.finish_reason
+        choice = {"index": 0, "message": to_openai(msg), "finish_reason": finish}
+        return self._answer("chat.completion", ids, gen, choice)
 
     async def pause(self) -> dict[str, Any]:
         self._open.clear()

@@ -64,13 +64,13 @@ class RolloutController(Generic[G]):
         # the same groups for the same updates.
         self._base_version = version
         self.next_index = start_index
-        self._started = self._dropped = 0
         self._in_flight: dict[int, asyncio.Task] = {}
         self._ready: list[tuple[int, G]] = []
         self._error: BaseException | None = None
         self._changed: asyncio.Condition | None = None
         self._producer: asyncio.Task | None = None
         self.stats = {"started": 0, "kept": 0, "dropped": 0}
+        """Groups started / kept / dropped since construction (the admission rule counts them)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,8 +90,8 @@ class RolloutController(Generic[G]):
 
     def _admissible(self) -> bool:
         return len(self._in_flight) < self.concurrency and may_start(
-            self._started,
-            self._dropped,
+            self.stats["started"],
+            self.stats["dropped"],
             self.version - self._base_version,
             self.batch_groups,
             self.max_staleness,
@@ -104,7 +104,6 @@ class RolloutController(Generic[G]):
                 await self._changed.wait_for(self._admissible)
                 index = self.next_index
                 self.next_index += 1
-                self._started += 1
                 self.stats["started"] += 1
                 self._in_flight[index] = asyncio.create_task(self._run(index))
 
@@ -127,7 +126,6 @@ class RolloutController(Generic[G]):
                 self._ready.append((index, group))
                 self.stats["kept"] += 1
             else:
-                self._dropped += 1
                 self.stats["dropped"] += 1
             self._changed.notify_all()
 

@@ -90,15 +90,22 @@ async def run_episode(
     timings = dict(clock.totals, total=time.perf_counter() - t_start)
     # Token-level agents (LMAgent) carry the exact sampled transcript; others have none.
     tr = getattr(agent, "transcript", None)
+    arrays = (
+        {}
+        if tr is None
+        else dict(
+            tokens=list(tr.tokens),
+            loss_mask=list(tr.loss_mask),
+            behaviour_logprobs=list(tr.logprobs),
+            versions=list(tr.versions),
+        )
+    )
     return Trajectory(
         task_id=task.id,
         group_id=group_id,
         sample_index=sample_index,
         messages=messages,
-        tokens=list(tr.tokens) if tr is not None else [],
-        loss_mask=list(tr.loss_mask) if tr is not None else [],
-        behaviour_logprobs=list(tr.logprobs) if tr is not None else [],
-        versions=list(tr.versions) if tr is not None else [],
+        **arrays,
         termination=termination,
         error=error,
         timings=timings,

@@ -148,7 +148,7 @@ class HTTPEngine:
         try:
             out = await self.request("POST", "/v1/completions", body)
         except EngineError as e:
-            if "maximum context length" in str(e) or "context length" in str(e).lower():
+            if "context length" in str(e).lower():  # vLLM's and eigen_jax.serve's wording
                 raise ContextOverflow(str(e)) from None
             raise
         return parse_completion(out, version)

@@ -44,6 +44,20 @@ class TokenTranscript:
         return len(self.tokens)
 
 
+def _with_eos(sampling: SamplingParams, tok: Tokenizer) -> SamplingParams:
+    """``sampling`` that also stops at the end-of-turn token."""
+    return sampling.model_copy(update={"stop_token_ids": sorted({*sampling.stop_token_ids, tok.eos_id})})
+
+
+def _fitted(sampling: SamplingParams, used: int, max_len: int, who: str) -> SamplingParams:
+    """``sampling`` with ``max_new_tokens`` cut to what fits after ``used`` tokens; raises
+    ``ContextOverflow`` when nothing fits."""
+    budget = max_len - used
+    if budget < 1:
+        raise ContextOverflow(f"{who} context is full ({used} of {max_len} tokens)")
+    return sampling.model_copy(update={"max_new_tokens": min(sampling.max_new_tokens, budget)})
+
+
 class LMAgent:
     """The policy as an ``Agent``: one per episode (it holds the episode's transcript).
 
@@ -66,8 +80,7 @@ class LMAgent:
     ):
         self.engine, self.tok, self.max_len = engine, tokenizer, max_len
         self.fmt = fmt or ChatFormat()
-        stops = sorted({*sampling.stop_token_ids, tokenizer.eos_id})
-        self.sampling = sampling.model_copy(update={"stop_token_ids": stops})
+        self.sampling = _with_eos(sampling, tokenizer)
         self.transcript = TokenTranscript()
         self._seen = 0  # messages already in the transcript
 
@@ -77,12 +90,7 @@ class LMAgent:
         else:
             text = self.fmt.continuation(messages[self._seen :])
         self.transcript.add_context(self.tok.encode(text))
-        budget = self.max_len - len(self.transcript)
-        if budget < 1:
-            raise ContextOverflow(
-                f"the agent's context is full ({len(self.transcript)} of {self.max_len} tokens)"
-            )
-        sp = self.sampling.model_copy(update={"max_new_tokens": min(self.sampling.max_new_tokens, budget)})
+        sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's")
         gen = await self.engine.generate(list(self.transcript.tokens), sp)
         self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version)
         if not gen.tokens or gen.tokens[-1] != self.tok.eos_id:
@@ -115,17 +123,11 @@ class LMUser:
     ):
         self.engine, self.tok, self.scenario, self.max_len = engine, tokenizer, scenario, max_len
         self.fmt = fmt or ChatFormat()
-        stops = sorted({*sampling.stop_token_ids, tokenizer.eos_id})
-        self.sampling = sampling.model_copy(update={"stop_token_ids": stops})
+        self.sampling = _with_eos(sampling, tokenizer)
 
     async def respond(self, messages: list[Message]) -> Message:
         ids = self.tok.encode(self.fmt.render(user_view(self.scenario, messages), add_generation_prompt=True))
-        budget = self.max_len - len(ids)
-        if budget < 1:
-            raise ContextOverflow(
-                f"the user simulator's context is full ({len(ids)} of {self.max_len} tokens)"
-            )
-        sp = self.sampling.model_copy(update={"max_new_tokens": min(self.sampling.max_new_tokens, budget)})
+        sp = _fitted(self.sampling, len(ids), self.max_len, "the user simulator's")
         gen = await self.engine.generate(ids, sp)
         text = self.tok.decode(gen.tokens).removesuffix(IM_END).strip()
         return Message(role="user", content=text)

@@ -228,10 +228,15 @@ def test_concurrency_limit_holds():
     assert peak[0] == 2
 
 
-def test_unreachable_server_is_an_engine_error():
+def free_port() -> int:
+    """A local TCP port nothing listens on (once this returns)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_an_engine_error():
+    port = free_port()
 
     async def go():
         async with HTTPEngine(f"http://127.0.0.1:{port}", "m", max_retries=1, backoff_s=0.01) as eng:
@@ -265,9 +270,7 @@ def test_weight_sync_serves_the_new_weights(served):
 
 def test_launched_server_answers(served):
     _, _, root = served
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "eigen_jax.serve", "--model", str(root / "v0"), "--port", str(port)],
         stdout=subprocess.PIPE,

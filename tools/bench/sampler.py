@@ -72,10 +72,11 @@ CONFIGS = {
 }
 
 
-def build(name: str, root: Path) -> tuple[Qwen3ForCausalLM, Path]:
+def build(name: str, root: Path, dtype: torch.dtype = torch.bfloat16) -> tuple[Qwen3ForCausalLM, Path]:
+    """Random-init (seed 0) Qwen3 of config ``name`` in ``dtype``, also saved under ``root/name``."""
     torch.manual_seed(0)
     cfg = Qwen3Config(tie_word_embeddings=True, **CONFIGS[name])
-    model = Qwen3ForCausalLM(cfg).eval().to(torch.bfloat16)
+    model = Qwen3ForCausalLM(cfg).eval().to(dtype)
     path = root / name
     model.save_pretrained(path)
     return model, path

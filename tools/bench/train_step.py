@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from _report import machine, median_time, write_section
-from sampler import CONFIGS, QWEN_VOCAB, matmul_peak, train_flops_per_token
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from sampler import CONFIGS, QWEN_VOCAB, build, matmul_peak, train_flops_per_token
+from transformers import Qwen3ForCausalLM
 
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.model.hf import load_hf
@@ -50,15 +50,6 @@ from eigen_jax.train_config import OptimSection
 
 VOCAB = QWEN_VOCAB
 LOSSES = ("sft", "grpo")
-
-
-def build(name: str, root: Path) -> tuple[Qwen3ForCausalLM, Path, dict]:
-    torch.manual_seed(0)
-    dims = dict(CONFIGS[name])
-    model = Qwen3ForCausalLM(Qwen3Config(tie_word_embeddings=True, **dims))
-    path = root / name
-    model.save_pretrained(path)
-    return model, path, dims
 
 
 def make_batch(n: int, prompt: int, completion: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -173,7 +164,8 @@ def main() -> None:
     engines = ["eigen-jax", "torch"] + ["TRL"] * bool(args.trl_python) + ["tunix"] * bool(args.tunix_python)
     rows = []
     for name in args.configs.split(","):
-        hf, path, dims = build(name, root)
+        hf, path = build(name, root, torch.float32)
+        dims = CONFIGS[name]
         b = make_batch(int(n), prompt, completion)
         np.savez(root / "batch.npz", **b)
         spec = {"model": str(path), "dims": dims, "batch": str(root / "batch.npz"), "repeats": args.repeats}
