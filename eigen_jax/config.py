@@ -10,14 +10,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from eigen_jax.train_config import CheckpointSection, GRPOSection, ModelSection, SFTSection
+from eigen_jax.train_config import CheckpointSection, EvalSection, GRPOSection, ModelSection, SFTSection
 from rollout.config import DomainConfig, EpisodeConfig
 from rollout.configio import Section
 from synth.config import PoolConfig, ProceduralConfig
 from verifiers.config import VerifierConfig
 
-Stage = Literal["generate", "selfcheck", "sft_user", "sft_agent", "grpo"]
-"""Stages ``eigen_jax.train`` can run; eval joins with the eval issue."""
+Stage = Literal["generate", "selfcheck", "sft_user", "sft_agent", "grpo", "eval"]
+"""Stages ``eigen_jax.train`` can run."""
 
 
 class RunSection(Section):
@@ -46,4 +46,5 @@ class RunConfig(Section):
     sft_user: SFTSection = SFTSection()
     sft_agent: SFTSection = SFTSection()
     grpo: GRPOSection = GRPOSection()
+    eval: EvalSection = EvalSection()
     checkpoint: CheckpointSection = CheckpointSection()

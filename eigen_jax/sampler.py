@@ -169,14 +169,16 @@ class Sampler:
         seed: int = 0,
         max_len: int | None = None,
     ):
-        self.graphdef, self.state = nnx.split(model)
+        self.graphdef, state = nnx.split(model)
         self.pad_id = pad_id
         self.min_prompt_bucket, self.min_batch_bucket, self.min_new_bucket = (
             min_prompt_bucket,
             min_batch_bucket,
             min_new_bucket,
         )
-        self._version = 0
+        # Weights and their version change together (one attribute), so a batch that starts
+        # while another thread swaps weights labels its tokens with the version that made them.
+        self._served: tuple[nnx.State, int] = (state, 0)
         self.max_len = max_len or model.cfg.max_position_embeddings
         self._key = jax.random.key(seed)
         self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
@@ -184,16 +186,22 @@ class Sampler:
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._served[1]
 
-    def update_weights(self, model_or_state: Decoder | nnx.State) -> int:
-        """Swap in new weights (same architecture); returns the new version."""
+    @property
+    def state(self) -> nnx.State:
+        """The weights new requests are served with."""
+        return self._served[0]
+
+    def update_weights(self, model_or_state: Decoder | nnx.State, version: int | None = None) -> int:
+        """Swap in new weights (same architecture); returns the new version: ``version`` when
+        given (e.g. the learner's step), else the old one + 1."""
         state = nnx.state(model_or_state) if isinstance(model_or_state, nnx.Module) else model_or_state
         if jax.tree.structure(state) != jax.tree.structure(self.state):
             raise ValueError("update_weights: the new weights do not match the model's structure")
-        self.state = state
-        self._version += 1
-        return self._version
+        new_version = self.version + 1 if version is None else version
+        self._served = (state, new_version)
+        return new_version
 
     def generate_batch(
         self, prompts: Sequence[Sequence[int]], sampling: Sequence[SamplingParams] | SamplingParams
@@ -238,11 +246,11 @@ class Sampler:
         )
         max_rows = np.asarray([sp.max_new_tokens for sp in params] + [1] * pad_rows, np.int32)
         live = np.arange(b) < len(params)
-        version = self._version
+        state, version = self._served
         out_tok, out_lp, lengths, stopped = jax.device_get(
             _generate(
                 self.graphdef,
-                self.state,
+                state,
                 jnp.asarray(tok),
                 jnp.asarray(msk),
                 jnp.stack(keys),

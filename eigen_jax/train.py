@@ -54,13 +54,29 @@ def _stage_sft_agent(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     return run_sft(cfg, "sft_agent", "agent", resume=resume)
 
 
-def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+def _export_of(cfg: RunConfig, stage: str) -> str | None:
+    """The HF export of ``stage`` when this run lists it and it has finished."""
     from eigen_jax.stages.common import StageDir
-    from eigen_jax.stages.grpo import run_grpo
 
-    agent = StageDir(cfg, "sft_agent")
-    start = str(agent.hf) if "sft_agent" in cfg.run.stages and agent.finished() else None
-    return run_grpo(cfg, resume=resume, start_from=start)
+    sd = StageDir(cfg, stage)
+    return str(sd.hf) if stage in cfg.run.stages and sd.finished() else None
+
+
+def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    start = _export_of(cfg, "sft_agent")
+    if cfg.grpo.env == "toy":
+        from eigen_jax.stages.grpo import run_grpo
+
+        return run_grpo(cfg, resume=resume, start_from=start)
+    from eigen_jax.stages.grpo_episodes import run_grpo_episodes
+
+    return run_grpo_episodes(cfg, resume=resume, start_from=start, user_from=_export_of(cfg, "sft_user"))
+
+
+def _stage_eval(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    from eigen_jax.stages.evaluate import run_eval
+
+    return run_eval(cfg, user_from=_export_of(cfg, "sft_user"))
 
 
 STAGES = {
@@ -69,6 +85,7 @@ STAGES = {
     "sft_user": _stage_sft_user,
     "sft_agent": _stage_sft_agent,
     "grpo": _stage_grpo,
+    "eval": _stage_eval,
 }
 
 
@@ -107,6 +124,14 @@ def _print_table(summary: dict[str, Any]) -> None:
     if "grpo" in summary:
         s = summary["grpo"]
         print(f"grpo ({s['env']}): pass rate {s['first_pass_rate']:.3f} -> {s['last_pass_rate']:.3f}")
+    if "eval" in summary:
+        from verifiers.report import passk_table
+
+        e = summary["eval"]
+        pk = {a: {int(k): x for k, x in r.items()} for a, r in e["pass_hat_k"].items()}
+        print(f"eval: {e['tasks']} {e['split']} tasks x {e['trials']} trials (user: {e['user']})")
+        print(passk_table(pk))
+        print(f"eval results: {e['results_json']}, plot: {e['plot']}")
 
 
 def main(argv: list[str] | None = None) -> int:

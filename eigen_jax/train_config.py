@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rollout.configio import Section
 
@@ -27,8 +27,15 @@ class ModelSection(Section):
     """An HF checkpoint directory (config.json + safetensors, e.g. Qwen3 or a Llama) to start
     from; None builds ``arch`` from scratch with random weights."""
     arch: dict[str, Any] = Field(default_factory=lambda: dict(TINY_ARCH))
-    """HF ``config.json`` fields of a from-scratch model (``vocab_size`` comes from the
-    tokenizer). Ignored when ``hf_dir`` is set."""
+    """HF ``config.json`` fields of a from-scratch model, over ``TINY_ARCH``'s (so
+    ``model.arch.hidden_size=128`` changes one field); ``vocab_size`` comes from the tokenizer.
+    Ignored when ``hf_dir`` is set."""
+
+    @field_validator("arch")
+    @classmethod
+    def _over_tiny(cls, arch: dict[str, Any]) -> dict[str, Any]:
+        return {**TINY_ARCH, **arch}
+
     tokenizer: str = "small"
     """``small``: a byte-level BPE trained offline on the domain's texts (for tiny from-scratch
     models: a 151k vocabulary would be most of their parameters); ``qwen3``: Qwen3's real
@@ -89,11 +96,12 @@ class SFTSection(Section):
 
 
 class GRPOSection(Section):
-    env: Literal["toy"] = "toy"
-    """Where groups come from. ``toy``: a single-turn token task (reward 1 when the first
-    generated token is in the class the prompt's instruction token names) that exercises the whole
-    sample -> reward -> update -> weight-swap path on a CPU; multi-turn episodes join with the
-    rollout controller."""
+    env: Literal["episodes", "toy"] = "episodes"
+    """Where groups come from. ``episodes``: multi-turn episodes of the run's domain on the pool's
+    train split (agent ⇄ tools ⇄ user simulator, ``episode`` section), scored by the verifier,
+    under the asynchronous controller. ``toy``: a single-turn token task (reward 1 when the first
+    generated token is in the class the prompt's instruction token names), synchronous, that
+    exercises the sample -> reward -> update -> weight-swap path in seconds."""
     steps: int = Field(40, ge=1)
     """Optimiser steps."""
     tasks_per_step: int = Field(8, ge=1)
@@ -123,8 +131,25 @@ class GRPOSection(Section):
     """Added to the group std."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of the policy."""
+    max_staleness: int = Field(2, ge=0)
+    """episodes: eta, how many policy versions a group may start before the update that
+    consumes it (AReaL's admission control; 0 is synchronous GRPO)."""
+    groups_in_flight: int = Field(8, ge=1)
+    """episodes: most groups running at once (their requests batch in the engine)."""
+    rollout_servers: list[str] = Field(default_factory=list)
+    """episodes: rollout server URLs (``python -m rollout.serve``). Empty: episodes run in this
+    process on the embedded sampler. Set: they run on those servers against ``agent_url``, and
+    every update is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
+    agent_url: str | None = None
+    """episodes with rollout servers: the policy engine the servers use (the learner syncs it)."""
+    agent_model: str = "policy"
+    """The policy engine's served model name."""
+    max_filtered_in_a_row: int = Field(64, ge=1)
+    """episodes: stop with an error after this many consecutive groups were all-equal (dynamic
+    filtering finds no learning signal: the policy solves every task or none)."""
     max_new_tokens: int = Field(1, ge=1)
-    """Tokens generated per sample (the toy task scores the first)."""
+    """toy: tokens generated per sample (the task scores the first). Episodes use
+    ``episode.turn_tokens`` per turn."""
     toy_classes: int = Field(4, ge=2)
     """Toy env: number of answer classes (a random policy's pass rate is 1 / classes)."""
     toy_prompt_len: int = Field(8, ge=2)
@@ -140,3 +165,20 @@ class CheckpointSection(Section):
     """Save every this many optimiser steps (and at the end of each stage)."""
     keep: int = Field(3, ge=1)
     """Keep the newest this many checkpoints per stage."""
+
+
+class EvalSection(Section):
+    agents: list[Literal["base", "sft", "rl"]] = Field(default_factory=lambda: ["base", "sft", "rl"])
+    """Agents to evaluate: ``base`` (the starting model: ``model.hf_dir`` or the from-scratch
+    init), ``sft`` (the sft_agent stage's export), ``rl`` (the grpo stage's). Agents whose stage
+    did not run are skipped with a note."""
+    split: Literal["train", "test"] = "test"
+    """Pool split to evaluate on (held-out: test)."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Evaluate the split's first this many tasks (None: all)."""
+    trials: int = Field(4, ge=1)
+    """n, episodes per task; pass^k is reported for k = 1..n."""
+    temperature: float = Field(1.0, ge=0)
+    """The agent's sampling temperature (with 0 every trial of a task is the same episode)."""
+    seed: int = 1234
+    """Seed of the trials' sampling; the same for every agent (common random numbers)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from rollout.configio import Section
@@ -28,3 +30,19 @@ class EpisodeConfig(Section):
     """Episodes run concurrently by asyncio."""
     user_patience: int = Field(3, ge=0)
     """Scripted user: unanswerable questions tolerated before it gives up."""
+    prompt: Literal["full", "brief"] = "full"
+    """What the agent is shown. ``full``: the domain's policy as the system prompt and its tool
+    schemas (what real models need). ``brief``: a one-line system prompt and no tool list, for
+    tiny models trained from scratch, which cannot read a policy and learn the rules and the
+    tool-call format from the SFT dialogues instead (the quickstart: ~700-token dialogues instead
+    of ~2.4k, which is most of its CPU time)."""
+    turn_tokens: int = Field(256, ge=1)
+    """LM parties: most tokens generated per turn (a longer turn is cut and closed)."""
+    max_len: int = Field(4096, ge=16)
+    """LM parties: longest transcript (prompt + generation) in tokens; a turn that does not fit
+    ends the episode with ``context_overflow`` (reward 0)."""
+    user: Literal["scripted", "model"] = "scripted"
+    """Who plays the customer in LM episodes: the scripted simulator, or the user-simulator model
+    (in ``eigen_jax.train``: the ``sft_user`` stage's export)."""
+    user_temperature: float = Field(0.0, ge=0)
+    """Sampling temperature of the user-simulator model (0: greedy, tau²'s default)."""

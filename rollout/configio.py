@@ -36,6 +36,7 @@ KNOWN_SECTIONS: frozenset[str] = frozenset(
         "sft_user",
         "sft_agent",
         "grpo",
+        "eval",
         "checkpoint",
     }
 )

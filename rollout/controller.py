@@ -7,9 +7,13 @@ A new group may start only while
 
 where ``version`` is the learner's current policy version and ``dropped`` counts groups that
 dynamic filtering threw away (they free their slot, so filtering cannot starve the learner).
-Every group therefore starts at most ``eta`` versions before the update that consumes it; with
-``eta = 0`` the batch for update v is generated entirely by version v: synchronous GRPO, exactly.
-Episodes may still span a weight swap when ``eta > 0``; each token carries its own version.
+Batches are consumed in start order: batch k is the next B kept groups by index, waiting for a
+straggler rather than overtaking it. Together with the admission rule, every group starts at most
+``eta`` versions before the update that consumes it (consuming in completion order would let a
+slow group fall arbitrarily far behind), and which groups form each batch does not depend on
+timing. With ``eta = 0`` the batch for update v is generated entirely by version v: synchronous
+GRPO, exactly. Episodes may still span a weight swap when ``eta > 0``; each token carries its
+own version.
 
 The controller owns no model and no learner: it calls ``run_group(task, index)`` and hands kept
 groups to whoever awaits ``next_batch``; the trainer calls ``set_version`` after each weight sync.
@@ -65,7 +69,9 @@ class RolloutController(Generic[G]):
         self._base_version = version
         self.next_index = start_index
         self._in_flight: dict[int, asyncio.Task] = {}
-        self._ready: list[tuple[int, G]] = []
+        self._ready: dict[int, G] = {}
+        self._dropped: set[int] = set()
+        self._next_consume = start_index
         self._error: BaseException | None = None
         self._changed: asyncio.Condition | None = None
         self._producer: asyncio.Task | None = None
@@ -123,25 +129,35 @@ class RolloutController(Generic[G]):
         async with self._changed:
             self._in_flight.pop(index, None)
             if kept:
-                self._ready.append((index, group))
+                self._ready[index] = group
                 self.stats["kept"] += 1
             else:
+                self._dropped.add(index)
                 self.stats["dropped"] += 1
             self._changed.notify_all()
 
     # -- the learner's side ------------------------------------------------------------------
+    def _settled(self) -> bool:
+        """The next group to consume has finished (kept or dropped), or something failed."""
+        i = self._next_consume
+        return i in self._ready or i in self._dropped or self._error is not None
+
     async def next_batch(self) -> list[G]:
-        """The next B kept groups, in start order (so a run is reproducible whatever finishes first)."""
+        """The next B kept groups in start order (waiting for a straggler, never overtaking it)."""
         assert self._changed is not None, "call start() first"
+        batch: list[G] = []
         async with self._changed:
-            await self._changed.wait_for(
-                lambda: len(self._ready) >= self.batch_groups or self._error is not None
-            )
-            if self._error is not None:
-                raise RuntimeError(f"a rollout group failed: {self._error!r}") from self._error
-            self._ready.sort(key=lambda x: x[0])
-            batch, self._ready = self._ready[: self.batch_groups], self._ready[self.batch_groups :]
-        return [g for _, g in batch]
+            while len(batch) < self.batch_groups:
+                i = self._next_consume
+                await self._changed.wait_for(self._settled)
+                if self._error is not None:
+                    raise RuntimeError(f"a rollout group failed: {self._error!r}") from self._error
+                self._next_consume += 1
+                if i in self._dropped:
+                    self._dropped.discard(i)
+                else:
+                    batch.append(self._ready.pop(i))
+        return batch
 
     async def set_version(self, version: int) -> None:
         """The learner's policy version after a weight sync: admits the next groups."""
@@ -151,6 +167,5 @@ class RolloutController(Generic[G]):
             self._changed.notify_all()
 
     def state_dict(self) -> dict[str, Any]:
-        """Where to resume: the oldest group not yet consumed (in-flight and ready groups rerun)."""
-        pending = [*self._in_flight, *(i for i, _ in self._ready)]
-        return {"next_index": min(pending, default=self.next_index), "stats": dict(self.stats)}
+        """Where to resume: the first group not yet consumed (every later one reruns)."""
+        return {"next_index": self._next_consume, "stats": dict(self.stats)}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rollout.agents import Agent
 from rollout.contracts import Message, Task, Termination, Trajectory
@@ -13,6 +14,15 @@ from rollout.engine import ContextOverflow
 from rollout.user_sim import UserSimulator, is_stop
 
 T = TypeVar("T")
+
+
+def agent_context(domain: Domain, prompt: str = "full") -> tuple[str, list[dict[str, Any]]]:
+    """The agent's system prompt and tool list under ``EpisodeConfig.prompt``."""
+    if prompt == "full":
+        return domain.policy, domain.tool_schemas()
+    if prompt == "brief":
+        return f"You are a {domain.name} customer service agent.", []
+    raise ValueError(f"episode.prompt must be 'full' or 'brief', got {prompt!r}")
 
 
 class _Clock:
@@ -38,17 +48,19 @@ async def run_episode(
     max_steps: int = 50,
     group_id: str = "",
     sample_index: int = 0,
+    prompt: str = "full",
 ) -> Trajectory:
     """Run one episode. Never raises for agent, user or tool failures: they end the episode with
     ``termination == "error"`` (and ``error`` set) so one bad episode cannot crash a run.
 
     A step is one agent message; ``max_steps`` bounds them. Tool errors are observations.
+    ``prompt`` chooses the agent's context (``agent_context``); the tools work either way.
     """
     t_start = time.perf_counter()
     clock = _Clock()
     env = domain.make_env(task)
-    tools = domain.tool_schemas()
-    messages: list[Message] = [Message(role="system", content=domain.policy)]
+    system, tools = agent_context(domain, prompt)
+    messages: list[Message] = [Message(role="system", content=system)]
     termination, error = Termination.MAX_STEPS, None
 
     async def user_turn() -> bool:
@@ -72,6 +84,8 @@ async def run_episode(
                     ended = False
                     for call in msg.tool_calls:
                         result = env.call(call)
+                        if inspect.isawaitable(result):  # remote tools (MCP, services) are async
+                            result = await result
                         messages.append(result.to_message())
                         ended |= call.name in domain.terminal_tools and not result.error
                     clock.totals["env"] += time.perf_counter() - t0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -153,8 +154,12 @@ class HTTPEngine:
             raise
         return parse_completion(out, version)
 
-    async def sync_weights(self, weights_dir: str, version: int) -> None:
-        """Make the server serve the HF safetensors in ``weights_dir`` as ``version``."""
+    async def sync_weights(
+        self, weights_dir: str, version: int, before_resume: Callable[[], Awaitable[Any]] | None = None
+    ) -> None:
+        """Make the server serve the HF safetensors in ``weights_dir`` as ``version``.
+        ``before_resume`` runs while the server is paused with the new weights loaded (e.g. to
+        announce the version to rollout servers that label tokens)."""
         await self.request("POST", "/pause", mode="wait")
         try:
             await self.request(
@@ -163,9 +168,11 @@ class HTTPEngine:
                 {"method": "reload_weights", "kwargs": {"weights_path": weights_dir}},
             )
             await self.request("POST", "/reset_prefix_cache")
+            self._version = version
+            if before_resume is not None:
+                await before_resume()
         finally:
             await self.request("POST", "/resume")
-        self._version = version
 
 
 def parse_completion(out: Any, version: int) -> Generation:

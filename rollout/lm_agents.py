@@ -49,13 +49,17 @@ def _with_eos(sampling: SamplingParams, tok: Tokenizer) -> SamplingParams:
     return sampling.model_copy(update={"stop_token_ids": sorted({*sampling.stop_token_ids, tok.eos_id})})
 
 
-def _fitted(sampling: SamplingParams, used: int, max_len: int, who: str) -> SamplingParams:
-    """``sampling`` with ``max_new_tokens`` cut to what fits after ``used`` tokens; raises
-    ``ContextOverflow`` when nothing fits."""
+def _fitted(sampling: SamplingParams, used: int, max_len: int, who: str, turn: int) -> SamplingParams:
+    """``sampling`` for turn ``turn``: ``max_new_tokens`` cut to what fits after ``used`` tokens
+    (``ContextOverflow`` when nothing fits) and a seeded request's seed moved on per turn, so an
+    episode is reproducible without every turn drawing the same random numbers."""
     budget = max_len - used
     if budget < 1:
         raise ContextOverflow(f"{who} context is full ({used} of {max_len} tokens)")
-    return sampling.model_copy(update={"max_new_tokens": min(sampling.max_new_tokens, budget)})
+    update: dict[str, int] = {"max_new_tokens": min(sampling.max_new_tokens, budget)}
+    if sampling.seed is not None:
+        update["seed"] = (sampling.seed + 1_000_003 * turn) % 2**31
+    return sampling.model_copy(update=update)
 
 
 class LMAgent:
@@ -83,6 +87,7 @@ class LMAgent:
         self.sampling = _with_eos(sampling, tokenizer)
         self.transcript = TokenTranscript()
         self._seen = 0  # messages already in the transcript
+        self._turns = 0
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:
         if not self.transcript:
@@ -90,7 +95,8 @@ class LMAgent:
         else:
             text = self.fmt.continuation(messages[self._seen :])
         self.transcript.add_context(self.tok.encode(text))
-        sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's")
+        sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's", self._turns)
+        self._turns += 1
         gen = await self.engine.generate(list(self.transcript.tokens), sp)
         self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version)
         if not gen.tokens or gen.tokens[-1] != self.tok.eos_id:
@@ -124,10 +130,12 @@ class LMUser:
         self.engine, self.tok, self.scenario, self.max_len = engine, tokenizer, scenario, max_len
         self.fmt = fmt or ChatFormat()
         self.sampling = _with_eos(sampling, tokenizer)
+        self._turns = 0
 
     async def respond(self, messages: list[Message]) -> Message:
         ids = self.tok.encode(self.fmt.render(user_view(self.scenario, messages), add_generation_prompt=True))
-        sp = _fitted(self.sampling, len(ids), self.max_len, "the user simulator's")
+        sp = _fitted(self.sampling, len(ids), self.max_len, "the user simulator's", self._turns)
+        self._turns += 1
         gen = await self.engine.generate(ids, sp)
         text = self.tok.decode(gen.tokens).removesuffix(IM_END).strip()
         return Message(role="user", content=text)

@@ -22,6 +22,10 @@ class ProceduralConfig(Section):
     """Other customers in each task's DB; their orders are targets of ownership violations."""
     orders_per_customer: int = Field(3, ge=1)
     """Orders per customer beyond those the requests need (distractor records)."""
+    id_digits: int = Field(4, ge=2, le=8)
+    """Digits of customer ids (order ids get one more). Fewer digits make ids a token or two of a
+    small vocabulary, which a tiny model learns to copy in minutes (the quickstart); the default
+    is realistic."""
     test_fraction: float = Field(0.2, ge=0.0, le=1.0)
     """Share of tasks put in the ``test`` split (chosen by a hash of the task id)."""
 

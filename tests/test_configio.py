@@ -113,8 +113,11 @@ def _sections(model: type[BaseModel], seen: set) -> None:
 
 
 def test_every_config_field_is_documented():
+    from rollout.serve import RolloutServerConfig
+
     seen: set = set()
     _sections(RunConfig, seen)
+    _sections(RolloutServerConfig, seen)
     for model in seen:
         assert issubclass(model, Section), model
         if model is RunConfig:
@@ -126,6 +129,8 @@ def test_every_config_field_is_documented():
 def test_shipped_configs_load():
     from pathlib import Path
 
+    from rollout.serve import RolloutServerConfig
+
     root = Path(__file__).parents[1] / "configs"
     for path in root.glob("*.yaml"):
-        load_config(RunConfig, path)
+        load_config(RolloutServerConfig if path.stem == "rollout_server" else RunConfig, path)

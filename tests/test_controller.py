@@ -116,3 +116,32 @@ def test_resume_state_points_at_the_oldest_unconsumed_group():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_groups"):
         RolloutController(lambda i: None, keep=bool, batch_groups=0)
+
+
+@pytest.mark.parametrize("eta", [1, 2])
+def test_a_straggler_is_waited_for_not_overtaken(eta):
+    """Group 1 takes far longer than the rest: later groups finish first, but batches stay in
+    start order, so the straggler's lag is still bounded by eta."""
+
+    async def main():
+        ctl = None
+
+        async def run_group(index):
+            started_at = ctl.version
+            await asyncio.sleep(0.2 if index == 1 else 0.001)
+            return {"index": index, "started_at": started_at}
+
+        ctl = RolloutController(
+            run_group, keep=lambda g: True, batch_groups=2, max_staleness=eta, concurrency=16
+        )
+        ctl.start()
+        out = []
+        for v in range(5):
+            out.append((v, await ctl.next_batch()))
+            await ctl.set_version(v + 1)
+        await ctl.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert [g["index"] for _, b in out for g in b] == list(range(10))
+    assert max(v - g["started_at"] for v, b in out for g in b) <= eta

@@ -15,6 +15,14 @@ from eigen_jax.train import run
 from rollout.configio import load_config
 
 ROOT = Path(__file__).parents[1]
+TOY_GRPO = (
+    "grpo.env=toy",
+    "grpo.steps=40",
+    "grpo.tasks_per_step=8",
+    "grpo.group_size=8",
+    "grpo.max_new_tokens=1",
+    "grpo.optim.lr=0.01",
+)
 
 
 def _cfg(tmp: Path, *overrides: str) -> RunConfig:
@@ -40,6 +48,7 @@ def test_sft_user_and_grpo_write_metrics_checkpoints_and_hf(tmp_path):
         "run.stages=[generate,sft_user,grpo]",
         "sft_user.steps=4",
         "sft_user.eval_every=2",
+        "grpo.env=toy",
         "grpo.steps=3",
         "grpo.tasks_per_step=2",
         "checkpoint.every=2",
@@ -68,7 +77,12 @@ def test_sft_user_and_grpo_write_metrics_checkpoints_and_hf(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_raises_reward_and_sft_lowers_held_out_loss(tmp_path):
-    cfg = _cfg(tmp_path, "run.stages=[generate,sft_user,grpo]", "sft_user.steps=30", "grpo.steps=40")
+    cfg = _cfg(
+        tmp_path,
+        "run.stages=[generate,sft_user,grpo]",
+        "sft_user.steps=30",
+        *TOY_GRPO,
+    )
     summary = run(cfg)
     rows = _metrics(tmp_path / "sft_user/metrics.jsonl")
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]

@@ -1,6 +1,10 @@
-"""Synchronous GRPO on a single-turn environment, through the real sampler -> reward -> decoupled
-PPO update -> in-place weight swap path. Multi-turn episodes and the asynchronous controller
-plug in here with the rollout issue; the update itself does not change.
+"""GRPO's update (shared by every environment) and the single-turn toy environment.
+
+``GRPOUpdate`` turns one sampled batch (tokens, loss mask, behaviour logprobs, advantages) into
+optimiser updates: the learner recomputes the proximal policy's logprobs (decoupled PPO), then
+runs ``minibatches`` updates. ``run_grpo`` on ``env: toy`` is synchronous GRPO on a token task
+through the real sampler -> reward -> update -> weight swap path; ``env: episodes`` (multi-turn,
+asynchronous) lives in ``grpo_episodes``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from eigen_jax import losses as L
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.metrics import MetricsLogger
+from eigen_jax.model import Decoder
 from eigen_jax.objectives import GRPOLoss, sequence_logprobs
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.train_config import GRPOSection
 from rollout.engine import SamplingParams
 
 
@@ -64,7 +70,88 @@ def build_batch(
     return out
 
 
+class GRPOUpdate:
+    """The learner side of GRPO for one sampled batch (any environment)."""
+
+    def __init__(self, cfg: RunConfig, model: Decoder, total_updates: int):
+        g = self.g = cfg.grpo
+        self.loss_fn = GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
+        self.learner = Learner(
+            model,
+            make_optimizer(g.optim, total_updates * g.minibatches),
+            self.loss_fn,
+            micro_batches=g.micro_batches,
+            mesh=model_mesh(model),
+            seed=cfg.run.seed,
+        )
+        graphdef = self.learner.graphdef
+        self.ref_params = self.learner.state.params if g.kl_coef > 0 else None
+        self._logp = jax.jit(
+            lambda params, batch: sequence_logprobs(nnx.merge(graphdef, params), batch, g.temperature)
+        )
+
+    def step_seed(self) -> int:
+        """A seed for the current step's sampling, from the run's RNG: a resumed run samples what
+        the original would."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.learner.state.rng), self.learner.step)
+        return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+    def _padded(self, host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``host`` with all-masked rows appended until every minibatch and micro-batch splits
+        evenly over the mesh (padding rows train nothing and count no tokens)."""
+        mesh = self.learner.mesh
+        ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        multiple = ways * self.g.micro_batches * self.g.minibatches
+        extra = -len(host["tokens"]) % multiple
+        if not extra:
+            return host
+        return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in host.items()}
+
+    def __call__(self, host: dict[str, np.ndarray] | None) -> dict[str, float]:
+        """Update on ``host`` (numpy arrays; rows with an all-zero loss mask are padding); None
+        (every group filtered out) skips the update but counts the step."""
+        g, learner = self.g, self.learner
+        if host is None:
+            learner.skip()
+            return {}
+        host = self._padded(host)
+        batch = learner.put(host)
+        prox = jnp.pad(self._logp(learner.state.params, batch), ((0, 0), (1, 0)))
+        batch = {**batch, "prox_logp": prox}
+        if self.ref_params is not None:
+            batch["ref_logp"] = jnp.pad(self._logp(self.ref_params, batch), ((0, 0), (1, 0)))
+        rows = len(host["tokens"])
+        sums: dict[str, float] | None = None
+        per = rows // g.minibatches
+        for mb in range(g.minibatches):  # each minibatch is its own optimiser update
+            part = {k: v[mb * per : (mb + 1) * per] for k, v in batch.items()}
+            m = learner.update(part, self.loss_fn.denom(part), advance=mb == g.minibatches - 1)
+            sums = m if sums is None else merge_sums(sums, m, max)
+        assert sums is not None
+        tokens = max(sums["tokens"], 1.0)
+        return dict(
+            loss=sums["loss"],
+            grad_norm=sums["grad_norm"] / g.minibatches,
+            clip_frac=sums["clipped_tokens"] / tokens,
+            capped_frac=1 - sums["kept_tokens"] / tokens,
+            iw_mean=sums["weight_sum"] / tokens,
+            iw_max=sums["weight_max"],
+            tokens=sums["tokens"],
+        )
+
+
+def advantages(rewards: np.ndarray, group_size: int, g: GRPOSection) -> tuple[np.ndarray, np.ndarray]:
+    """Group-relative advantages of consecutive groups of ``group_size`` rewards, and which rows
+    dynamic filtering keeps (all rows when ``g.filter_groups`` is off)."""
+    groups = jnp.asarray(np.arange(len(rewards)) // group_size)
+    r = jnp.asarray(rewards, jnp.float32)
+    adv = np.asarray(L.group_advantages(r, groups, g.adv_eps, g.scale_by_std))
+    keep = np.asarray(L.informative_groups(r, groups)) if g.filter_groups else np.ones(len(rewards), bool)
+    return adv, keep
+
+
 def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = None) -> dict[str, Any]:
+    """Synchronous GRPO on the toy environment (see ``ToyEnv``)."""
     g = cfg.grpo
     sd = StageDir(cfg, "grpo")
     if resume and (done := sd.finished()):
@@ -72,21 +159,9 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
     tok = tokenizer(cfg)
     model = base_model(cfg, tok, start=start_from)
     env = ToyEnv(model.cfg.vocab_size, g.toy_prompt_len, g.toy_classes)
-    loss_fn = GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
-    mesh = model_mesh(model)
-    learner = Learner(
-        model,
-        make_optimizer(g.optim, g.steps * g.minibatches),
-        loss_fn,
-        micro_batches=g.micro_batches,
-        mesh=mesh,
-        seed=cfg.run.seed,
-    )
+    update = GRPOUpdate(cfg, model, g.steps)
+    learner = update.learner
     sampler = Sampler(learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, min_prompt_bucket=8)
-    ref_params = learner.state.params if g.kl_coef > 0 else None
-    logp_fn = jax.jit(
-        lambda params, batch: sequence_logprobs(nnx.merge(learner.graphdef, params), batch, g.temperature)
-    )
     ckpt = sd.checkpointer()
     start = ckpt.latest_step() if resume else None
     if start is not None:
@@ -98,13 +173,7 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
     first_pass = last_pass = None
     while learner.step < g.steps:
         t0 = time.perf_counter()
-        step = learner.step
-        # Seeds derive from the run's RNG and the step: a resumed run samples what the original would.
-        seed = int(
-            jax.random.randint(
-                jax.random.fold_in(jax.random.wrap_key_data(learner.state.rng), step), (), 0, 2**31 - 1
-            )
-        )
+        seed = update.step_seed()
         rng = np.random.default_rng(seed)
         tasks = env.prompts(rng, g.tasks_per_step)
         prompts = [p for p in tasks for _ in range(g.group_size)]
@@ -116,15 +185,7 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
         rewards = np.asarray(
             [env.reward(p, x.tokens) for p, x in zip(prompts, gens, strict=True)], np.float32
         )
-        groups = np.repeat(np.arange(g.tasks_per_step), g.group_size)
-        adv = np.asarray(
-            L.group_advantages(jnp.asarray(rewards), jnp.asarray(groups), g.adv_eps, g.scale_by_std)
-        )
-        keep = (
-            np.asarray(L.informative_groups(jnp.asarray(rewards), jnp.asarray(groups)))
-            if g.filter_groups
-            else (np.ones(n_rows, bool))
-        )
+        adv, keep = advantages(rewards, g.group_size, g)
         kept = [i for i in range(n_rows) if keep[i]]
         row: dict[str, Any] = {
             "reward_mean": float(rewards.mean()),
@@ -134,33 +195,14 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
         }
         first_pass = row["pass_rate"] if first_pass is None else first_pass
         last_pass = row["pass_rate"]
-        if kept:
-            host = build_batch(
+        host = (
+            build_batch(
                 [prompts[i] for i in kept], [gens[i] for i in kept], adv[kept], length, n_rows, tok.pad_id
             )
-            batch = learner.put(host)
-            prox = jnp.pad(logp_fn(learner.state.params, batch), ((0, 0), (1, 0)))
-            batch = {**batch, "prox_logp": prox}
-            if ref_params is not None:
-                batch["ref_logp"] = jnp.pad(logp_fn(ref_params, batch), ((0, 0), (1, 0)))
-            sums: dict[str, float] | None = None
-            per = n_rows // g.minibatches
-            for mb in range(g.minibatches):  # each minibatch is its own optimiser update
-                part = {k: v[mb * per : (mb + 1) * per] for k, v in batch.items()}
-                m = learner.update(part, loss_fn.denom(part), advance=mb == g.minibatches - 1)
-                sums = m if sums is None else merge_sums(sums, m, max)
-            tokens = max(sums["tokens"], 1.0)
-            row.update(
-                loss=sums["loss"],
-                grad_norm=sums["grad_norm"] / g.minibatches,
-                clip_frac=sums["clipped_tokens"] / tokens,
-                capped_frac=1 - sums["kept_tokens"] / tokens,
-                iw_mean=sums["weight_sum"] / tokens,
-                iw_max=sums["weight_max"],
-                tokens=sums["tokens"],
-            )
-        else:  # every group was uninformative: no update, the step still counts
-            learner.skip()
+            if kept
+            else None
+        )
+        row.update(update(host))
         sampler.update_weights(learner.state.params)
         row["tokens_per_s"] = float(sum(len(x.tokens) for x in gens) / (time.perf_counter() - t0))
         log.log(learner.step, row)

@@ -24,7 +24,7 @@ from rollout.agents import OracleAgent
 from rollout.chat_format import ChatFormat
 from rollout.contracts import Task, Trajectory
 from rollout.domains import get_domain
-from rollout.episode import run_episode
+from rollout.episode import agent_context, run_episode
 from rollout.pool import TaskPool
 from rollout.tokenizer import Tokenizer
 from rollout.user_sim import ScriptedUser, user_view
@@ -40,7 +40,14 @@ async def scripted_dialogues(tasks: list[Task], domain_name: str, cfg: RunConfig
     async def one(task: Task) -> Trajectory:
         async with sem:
             user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
-            return await run_episode(task, domain, OracleAgent(task), user, max_steps=cfg.episode.max_steps)
+            return await run_episode(
+                task,
+                domain,
+                OracleAgent(task),
+                user,
+                max_steps=cfg.episode.max_steps,
+                prompt=cfg.episode.prompt,
+            )
 
     return list(await asyncio.gather(*(one(t) for t in tasks)))
 
@@ -87,7 +94,7 @@ def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> 
         return done
     pool = TaskPool(cfg.pool.dir)
     tok = tokenizer(cfg)
-    fmt, tools = ChatFormat(), get_domain(cfg.domain.name).tool_schemas()
+    fmt, (_, tools) = ChatFormat(), agent_context(get_domain(cfg.domain.name), cfg.episode.prompt)
     data: dict[str, dict[str, np.ndarray]] = {}
     truncated = 0
     for split in ("train", "test"):

@@ -157,7 +157,7 @@ def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
     orders: dict[str, dict[str, Any]] = {}
 
     def new_customer() -> str:
-        cid = ids.new("C", 4)
+        cid = ids.new("C", cfg.id_digits)
         customers[cid] = {
             "customer_id": cid,
             "name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
@@ -169,7 +169,7 @@ def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
         return cid
 
     def new_order(owner: str, status: str) -> str:
-        oid = ids.new("O", 5)
+        oid = ids.new("O", cfg.id_digits + 1)
         items = rng.sample(sorted(products), rng.randint(1, 3))
         total = sum(products[p][1] for p in items)
         orders[oid] = {

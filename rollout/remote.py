@@ -1,0 +1,115 @@
+"""The learner's client for rollout servers (``python -m rollout.serve``): scored episodes by URL.
+
+Each episode goes to the live server with the fewest episodes in flight. A server that fails
+(connection refused or reset, timeout, 5xx) is set aside for ``cooldown_s`` and the episode is
+rerun on another one: a server dying mid-episode costs that episode's work, not the run. The run
+fails only when no server answers for ``max_attempts`` tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import aiohttp
+
+from rollout.contracts import Task, Trajectory
+from rollout.http_engine import EngineError
+
+
+class RemoteEpisodes:
+    """``run(task, seed, group_id, sample_index) -> Trajectory`` over several rollout servers.
+
+    Args:
+        urls: rollout server base URLs.
+        temperature: the policy's sampling temperature (sent with every episode).
+        timeout_s: longest episode before the server counts as failed.
+        cooldown_s: how long a failed server is skipped.
+        max_attempts: tries per episode (each on the best live server).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        temperature: float = 1.0,
+        timeout_s: float = 1800.0,
+        cooldown_s: float = 10.0,
+        max_attempts: int = 4,
+    ):
+        if not urls:
+            raise ValueError("RemoteEpisodes needs at least one rollout server URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.temperature, self.timeout_s = temperature, timeout_s
+        self.cooldown_s, self.max_attempts = cooldown_s, max_attempts
+        self.in_flight = dict.fromkeys(self.urls, 0)
+        self.down_until = dict.fromkeys(self.urls, 0.0)
+        self.failures = dict.fromkeys(self.urls, 0)
+        """Failed requests per server (episodes rerun elsewhere)."""
+        self.version = 0
+        """The policy version last announced (sent with every episode too, so a server that
+        restarted or missed an announcement labels tokens no older than it)."""
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _pick(self) -> str | None:
+        now = time.monotonic()
+        live = [u for u in self.urls if self.down_until[u] <= now]
+        return min(live, key=lambda u: self.in_flight[u]) if live else None
+
+    async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
+        body = {
+            "task": task.model_dump(mode="json"),
+            "seed": seed,
+            "group_id": group_id,
+            "sample_index": sample_index,
+            "temperature": self.temperature,
+            "version": self.version,
+        }
+        errors: list[str] = []
+        for _ in range(self.max_attempts):
+            url = self._pick()
+            if url is None:  # every server is cooling down: wait for the first to come back
+                await asyncio.sleep(max(0.1, min(self.down_until.values()) - time.monotonic()))
+                url = self._pick() or self.urls[0]
+            self.in_flight[url] += 1
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+                async with self._client().post(url + "/episode", json=body, timeout=timeout) as resp:
+                    text = await resp.text()
+                    if resp.status == 200:
+                        return Trajectory.model_validate_json(text)
+                    if resp.status < 500:  # our request is wrong: another server will say the same
+                        raise EngineError(f"{url}/episode: HTTP {resp.status}: {text[:500]}")
+                    errors.append(f"{url}: HTTP {resp.status}: {text[:200]}")
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+            finally:
+                self.in_flight[url] -= 1
+            self.failures[url] += 1
+            self.down_until[url] = time.monotonic() + self.cooldown_s
+        raise EngineError(f"episode of task {task.id} failed on every attempt: {'; '.join(errors)}")
+
+    async def set_version(self, version: int) -> None:
+        """Tell every server which policy version the agent engine serves from now on."""
+        self.version = version
+
+        async def one(url: str) -> None:
+            try:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with self._client().post(url + "/version", json={"version": version}, timeout=timeout):
+                    pass
+            except (aiohttp.ClientError, TimeoutError, ConnectionError):
+                self.down_until[url] = time.monotonic() + self.cooldown_s
+
+        await asyncio.gather(*(one(u) for u in self.urls))

@@ -1,0 +1,201 @@
+"""``python -m rollout.serve --config X.yaml [key=value ...]``: a rollout server.
+
+Runs scored episodes for a remote learner: the policy and (optionally) the user-simulator model
+are OpenAI-compatible engines given by URL (vLLM, ``eigen_jax.serve``); tools and the verifier run
+here. Stateless apart from the policy version the learner announces, so servers scale out
+horizontally and a dead one costs only its in-flight episodes (``rollout.remote`` reruns them on
+another server).
+
+    POST /episode  {"task": Task, "seed": int, "group_id": str, "sample_index": int,
+                    "temperature": float, "version": int}      -> Trajectory (reward filled in)
+    POST /version  {"version": int}   the policy version the agent engine now serves
+    GET  /health                      -> {"ok": true, "episodes": n, "in_flight": k, "version": v}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from rollout.config import DomainConfig, EpisodeConfig
+from rollout.configio import Section, add_config_args, config_from_args
+from rollout.contracts import Task
+from rollout.domains import get_domain
+from rollout.http_engine import HTTPEngine
+from rollout.lm_runner import LMEpisodes
+from rollout.tokenizer import Tokenizer
+from verifiers.config import VerifierConfig
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+
+class EndpointSection(Section):
+    url: str = "http://127.0.0.1:8000"
+    """Base URL of an OpenAI-compatible server (``/v1`` is appended)."""
+    model: str = "policy"
+    """The served model name."""
+    tokenizer: str = ""
+    """Directory with the model's ``tokenizer.json`` (episodes are token-in/token-out)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds per request before it is retried."""
+    max_retries: int = Field(3, ge=0)
+    """Retries per request (connection errors, timeouts, 5xx/429)."""
+    concurrency: int = Field(64, ge=1)
+    """Most requests in flight to this server."""
+
+
+class ServerSection(Section):
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: int = Field(8100, ge=1, le=65535)
+    """Port to listen on."""
+    progress_every: float = Field(10.0, gt=0)
+    """Seconds between progress lines."""
+
+
+class RolloutServerConfig(Section):
+    """A rollout server: which domain, how episodes run, who serves the agent and the user."""
+
+    server: ServerSection = ServerSection()
+    """Where this server listens."""
+    domain: DomainConfig = DomainConfig()
+    """The tool domain its episodes run in."""
+    episode: EpisodeConfig = EpisodeConfig()
+    """How episodes run (the learner's run config should agree)."""
+    verifier: VerifierConfig = VerifierConfig()
+    """How episodes are scored."""
+    agent: EndpointSection = EndpointSection()
+    """The policy's engine."""
+    user: EndpointSection | None = None
+    """The user-simulator model's engine (needed when ``episode.user: model``)."""
+
+
+def _engine(e: EndpointSection) -> HTTPEngine:
+    return HTTPEngine(
+        e.url, e.model, timeout_s=e.timeout_s, max_retries=e.max_retries, concurrency=e.concurrency
+    )
+
+
+class RolloutServer:
+    def __init__(self, cfg: RolloutServerConfig, sandbox: Sandbox):
+        if cfg.episode.user == "model" and cfg.user is None:
+            raise ValueError("episode.user is 'model': give the user-simulator engine in the 'user' section")
+        if not cfg.agent.tokenizer:
+            raise ValueError("agent.tokenizer: the policy's tokenizer directory is required")
+        self.cfg = cfg
+        self.domain = get_domain(cfg.domain.name)
+        self.verifier = Verifier(self.domain, sandbox, cfg.verifier.components)
+        self.agent = _engine(cfg.agent)
+        self.user = _engine(cfg.user) if cfg.user is not None and cfg.episode.user == "model" else None
+        self.tok = Tokenizer.from_dir(cfg.agent.tokenizer)
+        self.user_tok = (
+            Tokenizer.from_dir(cfg.user.tokenizer or cfg.agent.tokenizer) if self.user and cfg.user else None
+        )
+        self.episodes, self.in_flight = 0, 0
+
+    async def episode(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            task = Task.model_validate(body["task"])
+            seed, temperature = int(body["seed"]), float(body.get("temperature", 1.0))
+            self.agent._version = max(self.agent.version, int(body.get("version", 0)))
+        except (KeyError, TypeError, ValueError, ValidationError) as e:
+            raise web.HTTPBadRequest(text=f"bad episode request: {e}") from None
+        runner = LMEpisodes(
+            self.domain,
+            self.agent,
+            self.tok,
+            self.cfg.episode,
+            self.verifier.score,
+            temperature=temperature,
+            user_engine=self.user,
+            user_tokenizer=self.user_tok,
+        )
+        self.in_flight += 1
+        try:
+            traj = await runner.run(
+                task, seed, str(body.get("group_id", "")), int(body.get("sample_index", 0))
+            )
+        finally:
+            self.in_flight -= 1
+        self.episodes += 1
+        return traj.model_dump(mode="json")
+
+    def app(self) -> web.Application:
+        async def episode(request: web.Request) -> web.Response:
+            return web.json_response(await self.episode(await request.json()))
+
+        async def version(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.agent._version = int(body["version"])  # labels the tokens of requests from now on
+            return web.json_response({"version": self.agent.version})
+
+        async def health(_: web.Request) -> web.Response:
+            return web.json_response(
+                {
+                    "ok": True,
+                    "episodes": self.episodes,
+                    "in_flight": self.in_flight,
+                    "version": self.agent.version,
+                }
+            )
+
+        app = web.Application(client_max_size=64 * 2**20)
+        app.add_routes(
+            [web.post("/episode", episode), web.post("/version", version), web.get("/health", health)]
+        )
+        return app
+
+
+async def _progress(server: RolloutServer, every_s: float) -> None:
+    last, t_last = 0, time.perf_counter()
+    while True:
+        await asyncio.sleep(every_s)
+        now = time.perf_counter()
+        if server.episodes != last:
+            rate = (server.episodes - last) / (now - t_last)
+            print(
+                f"[rollout] {server.episodes} episodes ({rate:.2f}/s), {server.in_flight} in flight, "
+                f"policy v{server.agent.version}, {server.agent.retries} retries",
+                flush=True,
+            )
+        last, t_last = server.episodes, now
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m rollout.serve", description=__doc__.split("\n\n")[0])
+    add_config_args(ap)
+    cfg = config_from_args(RolloutServerConfig, ap.parse_args(argv), foreign_sections=())
+    v = cfg.verifier
+    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+        try:
+            server = RolloutServer(cfg, sb)
+        except ValueError as e:
+            sys.exit(f"rollout.serve: {e}")
+
+        async def start(app: web.Application) -> None:
+            app["progress"] = asyncio.create_task(_progress(server, cfg.server.progress_every))
+
+        async def stop(app: web.Application) -> None:
+            await server.agent.close()
+            if server.user is not None:
+                await server.user.close()
+
+        app = server.app()
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)
+        s = cfg.server
+        print(
+            f"[rollout] {cfg.domain.name} episodes on http://{s.host}:{s.port}, agent {cfg.agent.url}",
+            flush=True,
+        )
+        web.run_app(app, host=s.host, port=s.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

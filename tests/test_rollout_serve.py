@@ -1,0 +1,245 @@
+"""Rollout servers: the server's episodes equal in-process ones, the client fails over, and GRPO
+runs through launched servers (policy on ``eigen_jax.serve``) while one of them is killed."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from flax import nnx
+from test_serve import free_port
+
+from eigen_jax.config import RunConfig
+from eigen_jax.model import Decoder, DecoderConfig
+from eigen_jax.model.hf import save_hf
+from eigen_jax.train import run
+from eigen_jax.train_config import TINY_ARCH
+from rollout.configio import load_config
+from rollout.contracts import Termination, Trajectory
+from rollout.http_engine import EngineError
+from rollout.remote import RemoteEpisodes
+from rollout.serve import RolloutServer, RolloutServerConfig
+from rollout.tokenizer import build_small_tokenizer
+from verifiers.sandbox import Sandbox
+
+ROOT = Path(__file__).parents[1]
+
+
+def _fake_server(answer):
+    async def episode(request):
+        return await answer(await request.json())
+
+    async def version(request):
+        return web.json_response({})
+
+    app = web.Application()
+    app.add_routes([web.post("/episode", episode), web.post("/version", version)])
+    return app
+
+
+def _traj_json(body, tag):
+    t = Trajectory(task_id=body["task"]["id"], messages=[], termination=Termination.USER_STOP, error=tag)
+    return web.json_response(t.model_dump(mode="json"))
+
+
+def test_client_reruns_an_episode_elsewhere_when_a_server_fails(shop_tasks):
+    calls = {"bad": 0, "good": 0}
+
+    async def bad(body):
+        calls["bad"] += 1
+        return web.Response(status=503, text="dying")
+
+    async def good(body):
+        calls["good"] += 1
+        return _traj_json(body, "good")
+
+    async def main():
+        servers = [TestServer(_fake_server(bad)), TestServer(_fake_server(good))]
+        for s in servers:
+            await s.start_server()
+        urls = [str(s.make_url("")).rstrip("/") for s in servers]
+        remote = RemoteEpisodes(urls, cooldown_s=60)
+        try:
+            trajs = await asyncio.gather(*(remote.run(t, 0) for t in shop_tasks[:6]))
+            return trajs, remote.failures[urls[0]]
+        finally:
+            await remote.close()
+            for s in servers:
+                await s.close()
+
+    trajs, failures = asyncio.run(main())
+    assert [t.error for t in trajs] == ["good"] * 6
+    # the failing server was tried (it had no episodes in flight), then set aside
+    assert failures >= 1 and calls["bad"] == failures and calls["good"] == 6
+
+
+def test_client_gives_up_when_no_server_answers(shop_tasks):
+    remote = RemoteEpisodes([f"http://127.0.0.1:{free_port()}"], cooldown_s=0.01, max_attempts=2)
+
+    async def go():
+        try:
+            with pytest.raises(EngineError, match="failed on every attempt"):
+                await remote.run(shop_tasks[0], 0)
+        finally:
+            await remote.close()
+
+    asyncio.run(go())
+
+
+def test_bad_episode_request_is_a_400(shop_tasks, tmp_path):
+    tok = build_small_tokenizer(["hello world"], 300)
+    tok.save(tmp_path / "tok")
+    cfg = RolloutServerConfig.model_validate(
+        {"agent": {"tokenizer": str(tmp_path / "tok")}, "episode": {"user": "scripted"}}
+    )
+
+    async def main():
+        with Sandbox(1, 2.0, 256) as sb:
+            server = TestServer(RolloutServer(cfg, sb).app())
+            await server.start_server()
+            try:
+                remote = RemoteEpisodes([str(server.make_url("")).rstrip("/")])
+                broken = shop_tasks[0].model_copy(update={"scenario": None})  # skips validation
+                with pytest.raises(EngineError, match="HTTP 400"):
+                    await remote.run(broken, 0)
+                await remote.close()
+            finally:
+                await server.close()
+
+    asyncio.run(main())
+
+
+def _launch(args, log):
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _wait_health(url, proc, timeout=180):
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.mark.slow
+def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
+    cfg = load_config(
+        RunConfig,
+        ROOT / "configs/quickstart.yaml",
+        [
+            f"run.out_dir={tmp_path}/run",
+            f"pool.dir={tmp_path}/run/pool",
+            "run.progress=false",
+            "procedural.num_tasks=40",
+            "run.stages=[generate]",
+        ],
+    )
+    run(cfg)  # the pool, and the run's tokenizer
+    from eigen_jax.stages.common import tokenizer
+
+    tok = tokenizer(cfg)
+    tok.save(tmp_path / "tok")
+    arch = {**TINY_ARCH, "vocab_size": -(-tok.vocab_size // 64) * 64}
+    save_hf(
+        Decoder(DecoderConfig.from_hf(arch), rngs=nnx.Rngs(0)),
+        tmp_path / "agent",
+        tokenizer_dir=tmp_path / "tok",
+    )
+    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2")}
+    ep, p1, p2 = free_port(), free_port(), free_port()
+    procs = {
+        "engine": _launch(
+            ["eigen_jax.serve", "--model", str(tmp_path / "agent"), "--port", str(ep)], logs["engine"]
+        )
+    }
+    for name, port in (("r1", p1), ("r2", p2)):
+        procs[name] = _launch(
+            [
+                "rollout.serve",
+                f"server.port={port}",
+                f"agent.url=http://127.0.0.1:{ep}",
+                "agent.model=agent",
+                f"agent.tokenizer={tmp_path / 'tok'}",
+                "episode.user=scripted",
+                "episode.turn_tokens=16",
+                "episode.max_steps=3",
+                "episode.max_len=1024",
+                "server.progress_every=1",
+            ],
+            logs[name],
+        )
+    try:
+        _wait_health(f"http://127.0.0.1:{ep}", procs["engine"])
+        for port, name in ((p1, "r1"), (p2, "r2")):
+            _wait_health(f"http://127.0.0.1:{port}", procs[name])
+        cfg = load_config(
+            RunConfig,
+            ROOT / "configs/quickstart.yaml",
+            [
+                f"run.out_dir={tmp_path}/run",
+                f"pool.dir={tmp_path}/run/pool",
+                "run.progress=false",
+                "run.stages=[grpo]",
+                f"model.hf_dir={tmp_path / 'agent'}",
+                f"model.tokenizer={tmp_path / 'tok'}",
+                "episode.user=scripted",
+                "grpo.steps=4",
+                "grpo.tasks_per_step=2",
+                "grpo.group_size=4",
+                "grpo.filter_groups=false",
+                f"grpo.rollout_servers=[http://127.0.0.1:{p1},http://127.0.0.1:{p2}]",
+                f"grpo.agent_url=http://127.0.0.1:{ep}",
+                "grpo.agent_model=agent",
+            ],
+        )
+        metrics = tmp_path / "run/grpo/metrics.jsonl"
+
+        def killer():  # kill r2 once the first update landed: its in-flight episodes rerun on r1
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                if metrics.exists() and metrics.read_text().strip():
+                    procs["r2"].send_signal(signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+
+        import threading
+
+        th = threading.Thread(target=killer)
+        th.start()
+        summary = run(cfg)["grpo"]
+        th.join()
+        assert procs["r2"].poll() == -signal.SIGKILL
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4] and summary["steps"] == 4
+        import urllib.request
+
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{p1}/health").read())
+        assert health["episodes"] > 0 and health["version"] == 4  # versions announced per sync
+        served = sorted(p.name for p in (tmp_path / "run/grpo/served_weights").iterdir())
+        assert served == ["v3", "v4"]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
+    assert os.path.exists(tmp_path / "r1.log")
