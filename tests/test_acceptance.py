@@ -120,3 +120,35 @@ def test_selfcheck_writes_scored_trajectories(tmp_path):
     assert check["oracle_pass"] == 1.0
     missing = _proc("verifiers.selfcheck", "--pool", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr
+
+
+def test_quickstart_stage_list_runs_end_to_end_in_miniature(tmp_path):
+    """Every stage of configs/quickstart.yaml, shrunk: the SFT'd user model plays the customer in
+    GRPO and eval, and the eval covers the base, SFT and RL agents (CI runs the full quickstart)."""
+    out = _proc(
+        "eigen_jax.train",
+        "--config",
+        "configs/quickstart.yaml",
+        f"run.out_dir={tmp_path}",
+        f"pool.dir={tmp_path / 'pool'}",
+        "run.progress=false",
+        "procedural.num_tasks=40",
+        "sft_user.steps=2",
+        "sft_agent.steps=2",
+        "sft_agent.eval_batches=1",
+        "sft_user.eval_batches=1",
+        "grpo.steps=2",
+        "grpo.tasks_per_step=2",
+        "grpo.group_size=2",
+        "episode.turn_tokens=12",
+        "episode.max_steps=3",
+        "episode.max_len=768",
+        "eval.max_tasks=2",
+        "eval.trials=2",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary) == ["generate", "selfcheck", "sft_user", "sft_agent", "grpo", "eval"]
+    assert summary["grpo"]["env"] == "episodes" and summary["eval"]["user"] == "model"
+    assert set(summary["eval"]["pass_hat_k"]) == {"base", "sft", "rl"}
+    assert "pass^2" in out.stdout and (tmp_path / "eval/passk.png").exists()

@@ -138,6 +138,14 @@ def main() -> None:
         for eta, r in results.items()
     )
     samples = "; ".join(f"eta={e}: {r['samples']}" for e, r in results.items())
+    top = results[max(results)]
+    why = (
+        "At the largest η the learner is never idle: the step is bound by the update itself, which "
+        "here shares the 2 cores with the in-process sampler; with the policy on its own device "
+        "(vLLM / rollout servers) the async step approaches the rollout throughput bound."
+        if top["idle"] < 0.05
+        else "At the largest η the learner still waits for rollouts part of the time."
+    )
     cmd = " ".join(["python tools/bench/async_vs_sync.py", *sys.argv[1:]])
     body = f"""## Asynchronous vs synchronous GRPO (multi-turn episodes)
 
@@ -152,7 +160,7 @@ compiles); every eta in its own process, one after the other, in this run.
 |---:|---:|---:|---:|---:|---:|
 {lines}
 
-Step times (s): {samples}.
+Step times (s): {samples}. {why}
 """
     print(body)
     write_section("async_vs_sync", body)
