@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from eigen_jax.checkpoint import Checkpointer
@@ -20,6 +21,23 @@ from rollout.pool import TaskPool
 from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def pad_rows(rows: list[dict[str, list]], length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """[len(rows), length] right-padded arrays from per-token lists, each row cut at ``length``:
+    ``tokens`` (padded with ``pad_id``, int32), an ``attn_mask``, and every other key (zeros;
+    ``*_mask`` int32, the rest float32)."""
+    n = len(rows)
+    out = {"tokens": np.full((n, length), pad_id, np.int32), "attn_mask": np.zeros((n, length), np.int32)}
+    for key in rows[0] if rows else ():
+        if key != "tokens":
+            out[key] = np.zeros((n, length), np.int32 if key.endswith("_mask") else np.float32)
+    for r, row in enumerate(rows):
+        k = min(len(row["tokens"]), length)
+        out["attn_mask"][r, :k] = 1
+        for key, values in row.items():
+            out[key][r, :k] = values[:k]
+    return out
 
 
 def corpus(cfg: RunConfig) -> list[str]:

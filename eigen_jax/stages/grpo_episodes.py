@@ -25,7 +25,7 @@ from eigen_jax.learner import Learner
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler, bucket
-from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from eigen_jax.stages.common import StageDir, base_model, pad_rows, tokenizer
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
@@ -64,21 +64,10 @@ def episode_batch(
     trajs: list[Trajectory], adv: np.ndarray, length: int, pad_id: int
 ) -> dict[str, np.ndarray]:
     """[len(trajs), length] arrays of the episodes' token transcripts (cut at ``length``)."""
-    n = len(trajs)
-    out = {
-        "tokens": np.full((n, length), pad_id, np.int32),
-        "attn_mask": np.zeros((n, length), np.int32),
-        "loss_mask": np.zeros((n, length), np.int32),
-        "behaviour_logp": np.zeros((n, length), np.float32),
-        "advantages": np.asarray(adv, np.float32),
-    }
-    for r, t in enumerate(trajs):
-        k = min(len(t.tokens), length)
-        out["tokens"][r, :k] = t.tokens[:k]
-        out["attn_mask"][r, :k] = 1
-        out["loss_mask"][r, :k] = t.loss_mask[:k]
-        out["behaviour_logp"][r, :k] = t.behaviour_logprobs[:k]
-    return out
+    rows = [
+        {"tokens": t.tokens, "loss_mask": t.loss_mask, "behaviour_logp": t.behaviour_logprobs} for t in trajs
+    ]
+    return {**pad_rows(rows, length, pad_id), "advantages": np.asarray(adv, np.float32)}
 
 
 class _LocalPolicy:

@@ -18,7 +18,7 @@ from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import SFTLoss
-from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, tokenizer
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
 from rollout.chat_format import ChatFormat
@@ -73,18 +73,7 @@ def to_arrays(
     examples: list[tuple[list[int], list[int]]], max_len: int, pad_id: int
 ) -> dict[str, np.ndarray]:
     """Right-padded [N, max_len] arrays; longer examples are cut at ``max_len``."""
-    n = len(examples)
-    out = {
-        "tokens": np.full((n, max_len), pad_id, np.int32),
-        "attn_mask": np.zeros((n, max_len), np.int32),
-        "loss_mask": np.zeros((n, max_len), np.int32),
-    }
-    for r, (ids, mask) in enumerate(examples):
-        k = min(len(ids), max_len)
-        out["tokens"][r, :k] = ids[:k]
-        out["attn_mask"][r, :k] = 1
-        out["loss_mask"][r, :k] = mask[:k]
-    return out
+    return pad_rows([{"tokens": ids, "loss_mask": mask} for ids, mask in examples], max_len, pad_id)
 
 
 def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> dict[str, Any]:
