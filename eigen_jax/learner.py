@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eigen_jax.model import Decoder
 from eigen_jax.model.sharding import batch_sharding
@@ -98,8 +98,30 @@ class Learner:
             step=jnp.asarray(0, jnp.int32),
             rng=jax.random.key_data(jax.random.key(seed)),
         )
+        if mesh is not None:
+            self.state = self._placed(self.state, mesh)
         # No buffer donation: an in-process sampler may still hold the previous weights.
         self._update = jax.jit(self._update_impl)
+
+    def _placed(self, state: TrainState, mesh: Mesh) -> TrainState:
+        """Optimiser moments sharded like their parameters, scalars replicated over the mesh.
+
+        ``tx.init`` leaves them uncommitted on one device (a full unsharded copy of the moments),
+        and a checkpoint restored with those shardings would pin them there."""
+        replicated = NamedSharding(mesh, PartitionSpec())
+        shardings = jax.tree.map(lambda p: p.sharding, state.params)
+        opt_state = optax.tree_map_params(
+            self.tx,
+            lambda x, sharding: jax.device_put(x, sharding),
+            state.opt_state,
+            shardings,
+            transform_non_params=lambda x: jax.device_put(x, replicated),
+        )
+        return state._replace(
+            opt_state=opt_state,
+            step=jax.device_put(state.step, replicated),
+            rng=jax.device_put(state.rng, replicated),
+        )
 
     @property
     def step(self) -> int:

@@ -101,3 +101,21 @@ def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
 def test_model_user_needs_the_user_stage(tmp_path):
     with pytest.raises(ValueError, match="sft_user"):
         run(_cfg(tmp_path, "episode.user=model"))
+
+
+def test_grpo_on_episodes_resumes_where_the_checkpoint_says(tmp_path):
+    """A run stopped after step 2 (its checkpoint says which group comes next) resumes at step 3
+    with the controller at that group, not at group 0."""
+    run(_cfg(tmp_path, "grpo.steps=2", "checkpoint.every=1"))
+    metas = [
+        p
+        for p in (tmp_path / "grpo/checkpoints/2").rglob("*")
+        if p.is_file() and b"next_index" in p.read_bytes()
+    ]
+    assert (
+        metas and json.loads(metas[0].read_text())["data"]["controller"]["next_index"] == 4
+    )  # 2 batches x 2 groups
+    (tmp_path / "grpo/done.json").unlink()  # as if killed after the step-2 checkpoint
+    summary = run(_cfg(tmp_path, "grpo.steps=4", "checkpoint.every=1"), resume=True)["grpo"]
+    rows = [json.loads(x) for x in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and summary["steps"] == 4
