@@ -87,3 +87,14 @@ def test_validation_rejects_broken_tasks(shop_tasks, shop, sandbox):
         r.startswith("DB hash cannot tell gold plus forbidden get_customer")
         for r in validate_task(read_only, shop, sandbox)
     )
+
+
+def test_id_digits_sets_id_lengths_and_the_default_is_unchanged():
+    from synth.config import ProceduralConfig
+    from synth.procedural.shop import generate_shop_task
+
+    for digits, default in ((2, False), (4, True)):
+        cfg = ProceduralConfig(id_digits=digits) if not default else ProceduralConfig()
+        db = generate_shop_task(cfg, 3).initial_state.data
+        assert {len(c) for c in db["customers"]} == {1 + digits}
+        assert {len(o) for o in db["orders"]} == {2 + digits}
