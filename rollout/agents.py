@@ -28,7 +28,8 @@ class OracleAgent:
         self.task = task
         acts = task.gold_actions if actions is None else actions
         self.actions = [a for a in acts if a.requestor == "assistant"]
-        self._to_ask = list(task.scenario.known_info) if ask_known_info else []
+        known = task.scenario.known_info
+        self._to_ask = list(known) if ask_known_info and isinstance(known, dict) else []
         self._next = 0
         self._finished = False
 

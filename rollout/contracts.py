@@ -31,6 +31,8 @@ class ToolCall(Contract):
     """Tool name as the model wrote it (may name a tool that does not exist)."""
     arguments: dict[str, Any] | str = Field(default_factory=dict)
     """Parsed arguments, or the raw text when the model's arguments were not a JSON object."""
+    requestor: Literal["assistant", "user"] = "assistant"
+    """Whose tool it is: the agent's, or the user's own (tau² telecom's phone); tau²'s field."""
 
     def parsed_arguments(self) -> dict[str, Any]:
         """The arguments as a dict; raises ``ValueError`` with a readable reason if impossible."""
@@ -87,7 +89,40 @@ class Action(Contract):
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     requestor: Literal["assistant", "user"] = "assistant"
-    """Who performs it: the agent, or (tau² telecom) the user on their own device."""
+    """Who performs it: the agent, or (tau² telecom) the user on their own device. For an
+    initial-state action: whose environment the function runs on."""
+    compare_args: list[str] | None = None
+    """Arguments a call must match for this gold action to count as done (tau²'s rule); None:
+    every argument the call passes."""
+    id: str | None = None
+    """The source's action id (tau²'s ``action_id``), kept for lossless export."""
+    info: str | None = None
+    """Free-text note from the source."""
+
+    def matches(self, call: ToolCall) -> bool:
+        """Whether ``call`` performs this action: same name and equal compared arguments (tau²'s
+        ``Action.compare_with_tool_call``; arguments a call omits count as absent on both sides)."""
+        if call.name != self.name or not isinstance(call.arguments, dict):
+            return False
+        keys = list(call.arguments) if self.compare_args is None else self.compare_args
+        if not keys:
+            return True
+        mine = {k: v for k, v in self.arguments.items() if k in keys}
+        theirs = {k: v for k, v in call.arguments.items() if k in keys}
+        return mine == theirs
+
+
+class EnvAssertion(Contract):
+    """A check on the final environment: ``name(**arguments)`` run on the agent's or the user's
+    side must return ``assert_value`` (tau² telecom's ``env_assertions``)."""
+
+    requestor: Literal["assistant", "user"] = "assistant"
+    """Whose environment the function runs on (tau²'s ``env_type``)."""
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    assert_value: bool = True
+    message: str | None = None
+    """Shown when the assertion fails."""
 
 
 class UserScenario(Contract):
@@ -96,10 +131,11 @@ class UserScenario(Contract):
     persona: str = ""
     reason_for_call: str
     """The request, in the user's words; the scripted simulator opens with it verbatim."""
-    known_info: dict[str, str] = Field(default_factory=dict)
-    """Facts only the user holds (e.g. ``{"customer id": "C0042"}``): given when asked."""
-    unknown_info: list[str] = Field(default_factory=list)
-    """Things the user does not know and must not invent."""
+    known_info: dict[str, str] | str = Field(default_factory=dict)
+    """Facts only the user holds (e.g. ``{"customer id": "C0042"}``): given when asked. Free text
+    for sources that write it so (tau²)."""
+    unknown_info: list[str] | str = Field(default_factory=list)
+    """Things the user does not know and must not invent (a list, or free text)."""
     task_instructions: str = ""
     """Free-form guidance for an LM user simulator (tone, when to stop, what not to reveal)."""
 
@@ -111,8 +147,11 @@ class InitialState(Contract):
     """Name of a DB the domain provides (e.g. tau² airline's ``db.json``); None for inline."""
     data: dict[str, Any] | None = None
     """The whole DB inline (procedural tasks), or a patch merged into the reference."""
+    user_data: dict[str, Any] | None = None
+    """A patch merged into the user-side DB, for domains with one (tau² telecom's phone)."""
     actions: list[Action] = Field(default_factory=list)
-    """Tool calls applied after loading (tau²'s ``initialization_actions``)."""
+    """Environment functions run after loading, on the ``requestor``'s side (tau²'s
+    ``initialization_actions``)."""
 
 
 class Provenance(Contract):
@@ -123,6 +162,12 @@ class Provenance(Contract):
     round: int | None = None
     seed: int | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+RewardComponent = Literal["db", "outputs", "actions", "env_assertions", "checker"]
+"""What a reward can require: ``db`` (final DB hash equals the gold replay's), ``outputs`` (the
+agent said each required output), ``actions`` (each gold action was performed), ``env_assertions``
+(each holds on the final environment), ``checker`` (the task's sandboxed checker passes)."""
 
 
 class Task(Contract):
@@ -139,6 +184,15 @@ class Task(Contract):
     """Strings the agent must say (case-insensitive substring of its text, commas removed)."""
     forbidden_actions: list[Action] = Field(default_factory=list)
     """Writes the user asks for but the policy forbids; negative tests for checkers."""
+    reward_basis: list[RewardComponent] | None = None
+    """What a reward of 1 requires for this task (tau²'s ``reward_basis``); None: the verifier's
+    configured components."""
+    env_assertions: list[EnvAssertion] = Field(default_factory=list)
+    """Checks on the final environment (the ``env_assertions`` component)."""
+    nl_assertions: list[str] = Field(default_factory=list)
+    """Natural-language outcome statements (tau²'s; carried for judges, not scored here)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Source fields carried for lossless export but not used (tau²'s ``description``, ``ticket``)."""
     checker: str | None = None
     """Python source (standard library only) defining ``check(initial_db, final_db, messages)`` ->
     ``bool`` or ``(bool, reason)``, over JSON data; run only in the verifiers' sandbox."""
@@ -197,6 +251,7 @@ class Trajectory(Contract):
             raise ValueError("loss_mask entries must be 0 or 1")
         return self
 
-    def tool_calls(self, roles: tuple[str, ...] = ("assistant",)) -> list[ToolCall]:
-        """Tool calls made by ``roles``, in order, as a replay would execute them."""
+    def tool_calls(self, roles: tuple[str, ...] = ("assistant", "user")) -> list[ToolCall]:
+        """Tool calls made by ``roles`` (by default everyone's), in order, as a replay would
+        execute them."""
         return [c for m in self.messages if m.role in roles for c in (m.tool_calls or [])]

@@ -119,6 +119,8 @@ class ModelToolEnv:
         def error(msg: str) -> ToolResult:
             return ToolResult(tool_call_id=call.id, name=call.name, content=f"Error: {msg}", error=True)
 
+        if call.requestor != "assistant":
+            return error("this domain has no tools on the user's side")
         tool = self.tools.get(call.name)
         if tool is None:
             return error(f"unknown tool '{call.name}'. Available: {', '.join(sorted(self.tools))}")
@@ -146,7 +148,12 @@ class ModelToolEnv:
 
 def action_to_call(action: Action, index: int) -> ToolCall:
     """A gold action as a tool call with a deterministic id."""
-    return ToolCall(id=f"gold_{index}", name=action.name, arguments=copy.deepcopy(action.arguments))
+    return ToolCall(
+        id=f"gold_{index}",
+        name=action.name,
+        arguments=copy.deepcopy(action.arguments),
+        requestor=action.requestor,
+    )
 
 
 def replay(domain: Domain, task: Task, calls: list[ToolCall]) -> tuple[ToolEnv, list[ToolResult]]:

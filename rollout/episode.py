@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from rollout.agents import Agent
-from rollout.contracts import Message, Task, Termination, Trajectory
+from rollout.contracts import Message, Task, Termination, ToolCall, Trajectory
 from rollout.domain import Domain
 from rollout.engine import ContextOverflow
 from rollout.user_sim import UserSimulator, is_stop
@@ -23,6 +23,29 @@ def agent_context(domain: Domain, prompt: str = "full") -> tuple[str, list[dict[
     if prompt == "brief":
         return f"You are a {domain.name} customer service agent.", []
     raise ValueError(f"episode.prompt must be 'full' or 'brief', got {prompt!r}")
+
+
+def agent_view(messages: list[Message]) -> list[Message]:
+    """The conversation as the agent sees it: the user's own tool traffic (calls on their phone
+    and the results) hidden, as in tau²; its text stays. Filtering is per message, so the view of
+    a longer conversation extends the view of a shorter one (token-level agents rely on that)."""
+    out = []
+    caller = "assistant"  # tool results follow the message whose calls they answer
+    for m in messages:
+        if m.tool_calls:
+            caller = m.role
+        if m.role == "tool" and caller == "user":
+            continue
+        if m.role == "user" and m.tool_calls:
+            if not (m.content or "").strip():
+                continue
+            m = m.model_copy(update={"tool_calls": None})
+        out.append(m)
+    return out
+
+
+class _OutOfSteps(Exception):
+    """The step budget ran out inside a user turn."""
 
 
 class _Clock:
@@ -53,7 +76,9 @@ async def run_episode(
     """Run one episode. Never raises for agent, user or tool failures: they end the episode with
     ``termination == "error"`` (and ``error`` set) so one bad episode cannot crash a run.
 
-    A step is one agent message; ``max_steps`` bounds them. Tool errors are observations.
+    A step is one agent message, or one user message with tool calls (a user-side tool round);
+    ``max_steps`` bounds them. Tool errors are observations. Agent tool calls are executed as the
+    agent's, user tool calls as the user's (``ToolCall.requestor``).
     ``prompt`` chooses the agent's context (``agent_context``); the tools work either way.
     """
     t_start = time.perf_counter()
@@ -63,39 +88,62 @@ async def run_episode(
     messages: list[Message] = [Message(role="system", content=system)]
     termination, error = Termination.MAX_STEPS, None
 
-    async def user_turn() -> bool:
-        reply = await clock.timed("user", user.respond(messages))
-        if reply.role != "user":
-            raise ValueError(f"user simulator returned a {reply.role!r} message")
-        messages.append(reply)
-        return is_stop(reply)
+    async def run_calls(calls: list[ToolCall]) -> bool:
+        """Execute calls in order, append their results; True if a terminal tool succeeded."""
+        t0 = time.perf_counter()
+        ended = False
+        for call in calls:
+            result = env.call(call)
+            if inspect.isawaitable(result):  # remote tools (MCP, services) are async
+                result = await result
+            messages.append(result.to_message())
+            ended |= call.requestor == "assistant" and call.name in domain.terminal_tools and not result.error
+        clock.totals["env"] += time.perf_counter() - t0
+        return ended
 
+    async def user_turn() -> bool:
+        # A user with tools of their own (tau² telecom's phone) may call them first; the results
+        # go back to the user, who speaks again. Each such round counts as a step.
+        nonlocal steps
+        while True:
+            reply = await clock.timed("user", user.respond(messages))
+            if reply.role != "user":
+                raise ValueError(f"user simulator returned a {reply.role!r} message")
+            if reply.tool_calls:
+                calls = [c.model_copy(update={"requestor": "user"}) for c in reply.tool_calls]
+                reply = reply.model_copy(update={"tool_calls": calls})
+            messages.append(reply)
+            if not reply.tool_calls or is_stop(reply):
+                return is_stop(reply)
+            await run_calls(reply.tool_calls)
+            steps += 1
+            if steps >= max_steps:
+                raise _OutOfSteps
+
+    steps = 0
     try:
         if await user_turn():
             termination = Termination.USER_STOP
         else:
-            for _ in range(max_steps):
-                msg = await clock.timed("agent", agent.act(messages, tools))
+            while steps < max_steps:
+                msg = await clock.timed("agent", agent.act(agent_view(messages), tools))
                 if msg.role != "assistant":
                     raise ValueError(f"agent returned a {msg.role!r} message")
+                if any(c.requestor != "assistant" for c in msg.tool_calls or []):
+                    calls = [c.model_copy(update={"requestor": "assistant"}) for c in msg.tool_calls]
+                    msg = msg.model_copy(update={"tool_calls": calls})
                 messages.append(msg)
+                steps += 1
                 if msg.tool_calls:
-                    t0 = time.perf_counter()
-                    ended = False
-                    for call in msg.tool_calls:
-                        result = env.call(call)
-                        if inspect.isawaitable(result):  # remote tools (MCP, services) are async
-                            result = await result
-                        messages.append(result.to_message())
-                        ended |= call.name in domain.terminal_tools and not result.error
-                    clock.totals["env"] += time.perf_counter() - t0
-                    if ended:
+                    if await run_calls(msg.tool_calls):
                         termination = Termination.AGENT_STOP
                         break
                     continue
                 if await user_turn():
                     termination = Termination.USER_STOP
                     break
+    except _OutOfSteps:
+        termination = Termination.MAX_STEPS
     except ContextOverflow as e:
         termination, error = Termination.CONTEXT_OVERFLOW, str(e)
     except Exception as e:  # any failure of a party ends only this episode

@@ -33,10 +33,12 @@ def user_system_prompt(scenario: UserScenario) -> str:
     ]
     if scenario.persona:
         lines.append(f"Persona: {scenario.persona}")
-    if scenario.known_info:
-        lines.append("You know: " + "; ".join(f"{k}: {v}" for k, v in scenario.known_info.items()))
-    if scenario.unknown_info:
-        lines.append("You do not know: " + ", ".join(scenario.unknown_info))
+    known, unknown = scenario.known_info, scenario.unknown_info
+    if known:
+        text = known if isinstance(known, str) else "; ".join(f"{k}: {v}" for k, v in known.items())
+        lines.append(f"You know: {text}")
+    if unknown:
+        lines.append("You do not know: " + (unknown if isinstance(unknown, str) else ", ".join(unknown)))
     if scenario.task_instructions:
         lines.append(f"Instructions: {scenario.task_instructions}")
     lines.append(f"When your request is settled (or cannot be), end with {STOP_TOKENS[0]}.")
@@ -68,6 +70,7 @@ class ScriptedUser:
         self.scenario = scenario
         self.patience = patience
         self._unanswerable = 0
+        self._told_all = False
 
     async def respond(self, messages: list[Message]) -> Message:
         if not any(m.role == "user" for m in messages):
@@ -76,10 +79,17 @@ class ScriptedUser:
         text = (last.content or "") if last else ""
         if "?" in text:
             said = _norm(text)
-            answers = [f"My {k} is {v}." for k, v in self.scenario.known_info.items() if _norm(k) in said]
+            known, unknown_info = self.scenario.known_info, self.scenario.unknown_info
+            if isinstance(known, str):  # free-text facts (tau²): no keys to match, tell them all once
+                if known and not self._told_all:
+                    self._told_all = True
+                    return Message(role="user", content=known)
+                known = {}
+            answers = [f"My {k} is {v}." for k, v in known.items() if _norm(k) in said]
             if answers:
                 return Message(role="user", content=" ".join(answers))
-            unknown = [u for u in self.scenario.unknown_info if _norm(u) in said]
+            unknown_list = [unknown_info] if isinstance(unknown_info, str) else unknown_info
+            unknown = [u for u in unknown_list if u and _norm(u) in said]
             if unknown and self._unanswerable < self.patience:
                 self._unanswerable += 1
                 return Message(role="user", content=f"Sorry, I don't know my {unknown[0]}.")

@@ -38,3 +38,61 @@ def test_partial_rewards_are_failures_and_bad_k_is_named():
         pass_hat_k({"a": [1, 1]}, 3)
     with pytest.raises(ValueError, match="k must be"):
         pass_hat_k_task(1, 2, 0)
+
+
+def test_equals_tau2_compute_metrics():
+    """tau²'s own pass^k (``compute_metrics`` over a ``Results``) on the same rewards, including
+    a reward within its 1e-6 success tolerance."""
+    from rollout.domains.tau2._import import tau2_module
+
+    sim = tau2_module("data_model.simulation")
+    tasks = tau2_module("data_model.tasks")
+    metrics = tau2_module("metrics.agent_metrics")
+    env_info = tau2_module("environment.environment").EnvironmentInfo
+    rng = np.random.default_rng(1)
+    outcomes = {str(t): [float(x) for x in rng.integers(0, 2, 4)] for t in range(12)}
+    outcomes["0"][1] = 1 - 1e-7
+    outcomes["1"][2] = 0.5
+    info = sim.Info.model_construct(
+        git_commit="",
+        num_trials=4,
+        max_steps=1,
+        max_errors=1,
+        seed=0,
+        user_info=sim.UserInfo.model_construct(
+            implementation="u", llm=None, llm_args=None, global_simulation_guidelines=None
+        ),
+        agent_info=sim.AgentInfo.model_construct(implementation="a", llm=None, llm_args=None),
+        environment_info=env_info.model_construct(domain_name="d", policy="", tool_defs=None),
+    )
+    task_list = [
+        tasks.Task(
+            id=t,
+            user_scenario=tasks.UserScenario(instructions="x"),
+            evaluation_criteria=tasks.EvaluationCriteria(actions=[]),
+        )
+        for t in outcomes
+    ]
+    sims = [
+        sim.SimulationRun.model_construct(
+            id=f"{t}-{i}",
+            task_id=t,
+            trial=i,
+            seed=0,
+            reward_info=sim.RewardInfo(reward=r),
+            agent_cost=0.0,
+            user_cost=0.0,
+            termination_reason="user_stop",
+            duration=0.0,
+            messages=[],
+        )
+        for t, rs in outcomes.items()
+        for i, r in enumerate(rs)
+    ]
+    theirs = metrics.compute_metrics(
+        sim.Results.model_construct(info=info, tasks=task_list, simulations=sims)
+    )
+    assert pass_hat_ks(outcomes) == pytest.approx(theirs.pass_hat_ks)
+    for c in range(5):
+        for k in range(1, 5):
+            assert pass_hat_k_task(c, 4, k) == metrics.pass_hat_k(4, c, k)

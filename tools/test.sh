@@ -3,5 +3,5 @@
 # pytest. Extra arguments go to pytest, e.g. `bash tools/test.sh -m slow` or `-k pool`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup_env.sh jax,hf,dev
+bash tools/setup_env.sh jax,hf,tau2,dev
 exec "${EIGEN_VENV:-.venv}/bin/python" -m pytest -n 2 "$@"

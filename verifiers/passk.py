@@ -19,16 +19,21 @@ def pass_hat_k_task(successes: int, trials: int, k: int) -> float:
     return comb(successes, k) / comb(trials, k)
 
 
+def is_success(reward: float) -> bool:
+    """A trial succeeds when its reward is 1 up to 1e-6 (tau²'s ``is_successful``)."""
+    return abs(reward - 1.0) <= 1e-6
+
+
 def pass_hat_k(outcomes: Mapping[str, Sequence[float]], k: int) -> float:
-    """Mean over tasks of pass^k; ``outcomes[task_id]`` holds one reward per trial (success is a
-    reward of 1, as tau² counts it). Every task needs at least k trials."""
+    """Mean over tasks of pass^k; ``outcomes[task_id]`` holds one reward per trial (success as
+    ``is_success``). Every task needs at least k trials."""
     if not outcomes:
         raise ValueError("pass_hat_k: no tasks")
     total = 0.0
     for task_id, rewards in outcomes.items():
         if len(rewards) < k:
             raise ValueError(f"task {task_id!r} has {len(rewards)} trials, fewer than k={k}")
-        total += pass_hat_k_task(sum(r >= 1.0 for r in rewards), len(rewards), k)
+        total += pass_hat_k_task(sum(is_success(r) for r in rewards), len(rewards), k)
     return total / len(outcomes)
 
 

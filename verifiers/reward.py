@@ -1,43 +1,75 @@
-"""tau²-style rewards: DB-state hash against a gold replay, required outputs, and the task's checker.
+"""tau²-style rewards: DB-state hash against a gold replay, required outputs, gold actions
+performed, assertions on the final environment, and the task's sandboxed checker.
 
-Like tau², the DB check replays the trajectory's tool calls and the gold actions in fresh
-environments and compares the sha256 of the two final states; an episode that ended other than by
-a user or agent stop scores 0. The checker (untrusted code) runs only in the ``Sandbox``.
+Each component follows tau²'s evaluator to the letter (the parity tests run both on the same
+trajectories): the DB check replays the trajectory's tool calls (agent's and user's) and the gold
+actions in fresh environments and compares the hashes of the final states; a required output must
+appear, lower-cased, in one assistant message's text with its commas removed; a gold action counts
+as done when some call has its name and equal compared arguments; an episode that ended other
+than by a user or agent stop scores 0. The checker (untrusted code) runs only in the ``Sandbox``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any
 
-from rollout.contracts import Message, RewardInfo, Task, Termination, Trajectory
-from rollout.domain import Domain, action_to_call, hash_state, replay
+from rollout.contracts import Action, Message, RewardComponent, RewardInfo, Task, Termination, Trajectory
+from rollout.domain import Domain, ToolEnv, action_to_call, replay
 from verifiers.sandbox import Sandbox
 
-Component = Literal["db", "outputs", "checker"]
+Component = RewardComponent
 _REWARDABLE = (Termination.USER_STOP, Termination.AGENT_STOP)
 
 
-def agent_text(messages: Sequence[Message]) -> str:
-    """All assistant text, lower-cased with commas removed (tau²'s normalisation)."""
-    parts = [m.content for m in messages if m.role == "assistant" and m.content]
-    return " ".join(parts).lower().replace(",", "")
+def _has_text(m: Message) -> bool:
+    return m.content is not None and m.content.strip() != ""
 
 
 def missing_outputs(required: Sequence[str], messages: Sequence[Message]) -> list[str]:
-    """Required outputs that no assistant message contains (case-insensitive substring)."""
-    text = agent_text(messages)
-    return [r for r in required if r.lower().replace(",", "") not in text]
+    """Required outputs that no single assistant message contains (tau²: ``info.lower()`` in the
+    message's lower-cased text with commas removed)."""
+    texts = [m.content.lower().replace(",", "") for m in messages if m.role == "assistant" and _has_text(m)]
+    return [r for r in required if not any(r.lower() in t for t in texts)]
 
 
-def gold_state(domain: Domain, task: Task) -> dict:
-    """The DB after replaying the gold (assistant and user) actions on the initial state."""
+def missing_actions(gold: Sequence[Action], traj: Trajectory) -> list[Action]:
+    """Gold actions that no tool call of the trajectory (agent's or user's) performs."""
+    calls = traj.tool_calls()
+    return [a for a in gold if not any(a.matches(c) for c in calls)]
+
+
+def gold_env(domain: Domain, task: Task) -> ToolEnv:
+    """The environment after the gold actions (the domain's own recipe when it has one)."""
+    own = getattr(domain, "gold_env", None)
+    if own is not None:
+        return own(task)
     env, _ = replay(domain, task, [action_to_call(a, i) for i, a in enumerate(task.gold_actions)])
-    return env.state()
+    return env
+
+
+def gold_state(domain: Domain, task: Task) -> dict[str, Any]:
+    """The DB after replaying the gold (assistant and user) actions on the initial state."""
+    return gold_env(domain, task).state()
+
+
+def failed_assertions(env: ToolEnv, task: Task) -> list[str]:
+    """Messages of the task's env assertions that do not hold in ``env``."""
+    check = getattr(env, "check_assertion", None)
+    if check is None:
+        return (
+            [f"the {type(env).__name__} environment cannot run env assertions"] if task.env_assertions else []
+        )
+    return [
+        a.message or f"{a.name}({a.arguments}) != {a.assert_value}"
+        for a in task.env_assertions
+        if not check(a)
+    ]
 
 
 class Verifier:
-    """Scores trajectories of one domain. ``components`` chooses what the reward requires.
+    """Scores trajectories of one domain. A task's ``reward_basis`` says what its reward requires;
+    ``components`` is the default for tasks that do not say.
 
     The gold final hash is cached per task id, so a group of G samples replays gold once.
     """
@@ -57,34 +89,45 @@ class Verifier:
 
     def _gold_hash_for(self, task: Task) -> str:
         if task.id not in self._gold_hash:
-            self._gold_hash[task.id] = hash_state(gold_state(self.domain, task))
+            self._gold_hash[task.id] = gold_env(self.domain, task).state_hash()
         return self._gold_hash[task.id]
 
     async def score(self, task: Task, traj: Trajectory) -> RewardInfo:
-        """Reward 1.0 iff every configured component passes; reasons name each failure."""
+        """Reward 1.0 iff every required component passes; reasons name each failure."""
         if traj.termination not in _REWARDABLE:
             return RewardInfo(
                 reward=0.0, reasons={"termination": f"episode ended by {traj.termination.value}"}
             )
+        wanted = tuple(task.reward_basis) if task.reward_basis is not None else self.components
         comps: dict[str, float] = {}
         reasons: dict[str, str] = {}
         env, _ = replay(self.domain, task, traj.tool_calls())
-        final = env.state()
-        if "db" in self.components:
+        if "db" in wanted:
             ok = env.state_hash() == self._gold_hash_for(task)
             comps["db"] = float(ok)
             if not ok:
                 reasons["db"] = "final DB state differs from the gold replay"
-        if "outputs" in self.components:
+        if "outputs" in wanted:
             missing = missing_outputs(task.required_outputs, traj.messages)
             comps["outputs"] = float(not missing)
             if missing:
                 reasons["outputs"] = f"agent never said: {missing}"
-        if "checker" in self.components and task.checker:
-            assert self.sandbox is not None
+        if "actions" in wanted:
+            undone = missing_actions(task.gold_actions, traj)
+            comps["actions"] = float(not undone)
+            if undone:
+                reasons["actions"] = "not performed: " + ", ".join(f"{a.name}({a.arguments})" for a in undone)
+        if "env_assertions" in wanted:
+            failed = failed_assertions(env, task)
+            comps["env_assertions"] = float(not failed)
+            if failed:
+                reasons["env_assertions"] = "; ".join(failed)
+        if "checker" in wanted and task.checker:
+            if self.sandbox is None:
+                raise ValueError(f"task {task.id} needs its checker run, but this Verifier has no Sandbox")
             initial = self.domain.make_env(task).state()
             msgs = [m.model_dump(mode="json") for m in traj.messages]
-            res = await self.sandbox.arun(task.checker, [initial, final, msgs])
+            res = await self.sandbox.arun(task.checker, [initial, env.state(), msgs])
             comps["checker"] = float(res.passed)
             if not res.passed:
                 reasons["checker"] = res.reason

@@ -1,4 +1,5 @@
-"""Domain registry: ``get_domain(name)`` returns a ``Domain``; tau² domains register later."""
+"""Domain registry: ``get_domain(name)`` returns a ``Domain``: the built-in ``shop``, and tau²-bench's
+``airline``, ``retail`` and ``telecom`` (with the ``tau2`` extra installed)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,16 @@ def _shop() -> Domain:
 
 
 register_domain("shop", _shop)
+
+
+def _tau2(name: str) -> Callable[[], Domain]:
+    def factory() -> Domain:
+        from rollout.domains.tau2 import tau2_domain
+
+        return tau2_domain(name)
+
+    return factory
+
+
+for _name in ("airline", "retail", "telecom"):
+    register_domain(_name, _tau2(_name))
