@@ -72,7 +72,8 @@ def test_cross_field_and_range_checks(tmp_path):
 def test_unknown_domain(tmp_path):
     with pytest.raises(
         ConfigError,
-        match=r"override 'domain.name=nope': domain.name: 'nope': unknown domain; available: shop",
+        match=r"override 'domain.name=nope': domain.name: 'nope': unknown domain; available: airline, "
+        r"retail, shop, telecom",
     ):
         load_config(RunConfig, _write(tmp_path, GOOD), ["domain.name=nope"])
 
@@ -114,10 +115,12 @@ def _sections(model: type[BaseModel], seen: set) -> None:
 
 def test_every_config_field_is_documented():
     from rollout.serve import RolloutServerConfig
+    from verifiers.eval_config import EvalRunConfig
 
     seen: set = set()
     _sections(RunConfig, seen)
     _sections(RolloutServerConfig, seen)
+    _sections(EvalRunConfig, seen)
     for model in seen:
         assert issubclass(model, Section), model
         if model is RunConfig:
@@ -130,7 +133,15 @@ def test_shipped_configs_load():
     from pathlib import Path
 
     from rollout.serve import RolloutServerConfig
+    from verifiers.eval_config import EvalRunConfig
 
     root = Path(__file__).parents[1] / "configs"
     for path in root.glob("*.yaml"):
-        load_config(RolloutServerConfig if path.stem == "rollout_server" else RunConfig, path)
+        model = (
+            RolloutServerConfig
+            if path.stem == "rollout_server"
+            else EvalRunConfig
+            if path.stem.startswith("eval_")
+            else RunConfig
+        )
+        load_config(model, path)

@@ -72,6 +72,7 @@ def test_tool_errors_are_observations_and_envs_are_independent():
     assert not r.error, r.content
     assert env.state_hash() != before
     assert d.make_env(task).state_hash() == before  # the shared parsed DB was not touched
+    assert d.pristine()
 
 
 def test_user_tools_run_on_the_user_side_and_stay_out_of_the_agents_view():
@@ -121,6 +122,7 @@ def test_reward_parity_on_a_sample(domain, n):
     misses = [r for r in results if r.variant != "gold"]
     assert sum(r.ours == 0.0 for r in misses) >= 0.7 * len(misses)
     assert {r.variant for r in misses} >= {"drop_write", "wrong_args", "early_stop", "out_of_steps"}
+    assert d.pristine()  # no environment's mutation leaked into the shared parsed DB
 
 
 def test_variants_cover_each_component():
@@ -153,3 +155,27 @@ def test_reward_parity_on_every_task(domain, split, start, stop):
     assert all(r.ours == 1.0 for r in results if r.variant == "gold")
     disagree = [r for r in results if not r.agrees]
     assert not disagree, disagree[:3]
+    assert get_domain(domain).pristine()
+
+
+def test_copy_on_access_db_behaves_like_a_private_copy():
+    from rollout.domains.tau2.cow import CowDict, cow_copy
+
+    base = {"a": {"x": [1]}, "b": {"x": [2]}}
+    d = CowDict(base)
+    d["a"]["x"].append(9)
+    for v in d.values():
+        v["x"].append(7)
+    d.get("b")["x"].append(8)
+    d["c"] = {"x": []}
+    assert base == {"a": {"x": [1]}, "b": {"x": [2]}}
+    assert dict(d.items()) == {"a": {"x": [1, 9, 7]}, "b": {"x": [2, 7, 8]}, "c": {"x": []}}
+    assert d.pop("a") == {"x": [1, 9, 7]} and "a" not in d and "a" in base
+    # A tau² DB: the copy hashes like the original until changed, and a change stays private.
+    dom = get_domain("retail")
+    db = dom._db
+    copy = cow_copy(db)
+    assert copy.get_hash() == db.get_hash()
+    uid = next(iter(copy.users))
+    copy.users[uid].name.first_name = "Changed"
+    assert copy.get_hash() != db.get_hash() and dom.pristine()

@@ -76,6 +76,7 @@ async def run_trials(
             "trial": k,
             "reward": traj.reward,
             "termination": traj.termination.value,
+            "components": info.components if info else {},
             "reasons": info.reasons if info else {},
             "agent_tokens": sum(traj.loss_mask),
             "turns": sum(m.role == "assistant" for m in traj.messages),

@@ -6,8 +6,11 @@ and a wall-clock deadline, in an empty scratch directory. Forking from a warm zy
 a millisecond, against ~30 ms for a fresh interpreter, which keeps validating thousands of tasks
 fast. The code is never ``exec``'d in the caller's process.
 
-The process boundary is here now; hardening (no network, no writes outside scratch, a hostile-code
-suite) builds on it.
+Inside the child, layers of confinement (a new network namespace, an unprivileged uid, rlimits,
+an audit-hook policy against process creation, signals, sockets, ctypes and file access outside
+the scratch directory) are applied as far as the machine allows; ``Sandbox.layers`` says which
+did. Every way a checker can misbehave ends as a failed check with a reason (tests/test_sandbox.py
+runs a hostile-code suite).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class CheckResult:
     passed: bool
     reason: str
     seconds: float = 0.0
+    layers: tuple[str, ...] = ()
+    """Confinement layers that were in place (``netns``, ``nobody``, ``rlimits``, ``audit``)."""
 
 
 class _Zygote:
@@ -82,6 +87,8 @@ class Sandbox:
         self._idle: queue.Queue[_Zygote] = queue.Queue()
         self._all: list[_Zygote] = []
         self._lock = threading.Lock()
+        self.layers: tuple[str, ...] = ()
+        """Confinement layers of the latest completed check (empty before the first)."""
         for _ in range(workers):
             self._idle.put(self._spawn())
 
@@ -113,7 +120,15 @@ class Sandbox:
             return CheckResult(False, f"sandbox worker failed: {e}")
         finally:
             self._idle.put(zygote)
-        return CheckResult(bool(out["passed"]), str(out["reason"]), float(out.get("seconds", 0.0)))
+        result = CheckResult(
+            bool(out["passed"]),
+            str(out["reason"]),
+            float(out.get("seconds", 0.0)),
+            tuple(out.get("layers", ())),
+        )
+        if result.layers:
+            self.layers = result.layers
+        return result
 
     async def arun(self, code: str, args: list[Any], entry: str = "check") -> CheckResult:
         return await asyncio.to_thread(self.run, code, args, entry)

@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,13 +43,14 @@ def _cases(n: int) -> list[tuple[str, list]]:
 def _spawn_check(code: str, args: list) -> bool:
     # The worker script serves one request and exits: a fresh interpreter per check.
     req = {"code": code, "entry": "check", "args": args, "timeout_s": 5.0, "memory_mb": 512}
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", str(_WORKER), "/tmp"],
-        input=json.dumps(req) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        out = subprocess.run(
+            [sys.executable, "-I", "-S", str(_WORKER), scratch],
+            input=json.dumps(req) + "\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(out.stdout)["passed"]
 
 
@@ -67,6 +69,7 @@ def main() -> None:
                     assert all(r.passed for r in ex.map(lambda c: sb.run(*c), cases))
 
             run()  # warm-up
+            layers = sb.layers
             med, _ = median_time(run, args.repeats)
             results[f"warm workers ({workers})"] = len(cases) / med
     few = cases[: max(10, args.checks // 10)]
@@ -82,7 +85,8 @@ def main() -> None:
     body = f"""## Checker sandbox throughput
 
 `python tools/bench/sandbox.py --repeats {args.repeats} --checks {args.checks}` — {machine()}.
-Generated procedural checkers on their gold final states; median of {args.repeats} runs.
+Generated procedural checkers on their gold final states; median of {args.repeats} runs. Every
+check runs confined (layers applied on this machine: {", ".join(layers)}).
 
 | mode | checks/s | vs peer |
 |---|---:|---:|

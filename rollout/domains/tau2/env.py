@@ -5,8 +5,9 @@ The tools are tau²'s code, called the way tau²'s orchestrator calls them
 sides kept apart, the telecom phone synced after every call), so behaviour matches tau² by
 construction; the reward parity tests check that it does.
 
-The DB is parsed once per process and every environment gets a deep copy; the initial state of
-a task (data patches, initialization functions) is applied as tau²'s ``set_state`` does.
+The DB is parsed once per process and every environment gets a copy-on-access view of it
+(``cow.py``); the initial state of a task (data patches, initialization functions) is applied as
+tau²'s ``set_state`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from rollout.contracts import Action, EnvAssertion, Task, ToolCall, ToolResult
 from rollout.domains.tau2._import import tau2_module
+from rollout.domains.tau2.cow import cow_copy
 from rollout.domains.tau2.tasks import DOMAINS
 
 
@@ -92,6 +94,7 @@ class Tau2Domain:
         self._user_schemas = [t.openai_schema for t in probe.get_user_tools()] if probe.user_tools else []
         self._db = probe.tools.db
         self._user_db = probe.user_tools.db if probe.user_tools is not None else None
+        self._initial_hashes = self._hashes()
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [dict(s) for s in self._schemas]
@@ -101,12 +104,21 @@ class Tau2Domain:
         return [dict(s) for s in self._user_schemas]
 
     def _fresh(self) -> Any:
-        # Parsing airline's 7 MB db.json costs ~0.3 s; a deep copy of the parsed one is no
-        # faster, but skips the file read and keeps every env independent of the others.
-        kw: dict[str, Any] = {"db": self._db.model_copy(deep=True)}
+        # Parsing airline's 7 MB db.json costs ~0.3 s and so does a deep copy; a copy-on-access
+        # view of the DB parsed once costs next to nothing (see cow.py).
+        kw: dict[str, Any] = {"db": cow_copy(self._db)}
         if self._user_db is not None:
-            kw["user_db"] = self._user_db.model_copy(deep=True)
+            kw["user_db"] = cow_copy(self._user_db)
         return self._make(**kw)
+
+    def pristine(self) -> bool:
+        """Whether the shared parsed DBs still hash as when loaded (no environment leaked a
+        mutation into them)."""
+        return self._hashes() == self._initial_hashes
+
+    def _hashes(self) -> tuple[str, str | None]:
+        user = self._user_db.get_hash() if self._user_db is not None else None
+        return self._db.get_hash(), user
 
     def make_env(self, task: Task) -> Tau2Env:
         """A fresh environment in ``task``'s initial state (tau²'s ``set_state`` without

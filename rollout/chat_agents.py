@@ -1,0 +1,132 @@
+"""Agent and user simulator behind any OpenAI-compatible *chat* endpoint (vLLM, ``eigen_jax.serve``,
+a hosted API): messages and tool schemas in, a message with text and/or tool calls out.
+
+For evaluation, where the text round trip is fine; training uses the token-level ``LMAgent``.
+The user simulator sees the conversation from its side (``user_view``) and, in domains where the
+user has tools of their own (tau² telecom's phone), its own tool calls and their results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout.contracts import Message, UserScenario
+from rollout.http_engine import EngineError, HTTPEngine
+from rollout.openai_format import from_openai, to_openai
+from rollout.user_sim import user_system_prompt
+
+
+async def chat(
+    client: HTTPEngine,
+    messages: list[Message],
+    tools: list[dict[str, Any]],
+    *,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None,
+    extra: dict[str, Any] | None = None,
+) -> Message:
+    """One ``/v1/chat/completions`` call; the reply as our ``Message`` (role as returned)."""
+    body: dict[str, Any] = {
+        "model": client.model,
+        "messages": [to_openai(m) for m in messages],
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        **(extra or {}),
+    }
+    if tools:
+        body["tools"] = tools
+    if seed is not None:
+        body["seed"] = seed
+    out = await client.request("POST", "/v1/chat/completions", body)
+    try:
+        choice = out["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise EngineError(f"{client.base_url}: chat answer has no choices: {str(out)[:300]}") from None
+    return from_openai(choice.get("message") or {}, where=f"{client.base_url} choices[0].message")
+
+
+class ChatAgent:
+    """The agent: the domain's policy as system prompt, its tools, the conversation so far."""
+
+    def __init__(
+        self,
+        client: HTTPEngine,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        self.client, self.temperature, self.max_tokens = client, temperature, max_tokens
+        self.seed, self.extra, self._turn = seed, extra, 0
+
+    async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:
+        self._turn += 1
+        seed = None if self.seed is None else self.seed * 1000 + self._turn
+        reply = await chat(
+            self.client,
+            messages,
+            tools,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=seed,
+            extra=self.extra,
+        )
+        return reply.model_copy(update={"role": "assistant"})
+
+
+def user_view_with_tools(scenario: UserScenario, messages: list[Message]) -> list[Message]:
+    """The conversation as an LM user simulator sees it: its instructions as system message,
+    its own turns (and its own tool calls) as ``assistant``, results of its tools as ``tool``,
+    the agent's text as ``user``; the agent's tool traffic hidden."""
+    out = [Message(role="system", content=user_system_prompt(scenario))]
+    caller = "assistant"
+    for m in messages:
+        if m.tool_calls:
+            caller = m.role
+        if m.role == "user":
+            out.append(Message(role="assistant", content=m.content, tool_calls=m.tool_calls))
+        elif m.role == "assistant" and m.content:
+            out.append(Message(role="user", content=m.content))
+        elif m.role == "tool" and caller == "user":
+            out.append(m)
+    return out
+
+
+class ChatUser:
+    """The user simulator: tau²-style instructions (``user_system_prompt``), stop tokens to end,
+    and the user-side tools when the domain has them."""
+
+    def __init__(
+        self,
+        client: HTTPEngine,
+        scenario: UserScenario,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        self.client, self.scenario, self.tools = client, scenario, tools or []
+        self.temperature, self.max_tokens, self.seed, self.extra = temperature, max_tokens, seed, extra
+        self._turn = 0
+
+    async def respond(self, messages: list[Message]) -> Message:
+        self._turn += 1
+        view = user_view_with_tools(self.scenario, messages)
+        if len(view) == 1:  # the user speaks first: give the model a turn to answer
+            view.append(Message(role="user", content="Hello, how can I help you today?"))
+        seed = None if self.seed is None else self.seed * 1000 + 500 + self._turn
+        reply = await chat(
+            self.client,
+            view,
+            self.tools,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=seed,
+            extra=self.extra,
+        )
+        calls = reply.tool_calls if self.tools else None
+        return Message(role="user", content=reply.content or ("" if calls else "..."), tool_calls=calls)

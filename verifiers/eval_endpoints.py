@@ -1,0 +1,170 @@
+"""A standalone eval run over OpenAI-compatible chat endpoints: n trials per task, each episode
+scored by our verifier (and, on tau² domains, by tau²'s own evaluator as a cross-check), per-trial
+records as JSONL, pass^k as JSON, a table and a plot. Resumable: a rerun only runs what is missing.
+
+Outputs in ``run.out_dir``: ``trials.jsonl`` (one record per finished trial), ``trajectories.jsonl``
+(the full episodes), ``results.json``, ``passk.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rollout.chat_agents import ChatAgent, ChatUser
+from rollout.contracts import Task, Trajectory
+from rollout.domains import get_domain
+from rollout.episode import run_episode
+from rollout.http_engine import HTTPEngine
+from rollout.pool import TaskPool
+from rollout.user_sim import ScriptedUser
+from verifiers.eval_config import EvalRunConfig, PartySection
+from verifiers.eval_run import read_trials, run_trials
+from verifiers.passk import is_success, pass_hat_ks
+from verifiers.report import passk_table, plot_passk
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+TAU2_DOMAINS = ("airline", "retail", "telecom")
+
+
+class ParityError(RuntimeError):
+    """Our reward and tau²'s disagree on a trajectory: a bug in one of the two, never noise."""
+
+
+def load_eval_tasks(cfg: EvalRunConfig) -> list[Task]:
+    t = cfg.tasks
+    if t.source == "tau2":
+        from rollout.domains.tau2 import load_tasks
+
+        tasks = load_tasks(cfg.domain.name, t.split)
+    else:
+        tasks = [x for x in TaskPool(t.pool_dir).tasks(t.split) if x.domain == cfg.domain.name]
+    if not tasks:
+        raise ValueError(f"eval: no {t.split!r} tasks of domain {cfg.domain.name!r} in {t.source}")
+    return tasks[: t.max_tasks]
+
+
+def client_for(party: PartySection, url: str | None = None) -> HTTPEngine:
+    """The HTTP client of an endpoint party (``url`` overrides, for a locally served checkpoint)."""
+    key = os.environ.get(party.api_key_env) if party.api_key_env else None
+    if party.api_key_env and not key:
+        raise ValueError(f"api_key_env: environment variable {party.api_key_env} is not set")
+    return HTTPEngine(
+        url or party.url,
+        party.model,
+        timeout_s=party.timeout_s,
+        max_retries=party.max_retries,
+        concurrency=party.concurrency,
+        rate_per_s=party.rate_per_s,
+        api_key=key,
+    )
+
+
+def describe(party: PartySection, url: str | None) -> dict[str, Any]:
+    if party.kind == "scripted":
+        return {"kind": "scripted"}
+    where = {"checkpoint": party.checkpoint} if party.kind == "checkpoint" else {"url": url or party.url}
+    return {"kind": party.kind, "model": party.model, **where, "temperature": party.temperature}
+
+
+async def evaluate(
+    cfg: EvalRunConfig, agent_url: str | None = None, user_url: str | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the eval; returns the report written to ``results.json``."""
+    domain = get_domain(cfg.domain.name)
+    tasks = load_eval_tasks(cfg)
+    by_id = {t.id: t for t in tasks}
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cross = cfg.run.tau2_cross_check and cfg.domain.name in TAU2_DOMAINS
+    agent_client = client_for(cfg.agent, agent_url)
+    user_client = client_for(cfg.user, user_url) if cfg.user.kind != "scripted" else None
+    user_tools = getattr(domain, "user_tool_schemas", list)()
+    v = cfg.verifier
+    traj_file = out / "trajectories.jsonl"
+
+    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+        verifier = Verifier(domain, sb, v.components)
+
+        async def run(task: Task, seed: int, group_id: str, sample_index: int) -> Trajectory:
+            a = cfg.agent
+            agent = ChatAgent(agent_client, temperature=a.temperature, max_tokens=a.max_tokens, seed=seed)
+            if user_client is None:
+                user: Any = ScriptedUser(task.scenario)
+            else:
+                u = cfg.user
+                user = ChatUser(
+                    user_client,
+                    task.scenario,
+                    tools=user_tools,
+                    temperature=u.temperature,
+                    max_tokens=u.max_tokens,
+                    seed=seed,
+                )
+            traj = await run_episode(
+                task,
+                domain,
+                agent,
+                user,
+                max_steps=cfg.run.max_steps,
+                group_id=group_id,
+                sample_index=sample_index,
+                prompt=cfg.run.prompt,
+            )
+            info = await verifier.score(task, traj)
+            if cross:
+                from verifiers.tau2_eval import tau2_reward
+
+                theirs = float((await asyncio.to_thread(tau2_reward, task, traj)).reward)
+                if theirs != info.reward:
+                    raise ParityError(
+                        f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "
+                        f"(ours: {info.reasons}); trajectory kept in {traj_file}"
+                    )
+                info = info.model_copy(update={"components": {**info.components, "tau2": theirs}})
+            traj = traj.model_copy(update={"reward": info.reward, "reward_info": info})
+            with traj_file.open("a") as f:
+                f.write(traj.model_dump_json() + "\n")
+            return traj
+
+        try:
+            outcomes = await run_trials(
+                tasks,
+                run,
+                cfg.run.trials,
+                cfg.run.seed,
+                out / "trials.jsonl",
+                concurrency=cfg.run.concurrency,
+                desc=f"eval {cfg.domain.name}",
+                progress=cfg.run.progress,
+            )
+        finally:
+            await agent_client.close()
+            if user_client is not None:
+                await user_client.close()
+
+    records = [r for r in read_trials(out / "trials.jsonl").values() if r["task_id"] in by_id]
+    passk = pass_hat_ks(outcomes)
+    name = cfg.agent.model
+    report = {
+        "domain": cfg.domain.name,
+        "tasks": {"source": cfg.tasks.source, "split": cfg.tasks.split, "count": len(tasks)},
+        "trials": cfg.run.trials,
+        "agent": describe(cfg.agent, agent_url),
+        "user": describe(cfg.user, user_url),
+        "pass_hat_k": {str(k): x for k, x in passk.items()},
+        "avg_reward": sum(sum(r) for r in outcomes.values()) / (len(outcomes) * cfg.run.trials),
+        "successes": sum(is_success(x) for r in outcomes.values() for x in r),
+        "terminations": dict(Counter(r["termination"] for r in records)),
+        "tau2_cross_checked": sum("tau2" in r.get("components", {}) for r in records) if cross else None,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    title = f"{cfg.domain.name}: {len(tasks)} {cfg.tasks.split} tasks × {cfg.run.trials} trials"
+    plot_passk({name: passk}, out / "passk.png", title)
+    print(passk_table({name: passk}))
+    return report
