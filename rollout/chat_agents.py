@@ -94,9 +94,13 @@ def user_view_with_tools(scenario: UserScenario, messages: list[Message]) -> lis
     return out
 
 
+GREETING = "Hi! How can I help you today?"
+"""The agent's fixed first message in tau² (its orchestrator's ``DEFAULT_FIRST_AGENT_MESSAGE``)."""
+
+
 class ChatUser:
-    """The user simulator: tau²-style instructions (``user_system_prompt``), stop tokens to end,
-    and the user-side tools when the domain has them."""
+    """The user simulator: instructions (``user_system_prompt``, or the domain's own prompt, e.g.
+    tau²'s), stop tokens to end, and the user-side tools when the domain has them."""
 
     def __init__(
         self,
@@ -104,20 +108,24 @@ class ChatUser:
         scenario: UserScenario,
         *,
         tools: list[dict[str, Any]] | None = None,
+        system_prompt: str | None = None,
         temperature: float = 0.0,
         max_tokens: int = 512,
         seed: int | None = None,
         extra: dict[str, Any] | None = None,
     ):
         self.client, self.scenario, self.tools = client, scenario, tools or []
+        self.system_prompt = system_prompt
         self.temperature, self.max_tokens, self.seed, self.extra = temperature, max_tokens, seed, extra
         self._turn = 0
 
     async def respond(self, messages: list[Message]) -> Message:
         self._turn += 1
         view = user_view_with_tools(self.scenario, messages)
-        if len(view) == 1:  # the user speaks first: give the model a turn to answer
-            view.append(Message(role="user", content="Hello, how can I help you today?"))
+        if self.system_prompt is not None:
+            view[0] = Message(role="system", content=self.system_prompt)
+        if len(view) == 1:  # the agent's greeting opens, as tau²'s orchestrator does
+            view.append(Message(role="user", content=GREETING))
         seed = None if self.seed is None else self.seed * 1000 + 500 + self._turn
         reply = await chat(
             self.client,

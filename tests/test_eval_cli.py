@@ -238,7 +238,12 @@ def test_chat_user_calls_its_phone_tools_through_the_endpoint():
         await server.start_server()
         try:
             async with HTTPEngine(str(server.make_url("")).rstrip("/"), "u") as client:
-                user = ChatUser(client, task.scenario, tools=domain.user_tool_schemas())
+                user = ChatUser(
+                    client,
+                    task.scenario,
+                    tools=domain.user_tool_schemas(),
+                    system_prompt=domain.user_system_prompt(task),
+                )
                 return await run_episode(task, domain, IdleAgent(), user)
         finally:
             await server.close()
@@ -248,6 +253,12 @@ def test_chat_user_calls_its_phone_tools_through_the_endpoint():
     call = traj.messages[1].tool_calls[0]
     assert call.name == tool and call.requestor == "user"
     assert traj.messages[2].role == "tool" and "Error" not in traj.messages[2].content
+    # The user got tau²'s own prompt and, as in tau², the agent's greeting opens the conversation.
+    first = seen[0]["messages"]
+    assert first[0]["content"] == domain.user_system_prompt(task)
+    assert "User Simulation Guidelines" in first[0]["content"]
+    assert task.scenario.reason_for_call.strip()[:40] in first[0]["content"]
+    assert first[1] == {"role": "user", "content": "Hi! How can I help you today?"}
     # The user saw its tool and the result; the agent saw neither.
     assert {t["function"]["name"] for t in seen[1]["tools"]} >= {tool}
     assert seen[1]["messages"][-1]["role"] == "tool"

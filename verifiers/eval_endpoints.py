@@ -98,10 +98,12 @@ async def evaluate(
                 user: Any = ScriptedUser(task.scenario)
             else:
                 u = cfg.user
+                own_prompt = getattr(domain, "user_system_prompt", None)
                 user = ChatUser(
                     user_client,
                     task.scenario,
                     tools=user_tools,
+                    system_prompt=own_prompt(task) if own_prompt is not None else None,
                     temperature=u.temperature,
                     max_tokens=u.max_tokens,
                     seed=seed,

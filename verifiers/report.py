@@ -9,9 +9,10 @@ from pathlib import Path
 def passk_table(results: Mapping[str, Mapping[int, float]]) -> str:
     """``results[agent][k]`` as a fixed-width table, one row per agent."""
     ks = sorted({k for r in results.values() for k in r})
-    head = f"{'agent':<10}" + "".join(f"{'pass^' + str(k):>9}" for k in ks)
+    w = max([10, *(len(n) + 2 for n in results)])
+    head = f"{'agent':<{w}}" + "".join(f"{'pass^' + str(k):>9}" for k in ks)
     rows = [
-        f"{name:<10}" + "".join(f"{r.get(k, float('nan')):>9.3f}" for k in ks) for name, r in results.items()
+        f"{name:<{w}}" + "".join(f"{r.get(k, float('nan')):>9.3f}" for k in ks) for name, r in results.items()
     ]
     return "\n".join([head, *rows])
 

@@ -111,6 +111,17 @@ class Tau2Domain:
             kw["user_db"] = cow_copy(self._user_db)
         return self._make(**kw)
 
+    def user_system_prompt(self, task: Task) -> str:
+        """tau²'s own user-simulator system prompt for ``task``: its global simulation guidelines
+        (the tool-using variant where the user has tools) and the scenario as tau² prints it."""
+        from rollout.domains.tau2.tasks import to_tau2
+
+        sim = tau2_module("user.user_simulator")
+        guidelines = sim.get_global_user_sim_guidelines(use_tools=bool(self._user_schemas))
+        return sim.SYSTEM_PROMPT.format(
+            global_user_sim_guidelines=guidelines, instructions=str(to_tau2(task).user_scenario)
+        )
+
     def pristine(self) -> bool:
         """Whether the shared parsed DBs still hash as when loaded (no environment leaked a
         mutation into them)."""
