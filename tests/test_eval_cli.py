@@ -263,3 +263,48 @@ def test_chat_user_calls_its_phone_tools_through_the_endpoint():
     assert {t["function"]["name"] for t in seen[1]["tools"]} >= {tool}
     assert seen[1]["messages"][-1]["role"] == "tool"
     assert not any(m.role == "tool" for m in agent_view(traj.messages))
+
+
+def test_a_disagreement_with_tau2_stops_the_run_and_keeps_the_trajectory(tmp_path, monkeypatch):
+    """A fake endpoint plays a do-nothing agent; tau²'s evaluator is made to disagree once."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    import verifiers.tau2_eval
+    from verifiers.eval_endpoints import ParityError
+
+    async def chat(request):
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Sorry."}}]})
+
+    async def go(overrides):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        server = TestServer(app)
+        await server.start_server()
+        try:
+            url = str(server.make_url("")).rstrip("/")
+            cfg = load_config(
+                EvalRunConfig,
+                CONFIGS / "eval_tau2_retail.yaml",
+                [
+                    f"run.out_dir={tmp_path}",
+                    "run.trials=1",
+                    "run.progress=false",
+                    "tasks.max_tasks=1",
+                    f"agent.url={url}",
+                    "user.kind=scripted",
+                    *overrides,
+                ],
+            )
+            return await _main(cfg)
+        finally:
+            await server.close()
+
+    report = asyncio.run(go([]))  # the real evaluator agrees
+    assert report["tau2_cross_checked"] == 1
+    monkeypatch.setattr(verifiers.tau2_eval, "tau2_reward", lambda task, traj: SimpleNamespace(reward=0.5))
+    with pytest.raises(ParityError, match=r"!= tau²'s 0\.5"):
+        asyncio.run(go(["run.trials=2"]))
+    assert len(_lines(tmp_path / "trajectories.jsonl")) == 2

@@ -119,19 +119,20 @@ async def evaluate(
                 prompt=cfg.run.prompt,
             )
             info = await verifier.score(task, traj)
+            theirs = None
             if cross:
                 from verifiers.tau2_eval import tau2_reward
 
                 theirs = float((await asyncio.to_thread(tau2_reward, task, traj)).reward)
-                if theirs != info.reward:
-                    raise ParityError(
-                        f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "
-                        f"(ours: {info.reasons}); trajectory kept in {traj_file}"
-                    )
                 info = info.model_copy(update={"components": {**info.components, "tau2": theirs}})
             traj = traj.model_copy(update={"reward": info.reward, "reward_info": info})
             with traj_file.open("a") as f:
                 f.write(traj.model_dump_json() + "\n")
+            if theirs is not None and theirs != info.reward:
+                raise ParityError(
+                    f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "
+                    f"(ours: {info.reasons}); the trajectory is in {traj_file}"
+                )
             return traj
 
         try:
