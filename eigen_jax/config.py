@@ -10,13 +10,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from eigen_jax.train_config import CheckpointSection, EvalSection, GRPOSection, ModelSection, SFTSection
+from eigen_jax.train_config import (
+    CheckpointSection,
+    EvalSection,
+    GRPOSection,
+    ModelSection,
+    PretrainSection,
+    SFTSection,
+)
 from rollout.config import DomainConfig, EpisodeConfig
 from rollout.configio import Section
 from synth.config import PoolConfig, ProceduralConfig
 from verifiers.config import VerifierConfig
 
-Stage = Literal["generate", "selfcheck", "sft_user", "sft_agent", "grpo", "eval"]
+Stage = Literal["generate", "selfcheck", "pretrain", "sft_user", "sft_agent", "grpo", "eval"]
 """Stages ``eigen_jax.train`` can run."""
 
 
@@ -43,6 +50,7 @@ class RunConfig(Section):
     episode: EpisodeConfig = EpisodeConfig()
     verifier: VerifierConfig = VerifierConfig()
     model: ModelSection = ModelSection()
+    pretrain: PretrainSection = PretrainSection()
     sft_user: SFTSection = SFTSection()
     sft_agent: SFTSection = SFTSection()
     grpo: GRPOSection = GRPOSection()

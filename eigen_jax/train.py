@@ -42,16 +42,22 @@ def _stage_selfcheck(cfg: RunConfig) -> dict[str, Any]:
     return asyncio.run(selfcheck(tasks, sc, progress=cfg.run.progress))
 
 
+def _stage_pretrain(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+    from eigen_jax.stages.pretrain import run_pretrain
+
+    return run_pretrain(cfg, resume=resume)
+
+
 def _stage_sft_user(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.sft import run_sft
 
-    return run_sft(cfg, "sft_user", "user", resume=resume)
+    return run_sft(cfg, "sft_user", "user", resume=resume, start_from=_export_of(cfg, "pretrain"))
 
 
 def _stage_sft_agent(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.sft import run_sft
 
-    return run_sft(cfg, "sft_agent", "agent", resume=resume)
+    return run_sft(cfg, "sft_agent", "agent", resume=resume, start_from=_export_of(cfg, "pretrain"))
 
 
 def _export_of(cfg: RunConfig, stage: str) -> str | None:
@@ -76,12 +82,13 @@ def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
 def _stage_eval(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.evaluate import run_eval
 
-    return run_eval(cfg, user_from=_export_of(cfg, "sft_user"))
+    return run_eval(cfg, user_from=_export_of(cfg, "sft_user"), base_from=_export_of(cfg, "pretrain"))
 
 
 STAGES = {
     "generate": lambda cfg, resume: _stage_generate(cfg),
     "selfcheck": lambda cfg, resume: _stage_selfcheck(cfg),
+    "pretrain": _stage_pretrain,
     "sft_user": _stage_sft_user,
     "sft_agent": _stage_sft_agent,
     "grpo": _stage_grpo,
@@ -117,6 +124,12 @@ def _print_table(summary: dict[str, Any]) -> None:
         for agent in ("oracle", "idle", "perturbed"):
             print(f"{agent:<10} {s[agent + '_pass']:>9.3f}")
         print(f"share of tasks whose correct outcome changes nothing: {s['no_change_share']:.3f}")
+    if "pretrain" in summary:
+        s = summary["pretrain"]
+        print(
+            f"pretrain: {s['steps']} steps, held-out copy accuracy {s['copy_accuracy']:.3f}, "
+            f"text loss {s['held_out_text_nll']:.3f} -> {s['hf_dir']}"
+        )
     for stage in ("sft_user", "sft_agent"):
         if stage in summary:
             s = summary[stage]

@@ -95,6 +95,27 @@ class SFTSection(Section):
     """Console progress line every this many steps (metrics files get every step)."""
 
 
+class PretrainSection(Section):
+    steps: int = Field(1500, ge=1)
+    """Optimiser steps."""
+    copy_only_steps: int = Field(1000, ge=0)
+    """Steps at the start that train on copy sequences only: the in-context copy forms in a
+    phase transition (~600 steps for the quickstart model) that domain text would slow down."""
+    copy_fraction: float = Field(0.5, ge=0, le=1)
+    """After ``copy_only_steps``: the share of each batch that is copy sequences (the rest is
+    domain text), so the copy ability is kept while the vocabulary's statistics are learned."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences per step."""
+    seq_len: int = Field(128, ge=24)
+    """Tokens per sequence."""
+    optim: OptimSection = OptimSection(lr=3e-3, warmup_steps=20)
+    """Optimiser of this stage."""
+    eval_every: int = Field(250, ge=1)
+    """Copy accuracy and held-out text loss every this many steps, and at the end."""
+    log_every: int = Field(100, ge=1)
+    """Console progress line every this many steps (metrics files get every step)."""
+
+
 class GRPOSection(Section):
     env: Literal["episodes", "toy"] = "episodes"
     """Where groups come from. ``episodes``: multi-turn episodes of the run's domain on the pool's
@@ -169,7 +190,8 @@ class CheckpointSection(Section):
 
 class EvalSection(Section):
     agents: list[Literal["base", "sft", "rl"]] = Field(default_factory=lambda: ["base", "sft", "rl"])
-    """Agents to evaluate: ``base`` (the starting model: ``model.hf_dir`` or the from-scratch
+    """Agents to evaluate: ``base`` (the starting model: the pretrain stage's export, else
+    ``model.hf_dir``, else the from-scratch
     init), ``sft`` (the sft_agent stage's export), ``rl`` (the grpo stage's). Agents whose stage
     did not run are skipped with a note."""
     split: Literal["train", "test"] = "test"

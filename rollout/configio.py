@@ -33,6 +33,7 @@ KNOWN_SECTIONS: frozenset[str] = frozenset(
         "episode",
         "verifier",
         "model",
+        "pretrain",
         "sft_user",
         "sft_agent",
         "grpo",

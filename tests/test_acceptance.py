@@ -133,6 +133,11 @@ def test_quickstart_stage_list_runs_end_to_end_in_miniature(tmp_path):
         f"pool.dir={tmp_path / 'pool'}",
         "run.progress=false",
         "procedural.num_tasks=40",
+        "pretrain.steps=2",
+        "pretrain.copy_only_steps=1",
+        "pretrain.batch_size=8",
+        "pretrain.seq_len=32",
+        "pretrain.eval_every=2",
         "sft_user.steps=2",
         "sft_agent.steps=2",
         "sft_agent.eval_batches=1",
@@ -148,7 +153,15 @@ def test_quickstart_stage_list_runs_end_to_end_in_miniature(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary) == ["generate", "selfcheck", "sft_user", "sft_agent", "grpo", "eval"]
+    assert list(summary) == [
+        "generate",
+        "selfcheck",
+        "pretrain",
+        "sft_user",
+        "sft_agent",
+        "grpo",
+        "eval",
+    ]
     assert summary["grpo"]["env"] == "episodes" and summary["eval"]["user"] == "model"
     assert set(summary["eval"]["pass_hat_k"]) == {"base", "sft", "rl"}
     assert "pass^2" in out.stdout and (tmp_path / "eval/passk.png").exists()

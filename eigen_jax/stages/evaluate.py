@@ -24,12 +24,13 @@ from verifiers.sandbox import Sandbox
 STAGE_OF = {"sft": "sft_agent", "rl": "grpo"}
 
 
-def agent_sources(cfg: RunConfig) -> dict[str, str | None]:
-    """Agent name -> the HF export it loads (None: the base model), for agents whose stage is done."""
+def agent_sources(cfg: RunConfig, base_from: str | None = None) -> dict[str, str | None]:
+    """Agent name -> the HF export it loads (None: the from-scratch init), for agents whose stage
+    is done. ``base`` is ``base_from`` (the pretrain stage's export) or ``model.hf_dir``."""
     out: dict[str, str | None] = {}
     for name in cfg.eval.agents:
         if name == "base":
-            out[name] = cfg.model.hf_dir
+            out[name] = base_from or cfg.model.hf_dir
             continue
         sd = StageDir(cfg, STAGE_OF[name])
         if sd.finished():
@@ -39,7 +40,7 @@ def agent_sources(cfg: RunConfig) -> dict[str, str | None]:
     return out
 
 
-def run_eval(cfg: RunConfig, user_from: str | None = None) -> dict[str, Any]:
+def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None = None) -> dict[str, Any]:
     e, ep = cfg.eval, cfg.episode
     if ep.user == "model" and user_from is None:
         raise ValueError("episode.user is 'model' but the run has no user-simulator model (sft_user stage)")
@@ -57,7 +58,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None) -> dict[str, Any]:
     v = cfg.verifier
     with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
         verifier = Verifier(domain, sb, v.components)
-        for name, source in agent_sources(cfg).items():
+        for name, source in agent_sources(cfg, base_from).items():
             engine = Sampler(
                 base_model(cfg, tok, start=source), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len
             )

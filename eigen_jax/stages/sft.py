@@ -76,7 +76,10 @@ def to_arrays(
     return pad_rows([{"tokens": ids, "loss_mask": mask} for ids, mask in examples], max_len, pad_id)
 
 
-def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> dict[str, Any]:
+def run_sft(
+    cfg: RunConfig, stage: str, role: Role, *, resume: bool = False, start_from: str | None = None
+) -> dict[str, Any]:
+    """SFT ``role`` from ``start_from`` (the pretrain stage's export) or the run's base model."""
     scfg: SFTSection = getattr(cfg, stage)
     sd = StageDir(cfg, stage)
     if resume and (done := sd.finished()):
@@ -103,7 +106,7 @@ def run_sft(cfg: RunConfig, stage: str, role: Role, *, resume: bool = False) -> 
 
     import grain
 
-    model = base_model(cfg, tok)
+    model = base_model(cfg, tok, start=start_from)
     loss_fn = SFTLoss(scfg.aggregation)
     learner = Learner(
         model,

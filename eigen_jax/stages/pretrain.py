@@ -1,0 +1,142 @@
+"""Pretrain the from-scratch base on copy sequences and domain text (see ``pretrain_data``).
+
+This is the tiny model's stand-in for a real base model's pretraining: what it must bring to SFT
+is the in-context copy a tool-using agent lives on. Domain text is the policy, the tool schemas
+and the *train* split's task records (never a test task). Batches are a pure function of
+``(run.seed, step)``, so a resumed stage sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eigen_jax.config import RunConfig
+from eigen_jax.learner import Learner, make_optimizer
+from eigen_jax.metrics import MetricsLogger
+from eigen_jax.objectives import SFTLoss, target_mask
+from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
+from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from rollout.domains import get_domain
+from rollout.pool import TaskPool
+from rollout.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+HELD_OUT_SHARE = 0.05
+"""The tail of the text stream kept for the held-out loss."""
+
+
+def text_stream(cfg: RunConfig, tok: Tokenizer) -> np.ndarray:
+    """Token stream of the domain's policy, tool schemas and train-split task records."""
+    domain = get_domain(cfg.domain.name)
+    texts = [domain.policy, json.dumps(domain.tool_schemas())]
+    texts += [t.model_dump_json() for t in TaskPool(cfg.pool.dir).tasks("train")]
+    ids: list[int] = []
+    for text in texts:
+        ids += [*tok.encode(text), tok.eos_id]
+    return np.asarray(ids, np.int32)
+
+
+def plain_ids(tok: Tokenizer, vocab: int) -> np.ndarray:
+    """Token ids that copy sequences draw from: the tokenizer's, minus its special tokens."""
+    special = {tok.tok.token_to_id(s) for s in SPECIAL_TOKENS} - {None}
+    special |= {tok.eos_id, tok.pad_id}
+    return np.asarray([i for i in range(min(vocab, tok.vocab_size)) if i not in special], np.int32)
+
+
+def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
+    p = cfg.pretrain
+    sd = StageDir(cfg, "pretrain")
+    if resume and (done := sd.finished()):
+        return done
+    if cfg.model.hf_dir is not None:
+        raise ValueError(
+            "pretrain: model.hf_dir is set; pretraining is for from-scratch models (drop the stage)"
+        )
+    tok = tokenizer(cfg)
+    stream = text_stream(cfg, tok)
+    cut = int(len(stream) * (1 - HELD_OUT_SHARE))
+    if cut <= p.seq_len or len(stream) - cut <= p.seq_len:
+        raise ValueError(
+            f"pretrain.seq_len: {p.seq_len} tokens is too long for the domain text ({len(stream)} tokens)"
+        )
+    train_text, held_text = stream[:cut], stream[cut:]
+    model = base_model(cfg, tok)
+    ids = plain_ids(tok, model.embed_tokens[...].shape[0])
+    loss_fn = SFTLoss()
+    learner = Learner(
+        model, make_optimizer(p.optim, p.steps), loss_fn, mesh=model_mesh(model), seed=cfg.run.seed
+    )
+    ckpt = sd.checkpointer()
+    start = ckpt.latest_step() if resume else None
+    if start is not None:
+        learner.state, _ = ckpt.restore(learner.state)
+    log = MetricsLogger(sd.root, "pretrain", p.steps, log_every=p.log_every, console=True, resume_step=start)
+    held = _held_out(cfg, ids, held_text)
+    evaluate = _eval_fn(learner)
+    last: dict[str, float] = {}
+    while learner.step < p.steps:
+        step = learner.step
+        rng = np.random.default_rng([cfg.run.seed, step])
+        frac = 1.0 if step < p.copy_only_steps else p.copy_fraction
+        batch = learner.put(mixed_batch(rng, train_text, p.batch_size, p.seq_len, frac, ids))
+        m = learner.update(batch, loss_fn.denom(batch))
+        row = {"loss": m["loss"], "grad_norm": m["grad_norm"], "copy_share": frac}
+        if learner.step % p.eval_every == 0 or learner.step == p.steps:
+            last = {name: evaluate(b) for name, b in held.items()}
+            row |= {
+                "copy_accuracy": last["copy"][0],
+                "copy_nll": last["copy"][1],
+                "text_nll": last["text"][1],
+            }
+        log.log(learner.step, row)
+        if learner.step % cfg.checkpoint.every == 0 or learner.step == p.steps:
+            ckpt.save(learner.state, {})
+    log.close()
+    ckpt.close()
+    summary = {
+        "steps": p.steps,
+        "text_tokens": len(stream),
+        "copy_accuracy": last["copy"][0],
+        "copy_nll": last["copy"][1],
+        "held_out_text_nll": last["text"][1],
+    }
+    return sd.finish(learner, tok, summary)
+
+
+def _held_out(cfg: RunConfig, ids: np.ndarray, held_text: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Fixed held-out batches: copy sequences from a seed no training step uses, text windows
+    from the stream's held-out tail."""
+    p = cfg.pretrain
+    rng = np.random.default_rng([cfg.run.seed, -1 % 2**32])
+    return {
+        "copy": copy_sequences(rng, 32, p.seq_len, ids),
+        "text": text_windows(rng, held_text, 16, p.seq_len),
+    }
+
+
+def _eval_fn(learner: Learner):
+    from flax import nnx
+
+    from eigen_jax.model import positions_from_mask
+    from eigen_jax.ops import next_token_logprobs
+
+    @jax.jit
+    def stats(params, batch):
+        model = nnx.merge(learner.graphdef, params)
+        tokens, attn = batch["tokens"], batch["attn_mask"]
+        logits, _ = model(tokens, positions_from_mask(attn), attn)
+        lp = next_token_logprobs(logits, tokens)
+        hit = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+        m = target_mask(batch).astype(jnp.float32)
+        return (hit * m).sum() / m.sum(), -(lp * m).sum() / m.sum()
+
+    def run(batch: dict[str, np.ndarray]) -> tuple[float, float]:
+        """(greedy accuracy, mean NLL) over the batch's trained tokens."""
+        acc, nll = stats(learner.state.params, learner.put(batch))
+        return float(acc), float(nll)
+
+    return run
