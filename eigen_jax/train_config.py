@@ -191,9 +191,8 @@ class CheckpointSection(Section):
 class EvalSection(Section):
     agents: list[Literal["base", "sft", "rl"]] = Field(default_factory=lambda: ["base", "sft", "rl"])
     """Agents to evaluate: ``base`` (the starting model: the pretrain stage's export, else
-    ``model.hf_dir``, else the from-scratch
-    init), ``sft`` (the sft_agent stage's export), ``rl`` (the grpo stage's). Agents whose stage
-    did not run are skipped with a note."""
+    ``model.hf_dir``, else the from-scratch init), ``sft`` (the sft_agent stage's export), ``rl``
+    (the grpo stage's). Agents whose stage did not run are skipped with a note."""
     split: Literal["train", "test"] = "test"
     """Pool split to evaluate on (held-out: test)."""
     max_tasks: int | None = Field(None, ge=1)
