@@ -16,6 +16,9 @@ from rollout.configio import load_config
 
 ROOT = Path(__file__).parents[1]
 TOY_GRPO = (
+    # The default tiny arch (16-dim heads), not the quickstart's 32: the toy's learning rate and
+    # step count are calibrated on it.
+    "model.arch.head_dim=16",
     "grpo.env=toy",
     "grpo.steps=40",
     "grpo.tasks_per_step=8",
