@@ -156,3 +156,28 @@ def test_sharded_state_survives_a_checkpoint(tmp_path):
     a, b = _params(fresh), _params(learner)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_trimming_trailing_padding_changes_nothing():
+    """SFT batches are cut to the longest row (in 128-column steps): the same update as the
+    full-width batch, fewer columns."""
+    from eigen_jax.stages.common import trim_padding
+
+    b = _batch(n=4, t=300)
+    b["attn_mask"][:, 140:] = 0  # every row ends by column 140
+    b["loss_mask"] *= b["attn_mask"]
+    cut = trim_padding(b, 128)
+    assert all(v.shape == (4, 256) for v in cut.values() if v.ndim == 2)
+    assert cut["advantages"].shape == (4,)
+    assert trim_padding(cut, 128)["tokens"].shape == (4, 256)
+    narrow = {k: v[:, :100] if v.ndim == 2 else v for k, v in b.items()}
+    assert trim_padding(narrow, 128)["tokens"].shape == (4, 100)
+    outs = []
+    for batch in (b, cut):
+        learner = Learner(_model(), optax.sgd(0.5), SFTLoss())
+        put = learner.put(batch)
+        outs.append((learner.update(put, SFTLoss().denom(put)), _params(learner)))
+    (m_full, p_full), (m_cut, p_cut) = outs
+    assert m_cut["loss"] == pytest.approx(m_full["loss"], rel=1e-5)
+    for k in p_full:
+        np.testing.assert_allclose(p_cut[k], p_full[k], rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ TOY_GRPO = (
     "grpo.group_size=8",
     "grpo.max_new_tokens=1",
     "grpo.optim.lr=0.01",
+    "grpo.filter_groups=false",
 )
 
 
@@ -84,6 +85,7 @@ def test_grpo_raises_reward_and_sft_lowers_held_out_loss(tmp_path):
         tmp_path,
         "run.stages=[generate,sft_user,grpo]",
         "sft_user.steps=30",
+        "sft_user.eval_every=10",
         *TOY_GRPO,
     )
     summary = run(cfg)

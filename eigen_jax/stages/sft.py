@@ -18,7 +18,7 @@ from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import SFTLoss
-from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, tokenizer
+from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, tokenizer, trim_padding
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
 from rollout.chat_format import ChatFormat
@@ -129,7 +129,7 @@ def run_sft(
     last_eval = None
     while learner.step < scfg.steps:
         rows = np.asarray(next(it))
-        batch = learner.put({k: v[rows] for k, v in data["train"].items()})
+        batch = learner.put(trim_padding({k: v[rows] for k, v in data["train"].items()}))
         m = learner.update(batch, loss_fn.denom(batch))
         step = learner.step
         row = {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
@@ -171,6 +171,7 @@ def _eval_fn(learner: Learner, loss_fn: SFTLoss):
             rows = np.pad(np.arange(i, i + real), (0, bs - real), mode="edge")  # one shape: one compile
             part = {k: v[rows] for k, v in split.items()}
             part["loss_mask"][real:] = 0
+            part = trim_padding(part)
             s, c = sums(learner.state.params, learner.put(part))
             total, count = total + float(s), count + float(c)
         return total / max(count, 1.0)
