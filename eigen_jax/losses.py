@@ -60,6 +60,25 @@ def informative_groups(rewards: jax.Array, groups: jax.Array) -> jax.Array:
     return hi > lo
 
 
+def top_fraction_mask(values: jax.Array, mask: jax.Array, frac: float) -> jax.Array:
+    """bool [N, T]: the masked tokens whose ``values`` are in the top ``frac`` of all masked
+    tokens of the batch (ties at the threshold are kept; ``frac`` >= 1 keeps every masked token).
+
+    With ``values`` the policy's per-token entropy this selects the "forking" tokens, where the
+    policy's choice decides the outcome (Wang et al. 2025, "Beyond the 80/20 rule": RL on the top
+    20% of tokens by entropy matches or beats RL on all of them); the near-deterministic tokens
+    that it drops mostly add noise to the gradient.
+    """
+    m = mask > 0
+    if frac >= 1.0:
+        return m
+    n = m.sum()
+    k = jnp.maximum(jnp.ceil(frac * n), 1).astype(jnp.int32)
+    ranked = jnp.sort(jnp.where(m, values, -jnp.inf).ravel())[::-1]
+    threshold = ranked[jnp.minimum(k, ranked.shape[0]) - 1]
+    return m & (values >= threshold)
+
+
 def broadcast_to_tokens(per_sequence: jax.Array, mask: jax.Array) -> jax.Array:
     """[N] -> [N, T]: a sequence's value on each of its masked tokens, 0 elsewhere."""
     return per_sequence[:, None] * mask.astype(per_sequence.dtype)

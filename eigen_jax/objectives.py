@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from eigen_jax import losses as L
 from eigen_jax.learner import Batch
 from eigen_jax.model import Decoder, positions_from_mask
-from eigen_jax.ops import next_token_logprobs
+from eigen_jax.ops import next_token_logprobs, token_entropy
 
 
 def sequence_logprobs(model: Decoder, batch: Batch, temperature: float = 1.0) -> jax.Array:
@@ -25,6 +25,16 @@ def sequence_logprobs(model: Decoder, batch: Batch, temperature: float = 1.0) ->
     tokens, attn = batch["tokens"], batch["attn_mask"]
     logits, _ = model(tokens, positions_from_mask(attn), attn)
     return next_token_logprobs(logits, tokens, temperature)
+
+
+def sequence_logprobs_and_entropy(
+    model: Decoder, batch: Batch, temperature: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """[N, T-1] each: ``sequence_logprobs`` and the entropy of each of those next-token
+    distributions (one forward pass; the entropy costs a full softmax over the vocabulary)."""
+    tokens, attn = batch["tokens"], batch["attn_mask"]
+    logits, _ = model(tokens, positions_from_mask(attn), attn)
+    return next_token_logprobs(logits, tokens, temperature), token_entropy(logits[:, :-1], temperature)
 
 
 def target_mask(batch: Batch) -> jax.Array:
@@ -58,13 +68,19 @@ class GRPOLoss(NamedTuple):
     temperature: float = 1.0
 
     def denom(self, batch: Batch) -> jax.Array:
-        # Normalised by the tokens the policy generated, before the weight cap drops any: the cap
-        # then removes a token's term without re-weighting the others.
-        return L.normaliser(target_mask(batch), self.aggregation)
+        # Normalised by the tokens the policy generated (the selected forking tokens when there
+        # is a selection), before the weight cap drops any: the cap then removes a token's term
+        # without re-weighting the others.
+        m = target_mask(batch)
+        if "fork_mask" in batch:
+            m = m * batch["fork_mask"][:, 1:]
+        return L.normaliser(m, self.aggregation)
 
     def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
         lp = sequence_logprobs(model, batch, self.temperature)
         m = target_mask(batch).astype(jnp.float32)
+        if "fork_mask" in batch:  # forking-token selection (GRPOSection.top_entropy_frac)
+            m = m * batch["fork_mask"][:, 1:]
         adv = L.broadcast_to_tokens(batch["advantages"].astype(jnp.float32), m)
         t = L.decoupled_policy_loss(
             lp,

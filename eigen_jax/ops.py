@@ -18,3 +18,10 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
 def next_token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0) -> jax.Array:
     """[B, T-1]: logprob of ``tokens[:, 1:]`` given the prefix, from logits [B, T, V]."""
     return token_logprobs(logits[:, :-1], tokens[:, 1:], temperature)
+
+
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Entropy (nats) of softmax(logits / temperature) per position, in fp32; [..., V] -> [...]."""
+    scaled = logits.astype(jnp.float32) / temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    return -(jnp.exp(logp) * logp).sum(-1)

@@ -152,6 +152,10 @@ class GRPOSection(Section):
     """Added to the group std."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of the policy."""
+    top_entropy_frac: float = Field(1.0, gt=0, le=1)
+    """Forking-token selection: train only on this fraction of each batch's policy tokens, those
+    where the (proximal) policy's entropy is highest (Wang et al. 2025: 0.2 matches or beats all
+    tokens). 1 trains on every token."""
     max_staleness: int = Field(2, ge=0)
     """episodes: eta, how many policy versions a group may start before the update that
     consumes it (AReaL's admission control; 0 is synchronous GRPO)."""

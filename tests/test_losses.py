@@ -117,3 +117,25 @@ def test_masked_cross_entropy_by_hand():
     mask = jnp.asarray([[1, 1, 0]])
     expect = (-math.log(0.75) - math.log(0.25)) / 2
     assert float(L.masked_cross_entropy(logits, targets, mask)) == pytest.approx(expect, rel=1e-6)
+
+
+def test_top_fraction_mask_by_hand():
+    ent = jnp.array([[0.1, 2.0, 0.5, 9.0], [1.0, 0.3, 3.0, 0.2]])
+    mask = jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])  # the 9.0 is not a policy token: never selected
+    # 7 masked tokens; 0.4 of them -> ceil(2.8) = 3: entropies 3.0, 2.0, 1.0
+    got = np.asarray(L.top_fraction_mask(ent, mask, 0.4))
+    np.testing.assert_array_equal(got, [[0, 1, 0, 0], [1, 0, 1, 0]])
+    np.testing.assert_array_equal(np.asarray(L.top_fraction_mask(ent, mask, 1.0)), mask)
+    # a tiny fraction still keeps the single highest-entropy token
+    np.testing.assert_array_equal(np.asarray(L.top_fraction_mask(ent, mask, 0.01)).sum(), 1)
+
+
+def test_token_entropy_by_hand():
+    from eigen_jax.ops import token_entropy
+
+    logits = jnp.log(jnp.array([[0.5, 0.5, 0.0 + 1e-30], [1.0, 1e-30, 1e-30]]))
+    np.testing.assert_allclose(np.asarray(token_entropy(logits)), [np.log(2), 0.0], atol=1e-5)
+    # temperature 2 on [0, log 3] -> probs proportional to [1, sqrt 3]
+    p = np.array([1.0, np.sqrt(3)]) / (1 + np.sqrt(3))
+    got = float(token_entropy(jnp.array([0.0, np.log(3)]), temperature=2.0))
+    np.testing.assert_allclose(got, -(p * np.log(p)).sum(), rtol=1e-5)

@@ -138,3 +138,20 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path):
     assert [r["step"] for r in b] == list(range(1, 13))
     for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == rb["loss"] and ra.get("eval_loss") == rb.get("eval_loss"), (ra, rb)
+
+
+def test_grpo_forking_tokens_train_on_the_highest_entropy_share(tmp_path):
+    # 2 groups of 8 one-token samples; a group shares its prompt, so its 8 tokens share one
+    # entropy: the top quarter (4 tokens) is the whole group with the higher entropy (ties kept).
+    cfg = _cfg(
+        tmp_path,
+        "run.stages=[generate,grpo]",
+        *TOY_GRPO,
+        "grpo.steps=2",
+        "grpo.tasks_per_step=2",
+        "grpo.top_entropy_frac=0.25",
+    )
+    run(cfg)
+    g = _metrics(tmp_path / "grpo/metrics.jsonl")
+    assert [r["tokens"] for r in g] == [8, 8]
+    assert all(0 < r["fork_entropy_min"] <= r["entropy_mean"] * 2 for r in g)

@@ -22,7 +22,7 @@ from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.model import Decoder
-from eigen_jax.objectives import GRPOLoss, sequence_logprobs
+from eigen_jax.objectives import GRPOLoss, sequence_logprobs, sequence_logprobs_and_entropy, target_mask
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from eigen_jax.train_config import GRPOSection
@@ -89,6 +89,11 @@ class GRPOUpdate:
         self._logp = jax.jit(
             lambda params, batch: sequence_logprobs(nnx.merge(graphdef, params), batch, g.temperature)
         )
+        self._logp_ent = jax.jit(
+            lambda params, batch: sequence_logprobs_and_entropy(
+                nnx.merge(graphdef, params), batch, g.temperature
+            )
+        )
 
     def step_seed(self) -> int:
         """A seed for the current step's sampling, from the run's RNG: a resumed run samples what
@@ -116,8 +121,17 @@ class GRPOUpdate:
             return {}
         host = self._padded(host)
         batch = learner.put(host)
-        prox = jnp.pad(self._logp(learner.state.params, batch), ((0, 0), (1, 0)))
-        batch = {**batch, "prox_logp": prox}
+        extra: dict[str, float] = {}
+        if g.top_entropy_frac < 1.0:
+            lp, ent = self._logp_ent(learner.state.params, batch)
+            fork = L.top_fraction_mask(ent, target_mask(batch), g.top_entropy_frac)
+            batch = {**batch, "fork_mask": jnp.pad(fork.astype(jnp.int32), ((0, 0), (1, 0)))}
+            tm = target_mask(batch) > 0
+            extra["fork_entropy_min"] = float(jnp.min(jnp.where(fork, ent, jnp.inf)))
+            extra["entropy_mean"] = float(jnp.sum(jnp.where(tm, ent, 0.0)) / jnp.maximum(tm.sum(), 1))
+        else:
+            lp = self._logp(learner.state.params, batch)
+        batch = {**batch, "prox_logp": jnp.pad(lp, ((0, 0), (1, 0)))}
         if self.ref_params is not None:
             batch["ref_logp"] = jnp.pad(self._logp(self.ref_params, batch), ((0, 0), (1, 0)))
         rows = len(host["tokens"])
@@ -137,6 +151,7 @@ class GRPOUpdate:
             iw_mean=sums["weight_sum"] / tokens,
             iw_max=sums["weight_max"],
             tokens=sums["tokens"],
+            **extra,
         )
 
 
