@@ -22,14 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eigen_jax.model.decoder import Decoder, positions_from_mask
+from eigen_jax.model.decoder import Decoder, LayerCache, positions_from_mask
+from eigen_jax.prefix_cache import CachedPrefix, PrefixStore
 from rollout.engine import ContextOverflow, Generation, SamplingParams
 
 __all__ = ["ContextOverflow", "Sampler", "bucket"]
 
 
-def bucket(n: int, minimum: int) -> int:
-    """Smallest power of two >= max(n, minimum): a handful of shapes covers every request."""
+def bucket(n: int, minimum: int, step: int | None = None) -> int:
+    """Smallest power of two >= max(n, minimum): a handful of shapes covers every request.
+    Past ``step`` (a power of two), the smallest multiple of ``step`` instead: a 520-token prompt
+    pads to 640, not 1,024 (prefill attention is quadratic in the padded length)."""
+    if step is not None and n > step:
+        return max(minimum, -(-n // step) * step)
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
@@ -90,15 +95,39 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
     return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))
-def _generate(graphdef, state, prompt, prompt_mask, keys, knobs, stop_ids, max_new_per_row, live, max_new):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "return_cache"))
+def _generate(
+    graphdef,
+    state,
+    prefix,
+    prefix_mask,
+    prompt,
+    prompt_mask,
+    keys,
+    knobs,
+    stop_ids,
+    max_new_per_row,
+    live,
+    max_new,
+    return_cache=False,
+):
+    """Prefill ``prompt`` [B, P] after the cached ``prefix`` (per layer (k, v) [B, C, kv, hd],
+    real slots in ``prefix_mask`` [B, C]; C may be 0), then decode up to ``max_new`` tokens.
+    Cache slots: [0, C) prefix, [C, C+P) prompt, [C+P, C+P+max_new) generated tokens."""
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
-    total = p + max_new
-    cache = model.init_cache(b, total)
-    mask = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_mask)
-    positions = positions_from_mask(prompt_mask)
-    logits, cache = model(prompt, positions, mask, cache, 0, last_only=True)
+    c = prefix_mask.shape[1]
+    empty = model.init_cache(b, p + max_new)
+    cache = [
+        LayerCache(
+            jnp.concatenate([pk.astype(e.k.dtype), e.k], 1), jnp.concatenate([pv.astype(e.v.dtype), e.v], 1)
+        )
+        for (pk, pv), e in zip(prefix, empty, strict=True)
+    ]
+    mask = jnp.concatenate([prefix_mask, prompt_mask, jnp.zeros((b, max_new), jnp.int32)], axis=1)
+    positions = jnp.sum(prefix_mask, axis=1, keepdims=True) + positions_from_mask(prompt_mask)
+    logits, cache = model(prompt, positions, mask, cache, c, last_only=True)
+    first = c + p  # slot of the first generated token
 
     out_tok = jnp.zeros((b, max_new), jnp.int32)
     out_lp = jnp.zeros((b, max_new), jnp.float32)
@@ -127,8 +156,10 @@ def _generate(graphdef, state, prompt, prompt_mask, keys, knobs, stop_ids, max_n
         hit_stop = active & jnp.any(tok[:, None] == stop_ids, axis=-1)
         n = s["n"] + active
         done = s["done"] | hit_stop | (n >= max_new_per_row)
-        mask = s["mask"].at[:, p + i].set(active.astype(jnp.int32))
-        logits, cache = model(tok[:, None], s["pos"][:, None], mask, s["cache"], p + i)
+        # Every sampled token, the stop token included, runs through the model: the cache then
+        # holds the KV of the whole served sequence (what the prefix cache keeps).
+        mask = s["mask"].at[:, first + i].set(active.astype(jnp.int32))
+        logits, cache = model(tok[:, None], s["pos"][:, None], mask, s["cache"], first + i)
         return dict(
             i=i + 1,
             logits=logits[:, -1],
@@ -143,7 +174,7 @@ def _generate(graphdef, state, prompt, prompt_mask, keys, knobs, stop_ids, max_n
         )
 
     s = jax.lax.while_loop(cond, body, state0)
-    return s["tok"], s["lp"], s["n"], s["stopped"]
+    return s["tok"], s["lp"], s["n"], s["stopped"], (s["cache"] if return_cache else None)
 
 
 class Sampler:
@@ -153,7 +184,11 @@ class Sampler:
         model: the decoder whose current weights are served (``update_weights`` swaps them).
         pad_id: token id used for padding rows and columns (never attended to).
         min_prompt_bucket, min_batch_bucket, min_new_bucket: smallest padded shapes.
+        prompt_step: prompts longer than this pad to a multiple of it rather than to a power of
+            two (None: powers of two throughout).
         seed: seed of the engine's own sampling stream.
+        prefix_cache_mb: host memory for the KV of served sequences (``PrefixStore``), so a
+            multi-turn transcript prefills only its new tokens; 0 turns prefix caching off.
         max_len: longest prompt + completion served (default: the model's
             ``max_position_embeddings``); longer requests raise ``ContextOverflow``.
     """
@@ -166,11 +201,16 @@ class Sampler:
         min_prompt_bucket: int = 32,
         min_batch_bucket: int = 1,
         min_new_bucket: int = 16,
+        prompt_step: int | None = 128,
         seed: int = 0,
         max_len: int | None = None,
+        prefix_cache_mb: float = 0.0,
     ):
         self.graphdef, state = nnx.split(model)
+        self.cfg = model.cfg
+        self._kv_dtype = np.dtype(model.dtype)  # the KV cache holds activations (compute dtype)
         self.pad_id = pad_id
+        self.prompt_step = prompt_step
         self.min_prompt_bucket, self.min_batch_bucket, self.min_new_bucket = (
             min_prompt_bucket,
             min_batch_bucket,
@@ -179,6 +219,10 @@ class Sampler:
         # Weights and their version change together (one attribute), so a batch that starts
         # while another thread swaps weights labels its tokens with the version that made them.
         self._served: tuple[nnx.State, int] = (state, 0)
+        # Counts weight swaps (the public version may repeat): what prefix-cache entries are
+        # tagged with, so KV computed by other weights is never reused.
+        self._weights_id = 0
+        self.prefix_cache = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.max_len = max_len or model.cfg.max_position_embeddings
         self._key = jax.random.key(seed)
         self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
@@ -201,6 +245,9 @@ class Sampler:
             raise ValueError("update_weights: the new weights do not match the model's structure")
         new_version = self.version + 1 if version is None else version
         self._served = (state, new_version)
+        self._weights_id += 1
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         return new_version
 
     def generate_batch(
@@ -218,14 +265,21 @@ class Sampler:
                     f"prompt of {len(x)} tokens + max_new_tokens {sp.max_new_tokens} "
                     f"exceeds max_len {self.max_len}"
                 )
+        state, version = self._served
+        weights_id = self._weights_id
+        hits = [self._lookup(x, weights_id) for x in prompts]
+        news = [x[c:] for x, (c, _) in zip(prompts, hits, strict=True)]
         b = bucket(len(prompts), self.min_batch_bucket)
-        p = bucket(max(len(x) for x in prompts), self.min_prompt_bucket)
+        reused = max(c for c, _ in hits)
+        cpre = bucket(reused, 128) if reused else 0
+        p = bucket(max(len(x) for x in news), self.min_prompt_bucket, self.prompt_step)
         n = bucket(max(sp.max_new_tokens for sp in params), self.min_new_bucket)
         tok = np.full((b, p), self.pad_id, np.int32)
         msk = np.zeros((b, p), np.int32)
-        for r, x in enumerate(prompts):
+        for r, x in enumerate(news):
             tok[r, p - len(x) :] = x  # left padding: every row's last prompt token is in the last column
             msk[r, p - len(x) :] = 1
+        prefix, prefix_mask = self._prefix_arrays(hits, b, cpre)
         k = max(1, max(len(sp.stop_token_ids) for sp in params))
         stops = np.full((b, k), -1, np.int32)
         for r, sp in enumerate(params):
@@ -246,11 +300,12 @@ class Sampler:
         )
         max_rows = np.asarray([sp.max_new_tokens for sp in params] + [1] * pad_rows, np.int32)
         live = np.arange(b) < len(params)
-        state, version = self._served
-        out_tok, out_lp, lengths, stopped = jax.device_get(
+        out_tok, out_lp, lengths, stopped, cache = jax.device_get(
             _generate(
                 self.graphdef,
                 state,
+                prefix,
+                jnp.asarray(prefix_mask),
                 jnp.asarray(tok),
                 jnp.asarray(msk),
                 jnp.stack(keys),
@@ -259,9 +314,10 @@ class Sampler:
                 jnp.asarray(max_rows),
                 jnp.asarray(live),
                 max_new=n,
+                return_cache=self.prefix_cache is not None,
             )
         )
-        return [
+        gens = [
             Generation(
                 tokens=out_tok[r, : lengths[r]].tolist(),
                 logprobs=out_lp[r, : lengths[r]].tolist(),
@@ -270,6 +326,42 @@ class Sampler:
             )
             for r in range(len(prompts))
         ]
+        if self.prefix_cache is not None:
+            self._keep(cache, prompts, hits, gens, cpre, p, weights_id)
+        return gens
+
+    def _lookup(self, prompt: Sequence[int], weights_id: int) -> tuple[int, CachedPrefix | None]:
+        if self.prefix_cache is None:
+            return 0, None
+        return self.prefix_cache.lookup(prompt, weights_id)
+
+    def _prefix_arrays(self, hits: list[tuple[int, CachedPrefix | None]], b: int, cpre: int):
+        """Per layer (k, v) [b, cpre, kv_heads, head_dim] holding each row's cached prefix
+        right-aligned, and the [b, cpre] mask of its real slots."""
+        c = self.cfg
+        shape = (b, cpre, c.num_key_value_heads, c.head_dim)
+        ks = [np.zeros(shape, self._kv_dtype) for _ in range(c.num_hidden_layers)]
+        vs = [np.zeros(shape, self._kv_dtype) for _ in range(c.num_hidden_layers)]
+        mask = np.zeros((b, cpre), np.int32)
+        for r, (used, entry) in enumerate(hits):
+            if entry is None:
+                continue
+            for layer in range(c.num_hidden_layers):
+                ks[layer][r, cpre - used :] = entry.k[layer, :used]
+                vs[layer][r, cpre - used :] = entry.v[layer, :used]
+            mask[r, cpre - used :] = 1
+        return [(jnp.asarray(k), jnp.asarray(v)) for k, v in zip(ks, vs, strict=True)], mask
+
+    def _keep(self, cache, prompts, hits, gens, cpre: int, p: int, weights_id: int) -> None:
+        """Store each row's whole served sequence (prompt + sampled tokens) with its KV."""
+        assert self.prefix_cache is not None
+        for r, (x, (used, _), g) in enumerate(zip(prompts, hits, gens, strict=True)):
+            new = len(x) - used
+            slots = np.r_[cpre - used : cpre, cpre + p - new : cpre + p, cpre + p : cpre + p + len(g.tokens)]
+            k = np.stack([layer.k[r, slots] for layer in cache])
+            v = np.stack([layer.v[r, slots] for layer in cache])
+            ids = np.asarray(list(x) + g.tokens, np.int32)
+            self.prefix_cache.put(CachedPrefix(ids, k, v, weights_id))
 
     async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
         """Queue one request; requests that arrive while a batch runs form the next batch."""

@@ -202,12 +202,17 @@ class Server:
         app.router.add_post("/pause", route(self.pause, with_body=False))
         app.router.add_post("/resume", route(self.resume, with_body=False))
         app.router.add_post("/collective_rpc", route(self.collective_rpc))
-        app.router.add_post("/reset_prefix_cache", route(self._ok, with_body=False))
+        app.router.add_post("/reset_prefix_cache", route(self._reset_prefix_cache, with_body=False))
         app.router.add_get("/health", route(self._ok, with_body=False))
         app.router.add_get("/v1/models", route(self._models, with_body=False))
         return app
 
     async def _ok(self) -> dict[str, Any]:
+        return {}
+
+    async def _reset_prefix_cache(self) -> dict[str, Any]:
+        if self.sampler.prefix_cache is not None:
+            self.sampler.prefix_cache.clear()
         return {}
 
     async def _models(self) -> dict[str, Any]:
@@ -221,9 +226,11 @@ async def _progress(server: Server, every_s: float) -> None:
         served, generated, now = server.served, server.generated, time.perf_counter()
         if served != last[0]:
             rate = (generated - last[1]) / (now - last[2])
+            store = server.sampler.prefix_cache
+            cached = f", prefix cache hit {store.hit_rate:.0%} of prompt tokens" if store is not None else ""
             print(
                 f"[serve] {served} requests, {generated} tokens generated ({rate:.0f} tok/s), "
-                f"weights v{server.sampler.version}",
+                f"weights v{server.sampler.version}{cached}",
                 flush=True,
             )
         last = (served, generated, now)
@@ -238,6 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ap.add_argument("--max-len", type=int, default=None, help="longest prompt + completion served")
+    ap.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=1024.0,
+        help="host memory for the KV of served sequences (multi-turn prompts prefill only their new "
+        "tokens); 0: off",
+    )
     ap.add_argument("--empty-think", action="store_true", help="Qwen3 chat turns open with an empty <think>")
     ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     args = ap.parse_args(argv)
@@ -247,7 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.from_dir(args.tokenizer or model_dir)
     dtype = DTYPES[args.dtype]
     sampler = Sampler(
-        load_hf(model_dir, dtype=dtype, param_dtype=dtype), pad_id=tok.pad_id, max_len=args.max_len
+        load_hf(model_dir, dtype=dtype, param_dtype=dtype),
+        pad_id=tok.pad_id,
+        max_len=args.max_len,
+        prefix_cache_mb=args.prefix_cache_mb,
     )
     server = Server(
         sampler,

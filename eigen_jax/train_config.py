@@ -146,6 +146,12 @@ class GRPOSection(Section):
     """Weight of a k3 KL penalty to the initial policy (the recipe: 0, off)."""
     filter_groups: bool = True
     """Dynamic filtering: drop groups whose rewards are all equal (no learning signal)."""
+    action_credit: float = Field(0.0, ge=0, le=1)
+    """episodes: reward shaping for training only. A failed episode earns this times its partial
+    credit (``verifiers.reward.action_credit``: the share of the task's gold write actions it
+    performed, minus 1 if it made a write no gold action matches) instead of 0, so a right
+    decision is credited even when a later turn fails, and a wrong write is penalised. Successes
+    earn 1; pass rates and evaluation stay binary. 0: the recipe's binary reward."""
     scale_by_std: bool = True
     """Divide advantages by the group's reward std (False: Dr. GRPO's R - mean)."""
     adv_eps: float = Field(1e-6, gt=0)

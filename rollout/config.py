@@ -41,6 +41,9 @@ class EpisodeConfig(Section):
     max_len: int = Field(4096, ge=16)
     """LM parties: longest transcript (prompt + generation) in tokens; a turn that does not fit
     ends the episode with ``context_overflow`` (reward 0)."""
+    prefix_cache_mb: float = Field(512.0, ge=0)
+    """Embedded engine (``eigen_jax.sampler``): host memory for the KV of served transcripts, so
+    each turn prefills only its new tokens (``eigen_jax.prefix_cache``); 0 turns it off."""
     user: Literal["scripted", "model"] = "scripted"
     """Who plays the customer in LM episodes: the scripted simulator, or the user-simulator model
     (in ``eigen_jax.train``: the ``sft_user`` stage's export)."""

@@ -61,6 +61,18 @@ def test_filtering_drops_uninformative_groups_and_gives_up_after_a_streak():
         keep(same)
 
 
+def test_action_credit_shapes_training_rewards_only():
+    fail, win = _traj([1], [0], [0.0], 0.0), _traj([1], [0], [0.0], 1.0)
+    group = Group(0, "t", [fail, fail, win], credit=[-1.0, 0.5, 1.0])
+    assert group.rewards.tolist() == [0.0, 0.0, 1.0]  # what pass rates count
+    assert group.train_rewards(0.0).tolist() == [0.0, 0.0, 1.0]
+    assert group.train_rewards(0.5).tolist() == [-0.5, 0.25, 1.0]
+    # two failures with different credit carry signal once shaping is on
+    cfg = RunConfig.model_validate({"grpo": {"action_credit": 0.5}})
+    assert _keep_fn(cfg)(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
+    assert not _keep_fn(RunConfig())(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
+
+
 def _cfg(tmp: Path, *overrides: str) -> RunConfig:
     base = [
         f"run.out_dir={tmp}",
@@ -84,10 +96,11 @@ def _cfg(tmp: Path, *overrides: str) -> RunConfig:
 def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
     """A random agent (rewards mostly 0, so no filtering here): the whole async loop runs, every
     token carries a version no newer than the learner, staleness stays within eta."""
-    summary = run(_cfg(tmp_path, "grpo.max_staleness=1"))["grpo"]
+    summary = run(_cfg(tmp_path, "grpo.max_staleness=1", "grpo.action_credit=0.5"))["grpo"]
     rows = [json.loads(x) for x in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("pass_rate", "loss", "staleness_max", "learner_idle_frac", "episode_tokens", "step_s"):
+    keys = ("pass_rate", "loss", "staleness_max", "learner_idle_frac", "episode_tokens", "step_s")
+    for key in (*keys, "train_reward_mean", "prefix_hit_rate"):
         assert key in rows[0], key
     assert max(r["staleness_max"] for r in rows) <= 1  # eta: batches are consumed in start order
     assert summary["env"] == "episodes" and summary["max_staleness"] == 1

@@ -5,7 +5,7 @@ from rollout.contracts import Message, Termination, Trajectory
 from rollout.episode import run_episode
 from rollout.user_sim import ScriptedUser
 from verifiers.perturb import drop_last_write, perturbations
-from verifiers.reward import Verifier, missing_outputs
+from verifiers.reward import Verifier, action_credit, missing_outputs
 
 
 def _score(verifier, task, traj):
@@ -65,3 +65,19 @@ def test_components_are_configurable(shop, shop_tasks):
     assert r.components == {"db": 0.0}
     dropped = drop_last_write(task.gold_actions, shop.write_tools)
     assert dropped is not None and len(dropped) == len(task.gold_actions) - 1
+
+
+def test_action_credit_counts_gold_writes_and_penalises_stray_ones(shop, shop_tasks):
+    w = shop.write_tools
+    two = next(t for t in shop_tasks if sum(a.name in w for a in t.gold_actions) == 2 and t.forbidden_actions)
+    assert action_credit(two.gold_actions, _oracle(two, shop), w) == 1.0
+    # the last write dropped: half the gold writes
+    assert action_credit(two.gold_actions, _oracle(two, shop, drop_last_write(two.gold_actions, w)), w) == 0.5
+    # every gold write plus a forbidden one: full progress, minus the stray write
+    stray = [*two.gold_actions, two.forbidden_actions[0]]
+    assert action_credit(two.gold_actions, _oracle(two, shop, stray), w) == 0.0
+    # only the stray write
+    reads = [a for a in two.gold_actions if a.name not in w]
+    assert action_credit(two.gold_actions, _oracle(two, shop, [*reads, two.forbidden_actions[0]]), w) == -1.0
+    refuse = next(t for t in shop_tasks if not any(a.name in w for a in t.gold_actions))
+    assert action_credit(refuse.gold_actions, _oracle(refuse, shop), w) == 0.0  # nothing to credit

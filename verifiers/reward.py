@@ -11,7 +11,7 @@ than by a user or agent stop scores 0. The checker (untrusted code) runs only in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rollout.contracts import Action, Message, RewardComponent, RewardInfo, Task, Termination, Trajectory
@@ -37,6 +37,17 @@ def missing_actions(gold: Sequence[Action], traj: Trajectory) -> list[Action]:
     """Gold actions that no tool call of the trajectory (agent's or user's) performs."""
     calls = traj.tool_calls()
     return [a for a in gold if not any(a.matches(c) for c in calls)]
+
+
+def action_credit(gold: Sequence[Action], traj: Trajectory, write_tools: Collection[str]) -> float:
+    """Partial credit in [-1, 1] for a trajectory's state-changing calls: the share of the gold
+    write actions it performed, minus 1 if any of its write calls matches no gold action (a
+    wrong, forbidden or mis-addressed write). Training-time shaping only: pass^k stays binary."""
+    writes = [a for a in gold if a.name in write_tools]
+    calls = [c for c in traj.tool_calls() if c.name in write_tools]
+    done = sum(any(a.matches(c) for c in calls) for a in writes)
+    stray = any(not any(a.matches(c) for a in writes) for c in calls)
+    return (done / len(writes) if writes else 0.0) - float(stray)
 
 
 def gold_env(domain: Domain, task: Task) -> ToolEnv:

@@ -52,7 +52,12 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
     domain = get_domain(cfg.domain.name)
     user_engine = None
     if ep.user == "model":
-        user_engine = Sampler(base_model(cfg, tok, start=user_from), pad_id=tok.pad_id, min_batch_bucket=8)
+        user_engine = Sampler(
+            base_model(cfg, tok, start=user_from),
+            pad_id=tok.pad_id,
+            min_batch_bucket=8,
+            prefix_cache_mb=ep.prefix_cache_mb,
+        )
     results: dict[str, dict[int, float]] = {}
     details: dict[str, Any] = {}
     v = cfg.verifier
@@ -60,7 +65,11 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
         verifier = Verifier(domain, sb, v.components)
         for name, source in agent_sources(cfg, base_from).items():
             engine = Sampler(
-                base_model(cfg, tok, start=source), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len
+                base_model(cfg, tok, start=source),
+                pad_id=tok.pad_id,
+                min_batch_bucket=8,
+                max_len=ep.max_len,
+                prefix_cache_mb=ep.prefix_cache_mb,
             )
             episodes = LMEpisodes(
                 domain,

@@ -34,7 +34,7 @@ from rollout.http_engine import HTTPEngine
 from rollout.lm_runner import LMEpisodes
 from rollout.pool import TaskPool
 from rollout.remote import RemoteEpisodes
-from verifiers.reward import Verifier
+from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox
 
 
@@ -54,10 +54,20 @@ class Group:
     index: int
     task_id: str
     trajectories: list[Trajectory]
+    credit: list[float] | None = None  # action_credit per trajectory, when shaping is on
 
     @property
     def rewards(self) -> np.ndarray:
+        """The verifier's binary rewards (what pass rates count)."""
         return np.asarray([t.reward or 0.0 for t in self.trajectories], np.float32)
+
+    def train_rewards(self, weight: float) -> np.ndarray:
+        """What advantages and filtering use: the binary reward, where a failure earns
+        ``weight`` times its partial credit instead of 0 (``grpo.action_credit``)."""
+        r = self.rewards
+        if not weight or self.credit is None:
+            return r
+        return np.where(r >= 1, r, weight * np.asarray(self.credit, np.float32))
 
 
 def episode_batch(
@@ -113,8 +123,11 @@ class _RemotePolicy:
 class _Groups:
     """``run_group`` for the controller, plus what every finished group says (for the metrics)."""
 
-    def __init__(self, tasks: list[Task], episodes: Any, group_size: int, seed: int):
+    def __init__(
+        self, tasks: list[Task], episodes: Any, group_size: int, seed: int, write_tools: frozenset[str]
+    ):
         self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
+        self.write_tools = write_tools
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
         self.finished: list[Group] = []  # drained by the logger
 
@@ -126,7 +139,8 @@ class _Groups:
                 for j in range(self.group_size)
             )
         )
-        group = Group(index, task.id, list(trajs))
+        credit = [action_credit(task.gold_actions, t, self.write_tools) for t in trajs]
+        group = Group(index, task.id, list(trajs), credit)
         self.finished.append(group)
         return group
 
@@ -136,7 +150,7 @@ def _keep_fn(cfg: RunConfig):
     limit = cfg.grpo.max_filtered_in_a_row
 
     def keep(group: Group) -> bool:
-        r = group.rewards
+        r = group.train_rewards(cfg.grpo.action_credit)
         informative = not cfg.grpo.filter_groups or bool(r.max() > r.min())
         state["in_a_row"] = 0 if informative else state["in_a_row"] + 1
         if state["in_a_row"] >= limit:
@@ -200,7 +214,11 @@ def run_grpo_episodes(
     user_engine = None
     if ep.user == "model" and not g.rollout_servers:
         user_engine = Sampler(
-            base_model(cfg, tok, start=user_from), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len
+            base_model(cfg, tok, start=user_from),
+            pad_id=tok.pad_id,
+            min_batch_bucket=8,
+            max_len=ep.max_len,
+            prefix_cache_mb=ep.prefix_cache_mb,
         )
     ckpt = sd.checkpointer()
     start = ckpt.latest_step() if resume else None
@@ -219,7 +237,13 @@ def run_grpo_episodes(
             tok.save(tok_dir)
             policy = _RemotePolicy(cfg, tok_dir)
         else:
-            sampler = Sampler(learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, max_len=ep.max_len)
+            sampler = Sampler(
+                learner.model(),
+                pad_id=tok.pad_id,
+                min_batch_bucket=8,
+                max_len=ep.max_len,
+                prefix_cache_mb=ep.prefix_cache_mb,
+            )
             verifier = Verifier(get_domain(cfg.domain.name), sb, cfg.verifier.components)
             episodes = LMEpisodes(
                 get_domain(cfg.domain.name),
@@ -232,7 +256,7 @@ def run_grpo_episodes(
                 user_tokenizer=tok,
             )
             policy = _LocalPolicy(sampler, episodes)
-        groups = _Groups(tasks, policy, g.group_size, cfg.run.seed)
+        groups = _Groups(tasks, policy, g.group_size, cfg.run.seed, get_domain(cfg.domain.name).write_tools)
         controller: RolloutController[Group] = RolloutController(
             groups,
             keep=_keep_fn(cfg),
@@ -268,7 +292,8 @@ async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id
             waited = time.perf_counter() - t0
             trajs = [t for grp in batch for t in grp.trajectories]
             rewards = np.concatenate([grp.rewards for grp in batch])
-            adv, _ = advantages(rewards, g.group_size, g)
+            shaped = np.concatenate([grp.train_rewards(g.action_credit) for grp in batch])
+            adv, _ = advantages(shaped, g.group_size, g)
             length = min(bucket(max(len(t.tokens) for t in trajs), 256), cfg.episode.max_len)
             host = episode_batch(trajs, adv, length, pad_id)
             assert len(trajs) == rows
@@ -281,11 +306,15 @@ async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id
             stats = controller.stats
             row.update(
                 batch_pass_rate=float((rewards >= 1).mean()),
+                train_reward_mean=float(shaped.mean()),
                 filtered_group_frac=stats["dropped"] / max(stats["kept"] + stats["dropped"], 1),
                 step_s=elapsed,
                 learner_idle_frac=waited / elapsed,
                 episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
             )
+            store = getattr(getattr(policy, "sampler", None), "prefix_cache", None)
+            if store is not None:
+                row["prefix_hit_rate"] = store.hit_rate  # share of prompt tokens not prefilled
             if "pass_rate" in row:
                 passes.append(row["pass_rate"])
             log.log(learner.step, row)
