@@ -129,6 +129,9 @@ class GRPOSection(Section):
     """Tasks (groups) sampled per step."""
     group_size: int = Field(8, ge=2)
     """Samples per task (G); advantages are relative to the group."""
+    max_tasks: int | None = Field(None, ge=1)
+    """episodes: train on the train split's first this many tasks (None: all). A small set that
+    every step revisits is the check that RL can fit the tasks it trains on at all."""
     micro_batches: int = Field(1, ge=1)
     """Gradient-accumulation micro-batches per update (must divide the batch)."""
     minibatches: int = Field(1, ge=1)

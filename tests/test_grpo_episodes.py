@@ -96,7 +96,8 @@ def _cfg(tmp: Path, *overrides: str) -> RunConfig:
 def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
     """A random agent (rewards mostly 0, so no filtering here): the whole async loop runs, every
     token carries a version no newer than the learner, staleness stays within eta."""
-    summary = run(_cfg(tmp_path, "grpo.max_staleness=1", "grpo.action_credit=0.5"))["grpo"]
+    overrides = ("grpo.max_staleness=1", "grpo.action_credit=0.5", "grpo.max_tasks=3")
+    summary = run(_cfg(tmp_path, *overrides))["grpo"]
     rows = [json.loads(x) for x in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     keys = ("pass_rate", "loss", "staleness_max", "learner_idle_frac", "episode_tokens", "step_s")
@@ -104,6 +105,7 @@ def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
         assert key in rows[0], key
     assert max(r["staleness_max"] for r in rows) <= 1  # eta: batches are consumed in start order
     assert summary["env"] == "episodes" and summary["max_staleness"] == 1
+    assert summary["train_tasks"] == 3  # grpo.max_tasks: the train split's first 3
     from eigen_jax.checkpoint import Checkpointer
 
     ck = Checkpointer(tmp_path / "grpo/checkpoints")

@@ -205,7 +205,7 @@ def run_grpo_episodes(
     sd = StageDir(cfg, "grpo")
     if resume and (done := sd.finished()):
         return done
-    tasks = list(TaskPool(cfg.pool.dir).tasks("train"))
+    tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.max_tasks]
     if not tasks:
         raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
     tok = tokenizer(cfg)
@@ -273,6 +273,7 @@ def run_grpo_episodes(
         "steps": g.steps,
         "env": g.env,
         "max_staleness": g.max_staleness,
+        "train_tasks": len(tasks),
         "first_pass_rate": history[0] if history else None,
         "last_pass_rate": history[-1] if history else None,
     }
