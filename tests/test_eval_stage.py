@@ -49,3 +49,12 @@ def test_eval_writes_passk_and_resumes(tmp_path, capsys):
     again = run(cfg)["eval"]
     recs2 = [json.loads(x) for x in jsonl.read_text().splitlines() if x.endswith("}")]
     assert recs2[:4] == recs[:4] and len(recs2) == n and again["pass_hat_k"] == summary["pass_hat_k"]
+    # Other settings (here the eval seed) do not reuse those trials: they run afresh, and the
+    # earlier ones stay in the file; back on the first settings nothing runs again.
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"seed": cfg.eval.seed + 1})})
+    run(other)
+    recs3 = [json.loads(x) for x in jsonl.read_text().splitlines() if x.endswith("}")]
+    assert len(recs3) == 2 * n and len({r["settings"] for r in recs3}) == 2
+    assert recs3[:4] == recs[:4]
+    assert run(cfg)["eval"]["pass_hat_k"] == summary["pass_hat_k"]
+    assert len([x for x in jsonl.read_text().splitlines() if x.endswith("}")]) == 2 * n

@@ -23,7 +23,7 @@ from rollout.http_engine import HTTPEngine
 from rollout.pool import TaskPool
 from rollout.user_sim import ScriptedUser
 from verifiers.eval_config import EvalRunConfig, PartySection
-from verifiers.eval_run import read_trials, run_trials
+from verifiers.eval_run import checkpoint_identity, read_trials, run_trials, trials_key
 from verifiers.passk import is_success, pass_hat_ks
 from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
@@ -70,6 +70,34 @@ def describe(party: PartySection, url: str | None) -> dict[str, Any]:
         return {"kind": "scripted"}
     where = {"checkpoint": party.checkpoint} if party.kind == "checkpoint" else {"url": url or party.url}
     return {"kind": party.kind, "model": party.model, **where, "temperature": party.temperature}
+
+
+def party_identity(party: PartySection) -> dict[str, Any]:
+    """What about a party decides its episodes (resumed trials must match it). Not the URL: a
+    served model restarted on another port is the same party."""
+    if party.kind == "scripted":
+        return {"kind": "scripted"}
+    out: dict[str, Any] = {
+        "kind": party.kind,
+        "model": party.model,
+        "temperature": party.temperature,
+        "max_tokens": party.max_tokens,
+        "max_len": party.max_len,
+    }
+    if party.kind == "checkpoint":
+        out["checkpoint"] = checkpoint_identity(party.checkpoint)
+    return out
+
+
+def trial_settings(cfg: EvalRunConfig) -> dict[str, Any]:
+    """The settings an endpoint eval's trial records are keyed by."""
+    return {
+        "domain": cfg.domain.name,
+        "agent": party_identity(cfg.agent),
+        "user": party_identity(cfg.user),
+        "max_steps": cfg.run.max_steps,
+        "prompt": cfg.run.prompt,
+    }
 
 
 async def evaluate(
@@ -145,13 +173,15 @@ async def evaluate(
                 concurrency=cfg.run.concurrency,
                 desc=f"eval {cfg.domain.name}",
                 progress=cfg.run.progress,
+                settings=trial_settings(cfg),
             )
         finally:
             await agent_client.close()
             if user_client is not None:
                 await user_client.close()
 
-    records = [r for r in read_trials(out / "trials.jsonl").values() if r["task_id"] in by_id]
+    key = trials_key(cfg.run.seed, trial_settings(cfg))
+    records = [r for r in read_trials(out / "trials.jsonl", key).values() if r["task_id"] in by_id]
     passk = pass_hat_ks(outcomes)
     name = cfg.agent.model
     report = {

@@ -1,6 +1,10 @@
 """n trials per task of one agent, appended to a JSONL file as they finish; a rerun skips the
 trials already there (an interrupted eval resumes without redoing finished work).
 
+Each record carries a key of the settings that produced it (seed, agent checkpoint, user,
+episode limits...): a rerun under other settings neither counts nor redoes-over those trials —
+they stay in the file (nothing is lost) and the new settings' trials are run and appended.
+
 The episodes come from any ``run(task, seed, group_id, sample_index) -> Trajectory`` with the
 reward filled in (``rollout.lm_runner.LMEpisodes``: an in-process or HTTP engine).
 """
@@ -8,9 +12,12 @@ reward filled in (``rollout.lm_runner.LMEpisodes``: an in-process or HTTP engine
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -26,18 +33,45 @@ def trial_seed(seed: int, task_index: int, trial: int) -> int:
     return int(np.random.SeedSequence([seed, task_index, trial, 0xE7A1]).generate_state(1)[0] % 2**31)
 
 
-def read_trials(path: Path) -> dict[tuple[str, int], dict]:
-    """Finished trials in ``path`` by (task id, trial); a torn last line (killed writer) is ignored."""
-    done: dict[tuple[str, int], dict] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[(rec["task_id"], rec["trial"])] = rec
-    return done
+def settings_key(settings: Mapping[str, Any] | None) -> str | None:
+    """A short stable key of ``settings`` (JSON-able; None: no key)."""
+    if settings is None:
+        return None
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def checkpoint_identity(hf_dir: str | Path | None) -> dict[str, Any] | None:
+    """What tells one export at ``hf_dir`` from a later one written there: path, size and mtime of
+    its weight files (a rerun stage rewrites them). None for a from-scratch init."""
+    if hf_dir is None:
+        return None
+    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    return {"path": str(hf_dir), "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+def trials_key(seed: int, settings: Mapping[str, Any] | None = None) -> str | None:
+    """The key ``run_trials`` tags its records with."""
+    return settings_key({"seed": seed, **(settings or {})})
+
+
+def _records(path: Path) -> list[dict]:
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line (killed writer)
+                continue
+    return out
+
+
+def read_trials(path: Path, key: str | None = None, *, any_key: bool = False) -> dict[tuple[str, int], dict]:
+    """Finished trials in ``path`` by (task id, trial) recorded under settings ``key`` (every
+    record when ``any_key``); a torn last line (killed writer) is ignored."""
+    return {
+        (rec["task_id"], rec["trial"]): rec for rec in _records(path) if any_key or rec.get("settings") == key
+    }
 
 
 async def run_trials(
@@ -50,10 +84,21 @@ async def run_trials(
     concurrency: int = 32,
     desc: str = "eval",
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, list[float]]:
-    """Rewards per task id (``trials`` each) from ``out`` plus the trials it lacked."""
+    """Rewards per task id (``trials`` each) from ``out`` plus the trials it lacked. ``settings``:
+    what else decides an episode (agent, user, limits); only records made with the same
+    ``settings`` and ``seed`` are reused."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = read_trials(out)
+    key = trials_key(seed, settings)
+    done = read_trials(out, key)
+    other = sum(rec.get("settings") != key for rec in _records(out))
+    if other > 0:
+        print(
+            f"[{desc}] {out}: {other} trials recorded under other settings (seed, agent, user, "
+            "limits) are kept in the file but not counted; running this configuration's trials",
+            file=sys.stderr,
+        )
     if out.exists() and not out.read_text().endswith("\n") and out.stat().st_size:
         with out.open("a") as f:  # a torn last line: start the next record on a fresh line
             f.write("\n")
@@ -74,6 +119,7 @@ async def run_trials(
         rec = {
             "task_id": task.id,
             "trial": k,
+            "settings": key,
             "reward": traj.reward,
             "termination": traj.termination.value,
             "components": info.components if info else {},

@@ -15,7 +15,7 @@ from eigen_jax.stages.common import StageDir, base_model, tokenizer
 from rollout.domains import get_domain
 from rollout.lm_runner import LMEpisodes
 from rollout.pool import TaskPool
-from verifiers.eval_run import run_trials
+from verifiers.eval_run import checkpoint_identity, run_trials
 from verifiers.passk import pass_hat_ks
 from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
@@ -38,6 +38,20 @@ def agent_sources(cfg: RunConfig, base_from: str | None = None) -> dict[str, str
         else:
             print(f"[eval] skipping {name!r}: stage {STAGE_OF[name]} has not finished", file=sys.stderr)
     return out
+
+
+def trial_settings(cfg: RunConfig, source: str | None, user_from: str | None) -> dict[str, Any]:
+    """What decides an eval episode besides the seed: the agent's and the user model's weights,
+    the sampling temperature and the episode limits (a rerun with other ones runs afresh)."""
+    ep = cfg.episode
+    return {
+        "domain": cfg.domain.name,
+        "agent": checkpoint_identity(source) or {"init": cfg.model.model_dump(mode="json")},
+        "temperature": cfg.eval.temperature,
+        "user_model": checkpoint_identity(user_from),
+        # every episode knob but those that only change speed
+        "episode": ep.model_dump(mode="json", exclude={"concurrency", "prefix_cache_mb"}),
+    }
 
 
 def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None = None) -> dict[str, Any]:
@@ -91,6 +105,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
                     concurrency=ep.concurrency,
                     desc=f"eval {name}",
                     progress=cfg.run.progress,
+                    settings=trial_settings(cfg, source, user_from),
                 )
             )
             results[name] = pass_hat_ks(outcomes)
