@@ -6,14 +6,29 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-BLOCK = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"jax", "jaxlib", "flax", "optax", "orbax", "eigen_jax"}:
-                raise ImportError(f"blocked import of {name}")
-    sys.meta_path.insert(0, Block())
-""")
+JAX_STACK = {"jax", "jaxlib", "flax", "optax", "orbax", "eigen_jax"}
+
+
+def blocker(names: set[str]) -> str:
+    """Python source that makes importing any of the top-level packages ``names`` fail."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {sorted(names)!r}:
+                    raise ImportError(f"blocked import of {{name}}")
+        sys.meta_path.insert(0, Block())
+    """)
+
+
+BLOCK = blocker(JAX_STACK)
+
+
+def assert_imports(mods: list[str], blocked: set[str] = JAX_STACK) -> None:
+    """Every module in ``mods`` imports in a fresh interpreter with ``blocked`` unavailable."""
+    code = blocker(blocked) + "\n".join(f"import {m}" for m in mods) + "\nprint('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_pool_generation_and_grain_work_without_jax(tmp_path):
@@ -44,15 +59,11 @@ def test_rollout_synth_verifiers_import_without_jax():
         "verifiers.sandbox",
         "verifiers.selfcheck",
     ]
-    code = BLOCK + "\n".join(f"import {m}" for m in mods) + "\nprint('ok')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert_imports(mods)
 
 
 def test_verifiers_do_not_import_synth():
-    code = BLOCK.replace('"eigen_jax"}', '"eigen_jax", "synth"}') + "import verifiers.selfcheck\nprint('ok')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    assert_imports(["verifiers.selfcheck"], JAX_STACK | {"synth"})
 
 
 def test_the_blocker_really_blocks():
@@ -100,7 +111,6 @@ def test_the_quickstart_needs_only_the_jax_extra():
     only the other extras install (a fresh machine running the quickstart first has none)."""
     blocked = _extras_only_modules()
     assert {"torch", "transformers", "pytest"} <= blocked and "safetensors" not in blocked
-    block = BLOCK.replace('{"jax", "jaxlib", "flax", "optax", "orbax", "eigen_jax"}', repr(blocked))
     mods = [
         "eigen_jax.train",
         "eigen_jax.stages.pretrain",
@@ -112,6 +122,4 @@ def test_the_quickstart_needs_only_the_jax_extra():
         "verifiers.selfcheck",
         "synth.procedural",
     ]
-    code = block + "\n".join(f"import {m}" for m in mods) + "\nprint('ok')"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert_imports(mods, blocked)

@@ -115,6 +115,7 @@ async def evaluate(
     user_tools = getattr(domain, "user_tool_schemas", list)()
     v = cfg.verifier
     traj_file = out / "trajectories.jsonl"
+    settings = trial_settings(cfg)  # keys the trial records (resume reuses only matching ones)
 
     with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
         verifier = Verifier(domain, sb, v.components)
@@ -173,14 +174,14 @@ async def evaluate(
                 concurrency=cfg.run.concurrency,
                 desc=f"eval {cfg.domain.name}",
                 progress=cfg.run.progress,
-                settings=trial_settings(cfg),
+                settings=settings,
             )
         finally:
             await agent_client.close()
             if user_client is not None:
                 await user_client.close()
 
-    key = trials_key(cfg.run.seed, trial_settings(cfg))
+    key = trials_key(cfg.run.seed, settings)
     records = [r for r in read_trials(out / "trials.jsonl", key).values() if r["task_id"] in by_id]
     passk = pass_hat_ks(outcomes)
     name = cfg.agent.model

@@ -33,14 +33,6 @@ def trial_seed(seed: int, task_index: int, trial: int) -> int:
     return int(np.random.SeedSequence([seed, task_index, trial, 0xE7A1]).generate_state(1)[0] % 2**31)
 
 
-def settings_key(settings: Mapping[str, Any] | None) -> str | None:
-    """A short stable key of ``settings`` (JSON-able; None: no key)."""
-    if settings is None:
-        return None
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def checkpoint_identity(hf_dir: str | Path | None) -> dict[str, Any] | None:
     """What tells one export at ``hf_dir`` from a later one written there: path, size and mtime of
     its weight files (a rerun stage rewrites them). None for a from-scratch init."""
@@ -50,9 +42,11 @@ def checkpoint_identity(hf_dir: str | Path | None) -> dict[str, Any] | None:
     return {"path": str(hf_dir), "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
 
 
-def trials_key(seed: int, settings: Mapping[str, Any] | None = None) -> str | None:
-    """The key ``run_trials`` tags its records with."""
-    return settings_key({"seed": seed, **(settings or {})})
+def trials_key(seed: int, settings: Mapping[str, Any] | None = None) -> str:
+    """The key ``run_trials`` tags its records with: a short stable hash of the seed and
+    ``settings`` (JSON-able)."""
+    blob = json.dumps({"seed": seed, **(settings or {})}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _records(path: Path) -> list[dict]:
@@ -66,12 +60,14 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
-def read_trials(path: Path, key: str | None = None, *, any_key: bool = False) -> dict[tuple[str, int], dict]:
-    """Finished trials in ``path`` by (task id, trial) recorded under settings ``key`` (every
-    record when ``any_key``); a torn last line (killed writer) is ignored."""
-    return {
-        (rec["task_id"], rec["trial"]): rec for rec in _records(path) if any_key or rec.get("settings") == key
-    }
+def _by_trial(records: list[dict], key: str | None) -> dict[tuple[str, int], dict]:
+    return {(r["task_id"], r["trial"]): r for r in records if r.get("settings") == key}
+
+
+def read_trials(path: Path, key: str | None = None) -> dict[tuple[str, int], dict]:
+    """Finished trials in ``path`` by (task id, trial) recorded under settings ``key``
+    (``trials_key``); a torn last line (killed writer) is ignored."""
+    return _by_trial(_records(path), key)
 
 
 async def run_trials(
@@ -91,8 +87,9 @@ async def run_trials(
     ``settings`` and ``seed`` are reused."""
     out.parent.mkdir(parents=True, exist_ok=True)
     key = trials_key(seed, settings)
-    done = read_trials(out, key)
-    other = sum(rec.get("settings") != key for rec in _records(out))
+    records = _records(out)
+    done = _by_trial(records, key)
+    other = sum(r.get("settings") != key for r in records)
     if other > 0:
         print(
             f"[{desc}] {out}: {other} trials recorded under other settings (seed, agent, user, "
