@@ -1,6 +1,9 @@
-"""Config sections owned by ``synth``: the procedural generator and the task pool."""
+"""Config sections owned by ``synth``: the procedural generator, the task pool, and the data
+engine (``python -m synth.run``): its endpoints per role, rounds, budget and curriculum."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -41,3 +44,109 @@ class PoolConfig(Section):
     """Task pool directory (created if missing)."""
     shard_size: int = Field(256, ge=1)
     """Tasks per shard file."""
+
+
+class EndpointConfig(Section):
+    """One role's model: an OpenAI-compatible chat endpoint (vLLM, ``eigen_jax.serve``, a hosted
+    API), the built-in deterministic scripted endpoint, or a rule-based stand-in."""
+
+    kind: Literal["endpoint", "scripted", "rules"] = "endpoint"
+    """``endpoint``: ``url``. ``scripted``: ``synth.scripted``'s deterministic server, started
+    in-process (tests and demos; no model). ``rules``: no model: the rule-based user simulator
+    (role ``user``), or failure tags from the failed reward components (role ``judge``)."""
+    url: str = "http://127.0.0.1:8000"
+    """Base URL (``/v1/chat/completions`` is appended)."""
+    model: str = "policy"
+    """Served model name (vLLM's ``--served-model-name``; a hosted API's model id)."""
+    api_key_env: str = ""
+    """Environment variable holding an API key, sent as a bearer token; empty: none."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature."""
+    max_tokens: int = Field(2048, ge=1)
+    """Most tokens per reply."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds per request before it is retried."""
+    max_retries: int = Field(3, ge=0)
+    """Retries per request (connection errors, timeouts, 5xx/429), with exponential backoff."""
+    backoff_s: float = Field(0.5, ge=0)
+    """First retry delay; doubles per retry, with jitter."""
+    concurrency: int = Field(16, ge=1)
+    """Most requests in flight to this endpoint (one throttle per endpoint URL)."""
+    rate_per_s: float | None = Field(None, gt=0)
+    """Most requests started per second (``asyncio-throttle``); None: unlimited."""
+
+
+def _rules_default() -> EndpointConfig:
+    return EndpointConfig(kind="rules")
+
+
+class EndpointsConfig(Section):
+    """The model behind each role. Roles may share one endpoint."""
+
+    planner: EndpointConfig = EndpointConfig()
+    """Writes the first plan pairs."""
+    synthesizer: EndpointConfig = EndpointConfig()
+    """Writes tasks from a plan."""
+    judge: EndpointConfig = Field(default_factory=_rules_default)
+    """Tags failed rollouts as the task's or the trajectory's fault."""
+    user: EndpointConfig = Field(default_factory=_rules_default)
+    """The user simulator of the verification rollouts."""
+    assistant: EndpointConfig = EndpointConfig()
+    """The agent of the verification rollouts (in LLM-free mode: the policy being taught)."""
+    reflector: EndpointConfig = EndpointConfig()
+    """Rewrites the plans from the round's failures."""
+
+
+class SynthSection(Section):
+    mode: Literal["llm", "procedural"] = "llm"
+    """``llm``: planner, synthesizer and reflector are models. ``procedural``: the domain's
+    procedural generator synthesizes and reflection tunes its knobs from the policy's pass rates
+    (a curriculum; no model but the policy)."""
+    out_dir: str = "runs/synth"
+    """Plans, the attempt journal, lineage and reports; a rerun resumes from what is there."""
+    seed: int = 0
+    """Seeds every request and generator; with deterministic endpoints a run is reproducible."""
+    rounds: int = Field(3, ge=1)
+    """Reflection rounds (K)."""
+    plans: int = Field(4, ge=1)
+    """Plan pairs (worker streams) the planner writes (N)."""
+    attempts_per_round: int = Field(32, ge=1)
+    """Tasks proposed per round, split over the streams by their weights."""
+    concurrency: int = Field(8, ge=1)
+    """Attempts in flight at once."""
+    json_retries: int = Field(1, ge=0)
+    """Re-asks after a malformed JSON answer, before the attempt is rejected."""
+    overlap_threshold: float = Field(0.6, gt=0, le=1)
+    """Plans whose feature overlap (``synth.plans.overlap``) reaches this are duplicates."""
+    dedupe_threshold: float = Field(0.9, gt=0, le=1)
+    """Tasks whose similarity (``synth.dedupe``) to an accepted one reaches this are dropped."""
+    rollouts_per_task: int = Field(1, ge=1)
+    """Verification rollouts per task (procedural mode: the group that measures pass rates)."""
+    max_calls: int | None = Field(None, ge=1)
+    """Budget: most model calls in the run (all roles); None: no cap."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Budget: most tokens (prompt + completion, as servers report) in the run; None: no cap."""
+    db_sample: int = Field(6, ge=1)
+    """Records per DB table shown to the planner and synthesizer."""
+    world_customers: int = Field(24, ge=1)
+    """Shop: customers in the shared world DB that synthesized tasks start from."""
+    test_fraction: float = Field(0.0, ge=0, le=1)
+    """Share of accepted tasks put in the ``test`` split (by a hash of the task id)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+class CurriculumConfig(Section):
+    """LLM-free mode: how reflection moves the procedural generator's knobs."""
+
+    target_low: float = Field(0.2, ge=0, le=1)
+    """A stream whose tasks the policy solves less often than this gets easier."""
+    target_high: float = Field(0.8, ge=0, le=1)
+    """A stream whose tasks the policy solves more often than this gets harder."""
+    saturated_weight: float = Field(0.1, ge=0, le=1)
+    """Weight of a task every sample solved or none did, against 1 for a frontier task; a
+    stream's share of the next round follows its tasks' mean weight."""
+    max_actions_cap: int = Field(6, ge=1)
+    """Hardest setting the curriculum may reach (requests per task)."""
+    keep_saturated: bool = True
+    """Put tasks every sample solved or none did into the pool too (with their pass rate)."""

@@ -242,3 +242,43 @@ def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
         ),
         provenance=Provenance(generator=GENERATOR, seed=cfg.seed, params={"index": index, "requests": kinds}),
     )
+
+
+def shop_world(seed: int = 0, customers: int = 12, orders_per_customer: int = 4) -> dict[str, Any]:
+    """A ShopCo DB with ``customers`` customers and orders in every status: the shared world
+    that LLM-synthesized shop tasks are grounded in (a pure function of its arguments)."""
+    rng = random.Random(f"{GENERATOR}:world:{seed}")
+    ids = _Ids(rng)
+    products = {
+        (pid := ids.new("P", 3)): {
+            "product_id": pid,
+            "name": name,
+            "price_cents": rng.randrange(5, 200) * 100 + rng.choice([0, 49, 50, 99]),
+        }
+        for name in _PRODUCTS
+    }
+    db: dict[str, Any] = {"customers": {}, "orders": {}, "products": products}
+    for n in range(customers):
+        cid = ids.new("C", 4)
+        first, last = _FIRST[n % len(_FIRST)], rng.choice(_LAST)
+        email = f"{first.lower()}.{last.lower()}{rng.randrange(10, 99)}@example.com"
+        db["customers"][cid] = {
+            "customer_id": cid,
+            "name": f"{first} {last}",
+            "email": email,
+            "order_ids": [],
+        }
+        for k in range(orders_per_customer):
+            oid = ids.new("O", 5)
+            items = rng.sample(sorted(products), rng.randint(1, 3))
+            status = _STATUSES[(n + k) % len(_STATUSES)]
+            total = sum(products[p]["price_cents"] for p in items)
+            db["orders"][oid] = {
+                "order_id": oid,
+                "customer_id": cid,
+                "product_ids": items,
+                "status": status,
+                "refund_cents": total if status in ("cancelled", "returned") else 0,
+            }
+            db["customers"][cid]["order_ids"].append(oid)
+    return db

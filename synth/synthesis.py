@@ -1,0 +1,115 @@
+"""Task synthesis: the document a synthesizer writes, and the grounding checks that turn it into a
+``Task`` or coded rejections (unknown tool, invalid arguments, hallucinated entity).
+
+Grounding runs before anything executes: every gold or forbidden action must name a tool of the
+domain with arguments its JSON schema accepts, and every id-named argument (``order_id``,
+``flight_number``...) must exist in the DB the task starts from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from rollout.contracts import Action, Contract, Provenance, Task, UserScenario
+from synth.context import DomainContext, referenced_ids
+from synth.validate import Rejection
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+class DraftAction(Contract):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskDraft(Contract):
+    """What the synthesizer returns (one JSON object)."""
+
+    scenario: UserScenario
+    gold_actions: list[DraftAction] = Field(min_length=1)
+    required_outputs: list[str] = Field(default_factory=list)
+    forbidden_actions: list[DraftAction] = Field(default_factory=list)
+    checker: str = Field(min_length=1)
+    """Python source defining ``check(initial_db, final_db, messages)``."""
+
+
+def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
+    types = spec.get("type")
+    if types is None:
+        options = spec.get("anyOf") or spec.get("oneOf")
+        return True if not options else any(_type_ok(value, o) for o in options)
+    wanted = [types] if isinstance(types, str) else list(types)
+    for t in wanted:
+        py = _JSON_TYPES.get(t)
+        if py is None:
+            return True  # a type we do not model: let the tool judge
+        if isinstance(value, bool) and t in ("integer", "number"):
+            continue
+        if isinstance(value, py):
+            return True
+    return False
+
+
+def schema_errors(arguments: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """What is wrong with ``arguments`` under a tool's JSON-schema ``parameters``: missing
+    required keys, keys it does not define, values of the wrong JSON type, values outside an
+    ``enum``."""
+    props: dict[str, Any] = params.get("properties", {}) or {}
+    errors = [f"missing argument '{k}'" for k in params.get("required", []) if k not in arguments]
+    for k, v in arguments.items():
+        spec = props.get(k)
+        if spec is None:
+            if props or params.get("additionalProperties") is False:
+                errors.append(f"unexpected argument '{k}'")
+            continue
+        if not _type_ok(v, spec):
+            errors.append(f"argument '{k}': {type(v).__name__} is not {spec.get('type', 'the schema type')}")
+        elif "enum" in spec and v not in spec["enum"]:
+            errors.append(f"argument '{k}': {v!r} is not one of {spec['enum']}")
+    return errors
+
+
+def ground(draft: TaskDraft, ctx: DomainContext) -> list[Rejection]:
+    """Coded reasons the draft is not grounded in the domain (empty: it is)."""
+    schemas = ctx.schemas()
+    out: list[Rejection] = []
+    for kind, actions in (("gold", draft.gold_actions), ("forbidden", draft.forbidden_actions)):
+        for i, a in enumerate(actions):
+            where = f"{kind}_actions[{i}] {a.name}"
+            if a.name not in schemas:
+                out.append(
+                    Rejection("unknown_tool", f"{where}: no such tool (have {', '.join(sorted(schemas))})")
+                )
+                continue
+            for e in schema_errors(a.arguments, schemas[a.name]):
+                out.append(Rejection("invalid_arguments", f"{where}: {e}"))
+            for arg, value in referenced_ids(a.arguments):
+                if value not in ctx.ids:
+                    out.append(Rejection("hallucinated_entity", f"{where}: {arg}={value!r} is not in the DB"))
+    return out
+
+
+def draft_to_task(draft: TaskDraft, ctx: DomainContext, task_id: str, provenance: Provenance) -> Task:
+    """The draft as a ``Task`` starting from the context's initial state."""
+    return Task(
+        id=task_id,
+        domain=ctx.name,
+        split="train",
+        scenario=draft.scenario,
+        initial_state=ctx.initial_state,
+        gold_actions=[Action(name=a.name, arguments=a.arguments) for a in draft.gold_actions],
+        required_outputs=draft.required_outputs,
+        forbidden_actions=[Action(name=a.name, arguments=a.arguments) for a in draft.forbidden_actions],
+        checker=draft.checker,
+        provenance=provenance,
+    )

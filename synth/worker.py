@@ -1,0 +1,223 @@
+"""One attempt of a worker stream: synthesize a task, verify it, roll it out, verify the
+trajectories. Every way an attempt can fail ends as an ``AttemptRecord`` with coded reasons;
+only ``BudgetExhausted`` escapes (the attempt is then not recorded and runs again on resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from rollout.agents import Agent
+from rollout.contracts import Contract, Provenance, RewardInfo, Task, Termination, Trajectory
+from rollout.episode import run_episode
+from rollout.http_engine import EngineError
+from rollout.user_sim import UserSimulator
+from synth.context import DomainContext
+from synth.llm import BudgetExhausted, MalformedOutput, RoleClient
+from synth.plans import PlanPair
+from synth.prompts import Verdict, judge_prompt, synthesizer_prompt
+from synth.synthesis import TaskDraft, draft_to_task, ground
+from synth.validate import Rejection, check_task
+from verifiers.reward import Verifier
+from verifiers.sandbox import Sandbox
+
+Stage = Literal["synthesis", "verification", "dedupe", "rollout", "trajectory"]
+
+
+class Reason(Contract):
+    code: str
+    detail: str = ""
+
+
+class RolloutSummary(Contract):
+    rewards: list[float] = Field(default_factory=list)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    """One per failed episode: whose fault, tagged."""
+
+    @property
+    def pass_rate(self) -> float | None:
+        return sum(self.rewards) / len(self.rewards) if self.rewards else None
+
+
+class AttemptRecord(Contract):
+    """The outcome of one attempt, as journaled (``journal.jsonl``)."""
+
+    key: str
+    round: int
+    plan_id: str
+    plan_version: int
+    attempt: int
+    accepted: bool
+    stage: Stage | None = None
+    """Where a rejected attempt stopped (None when accepted)."""
+    reasons: list[Reason] = Field(default_factory=list)
+    task_id: str | None = None
+    task: Task | None = None
+    """The accepted task, in full: resume re-publishes it if the pool lost it."""
+    rollout: RolloutSummary | None = None
+    seconds: float = 0.0
+
+
+Synthesize = Callable[[PlanPair, int, int, str], Awaitable[Task | list[Rejection]]]
+"""``(plan, round, attempt, task_id) -> Task or rejections``."""
+
+
+@dataclass
+class WorkerEnv:
+    """What attempts share: the domain, the stage implementations, the verifiers."""
+
+    ctx: DomainContext
+    synthesize: Synthesize
+    make_agent: Callable[[Task, int], Agent]
+    make_user: Callable[[Task, int], UserSimulator]
+    sandbox: Sandbox
+    verifier: Verifier
+    judge: RoleClient | None
+    rollouts: int = 1
+    max_steps: int = 50
+    prompt: str = "full"
+    """The agent's context (``EpisodeConfig.prompt``)."""
+    seed: int = 0
+
+
+def llm_synthesizer(client: RoleClient, ctx: DomainContext, db_sample: int, seed: int) -> Synthesize:
+    """Synthesis by a model: the plan, the tools, the policy and a DB sample in; a ``TaskDraft``
+    out, grounded in the DB."""
+
+    async def synthesize(plan: PlanPair, rnd: int, attempt: int, task_id: str) -> Task | list[Rejection]:
+        sample_seed = hash_int(f"{seed}:{plan.id}:{rnd}:{attempt}")
+        domain = {
+            "name": ctx.name,
+            "policy": ctx.domain.policy,
+            "tools": ctx.domain.tool_schemas(),
+            "db_sample": ctx.sample(db_sample, sample_seed),
+        }
+        system, user = synthesizer_prompt(plan, domain, rnd, attempt)
+        draft = await client.ask(system, user, TaskDraft, seed=sample_seed % 2**31)
+        rejections = ground(draft, ctx)
+        if rejections:
+            return rejections
+        prov = Provenance(
+            generator=f"synth/llm:{client.engine.model}",
+            plan_id=plan.id,
+            round=rnd,
+            seed=seed,
+            params={"plan_version": plan.version, "attempt": attempt},
+        )
+        return draft_to_task(draft, ctx, task_id, prov)
+
+    return synthesize
+
+
+def hash_int(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def rule_verdict(info: RewardInfo, traj: Trajectory) -> Verdict:
+    """Tagging without a judge model: the failed component names the trajectory's fault."""
+    if traj.termination not in (Termination.USER_STOP, Termination.AGENT_STOP):
+        return Verdict(fault="trajectory", tag="episode_error", evidence=f"ended by {traj.termination.value}")
+    failed = [k for k, v in info.components.items() if v < 1]
+    tag = "missing_output" if failed == ["outputs"] else "wrong_action"
+    return Verdict(
+        fault="trajectory", tag=tag, evidence="; ".join(f"{k}: {info.reasons.get(k, '')}" for k in failed)
+    )
+
+
+async def _judge(env: WorkerEnv, plan: PlanPair, task: Task, traj: Trajectory, info: RewardInfo) -> Verdict:
+    if env.judge is None:
+        return rule_verdict(info, traj)
+    system, user = judge_prompt(plan, task, traj, info.reasons)
+    verdict = await env.judge.ask(
+        system, user, Verdict, seed=hash_int(f"judge:{task.id}:{traj.sample_index}") % 2**31
+    )
+    known = {f.tag: f.fault for f in plan.evaluation.failure_taxonomy}
+    if verdict.tag not in known:
+        return verdict.model_copy(update={"evidence": f"(tag not in the taxonomy) {verdict.evidence}"})
+    return verdict
+
+
+async def run_attempt(
+    env: WorkerEnv,
+    plan: PlanPair,
+    rnd: int,
+    attempt: int,
+    task_id: str,
+    is_duplicate: Callable[[Task], str | None],
+) -> AttemptRecord:
+    """Run one attempt through the four stages (plus a dedupe check before the rollouts)."""
+    t0 = time.perf_counter()
+    base: dict[str, Any] = dict(
+        key=attempt_key(plan.id, rnd, attempt),
+        round=rnd,
+        plan_id=plan.id,
+        plan_version=plan.version,
+        attempt=attempt,
+    )
+
+    def reject(stage: Stage, reasons: list[Rejection | Reason], **kw: Any) -> AttemptRecord:
+        rs = [Reason(code=r.code, detail=r.detail) for r in reasons]
+        return AttemptRecord(
+            **base, accepted=False, stage=stage, reasons=rs, seconds=time.perf_counter() - t0, **kw
+        )
+
+    try:
+        made = await env.synthesize(plan, rnd, attempt, task_id)
+    except MalformedOutput as e:
+        return reject("synthesis", [Reason(code="malformed_output", detail=str(e))])
+    except EngineError as e:
+        return reject("synthesis", [Reason(code="endpoint_error", detail=str(e)[:300])])
+    if isinstance(made, list):
+        return reject("synthesis", made)
+    task = made
+
+    problems = await asyncio.to_thread(check_task, task, env.ctx.domain, env.sandbox)
+    if problems:
+        return reject("verification", problems, task_id=task.id)
+    dup = is_duplicate(task)
+    if dup is not None:
+        return reject("dedupe", [Reason(code="near_duplicate", detail=dup)], task_id=task.id)
+
+    summary = RolloutSummary()
+    for k in range(env.rollouts):
+        seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
+        traj = await run_episode(
+            task,
+            env.ctx.domain,
+            env.make_agent(task, seed),
+            env.make_user(task, seed),
+            max_steps=env.max_steps,
+            group_id=task.id,
+            sample_index=k,
+            prompt=env.prompt,
+        )
+        if traj.termination == Termination.ERROR and (traj.error or "").startswith("BudgetExhausted"):
+            raise BudgetExhausted(traj.error)  # the episode runner caught it: not the task's fault
+        info = await env.verifier.score(task, traj)
+        summary.rewards.append(info.reward)
+        if info.reward < 1:
+            try:
+                summary.verdicts.append(await _judge(env, plan, task, traj, info))
+            except (MalformedOutput, EngineError) as e:
+                summary.verdicts.append(Verdict(fault="trajectory", tag="unjudged", evidence=str(e)[:200]))
+    task_faults = [v for v in summary.verdicts if v.fault == "task"]
+    if task_faults:
+        reasons = [Reason(code="task_fault", detail=f"{v.tag}: {v.evidence}") for v in task_faults]
+        return reject("trajectory", reasons, task_id=task.id, rollout=summary)
+    params = {**task.provenance.params, "pass_rate": summary.pass_rate}
+    task = task.model_copy(update={"provenance": task.provenance.model_copy(update={"params": params})})
+    return AttemptRecord(
+        **base, accepted=True, task_id=task.id, task=task, rollout=summary, seconds=time.perf_counter() - t0
+    )
+
+
+def attempt_key(plan_id: str, rnd: int, attempt: int) -> str:
+    return f"r{rnd}/{plan_id}/a{attempt}"
