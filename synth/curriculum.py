@@ -64,7 +64,8 @@ def next_knobs(
         k["forbidden_prob"] = round(min(0.6, float(k["forbidden_prob"]) + 0.1), 3)
         return (
             k,
-            f"mean pass {mean_pass:.2f} > {cfg.target_high}: harder ({lo}-{hi} -> {lo + 1}-{hi + 1} requests)",
+            f"mean pass {mean_pass:.2f} > {cfg.target_high}: harder "
+            f"({lo}-{hi} -> {lo + 1}-{hi + 1} requests)",
         )
     if mean_pass < cfg.target_low and lo > 1:
         k["min_actions"], k["max_actions"] = lo - 1, hi - 1
@@ -88,7 +89,8 @@ class CurriculumStrategy:
     ):
         if ctx.name not in GENERATORS:
             raise ValueError(
-                f"synth.mode 'procedural': no procedural generator for domain {ctx.name!r}; have {sorted(GENERATORS)}"
+                f"synth.mode 'procedural': no procedural generator for domain {ctx.name!r}; "
+                f"have {sorted(GENERATORS)}"
             )
         self.ctx, self.base, self.cfg, self.n, self.seed = ctx, base, cfg, n_plans, seed
         self.generate = GENERATORS[ctx.name]

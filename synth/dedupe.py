@@ -8,6 +8,7 @@ lookup proportional to the tasks that share a feature, not to the pool.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 
@@ -21,7 +22,7 @@ def task_features(task: Task) -> frozenset[str]:
     feats |= {f"out:{o.lower()}" for o in task.required_outputs}
     sc = task.scenario
     words = re.findall(r"[a-z0-9]+", f"{sc.reason_for_call} {sc.task_instructions}".lower())
-    feats |= {f"text:{a} {b}" for a, b in zip(words, words[1:], strict=False)}
+    feats |= {f"text:{a} {b}" for a, b in itertools.pairwise(words)}
     return frozenset(feats)
 
 

@@ -186,7 +186,7 @@ class RoleClient:
                 Message(role="assistant", content=text),
                 Message(
                     role="user",
-                    content=f"Your answer {error}. Reply with exactly one JSON object that follows the schema.",
+                    content=f"Your answer {error}. Reply with exactly one JSON object following the schema.",
                 ),
             ]
         raise MalformedOutput(f"{self.role}: answer {error} (after {self.json_retries + 1} tries)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ def judge_answer(payload: dict[str, Any]) -> str:
         and "?" in (m["content"] or "")
         and nxt["role"] == "user"
         and "###STOP###" in (nxt["content"] or "")
-        for m, nxt in zip(conv, conv[1:], strict=False)
+        for m, nxt in itertools.pairwise(conv)
     )
     if stuck and not payload["task"]["scenario"].get("known_info"):
         return json.dumps(
