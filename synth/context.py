@@ -56,8 +56,8 @@ def referenced_ids(arguments: dict[str, Any]) -> list[tuple[str, str]]:
 
 def sample_db(db: dict[str, Any], per_table: int, seed: int = 0) -> dict[str, Any]:
     """``per_table`` records of each id-keyed table (from a seeded offset, so streams see different
-    records), plus the records they reference by id in other tables (a customer's orders, an
-    order's products and owner): a sample the model can write consistent tasks from."""
+    records), plus the records they reference by id, transitively (a customer's orders and their
+    products, an order's owner) up to ``10 * per_table`` per table: a sample the model can write consistent tasks from."""
     tables = {
         t: rows
         for t, rows in db.items()
@@ -69,12 +69,21 @@ def sample_db(db: dict[str, Any], per_table: int, seed: int = 0) -> dict[str, An
         keys = sorted(rows)
         start = seed % len(keys)
         picked[t] = {k: rows[k] for k in (keys[start:] + keys[:start])[:per_table]}
-    refs: set[str] = set()
-    for rows in picked.values():
-        for rec in rows.values():
-            refs |= entity_ids({"_": {"_": rec}}) - {"_"}
-    for t, rows in tables.items():
-        picked[t].update({k: rows[k] for k in refs if k in rows and k not in picked[t]})
+    # Follow references to a fixpoint (a customer's orders, their products, an order's owner),
+    # capped so a densely linked DB (tau² airline) still gives a sample, not the whole DB.
+    cap = 10 * per_table
+    grew = True
+    while grew:
+        grew = False
+        refs: set[str] = set()
+        for rows in picked.values():
+            for rec in rows.values():
+                refs |= entity_ids({"_": {"_": rec}}) - {"_"}
+        for t, rows in tables.items():
+            for k in sorted(refs):
+                if k in rows and k not in picked[t] and len(picked[t]) < cap:
+                    picked[t][k] = rows[k]
+                    grew = True
     return {**out, **picked}
 
 

@@ -71,6 +71,8 @@ async def open_roles(
     async with contextlib.AsyncExitStack() as stack:
         scripted = None
         if any(getattr(cfg, r).kind == "scripted" for r in needed):
+            # Its "no answer in time" attempts outlast the synthesizer's timeout, whatever it is.
+            behaviour = behaviour or ScriptedBehaviour(hang_s=cfg.synthesizer.timeout_s + 0.5)
             scripted = await stack.enter_async_context(ScriptedEndpoint(behaviour))
         engines: dict[tuple[str, str], MeteredEngine] = {}
 

@@ -127,8 +127,10 @@ def _shop_task(payload: dict[str, Any], u: float) -> dict[str, Any]:
         for oid, o in db["orders"].items()
         if o["status"] == want and o["customer_id"] in db["customers"]
     )
-    if not options:
-        raise ValueError(f"no {want} order in the DB sample")
+    if not options:  # none in the sample: a task whose gold write the tools refuse
+        options = sorted(
+            (o["customer_id"], oid) for oid, o in db["orders"].items() if o["customer_id"] in db["customers"]
+        )
     cid, oid = options[int(u * len(options))]
     total = sum(
         db["products"][p]["price_cents"] for p in db["orders"][oid]["product_ids"] if p in db["products"]
@@ -138,7 +140,7 @@ def _shop_task(payload: dict[str, Any], u: float) -> dict[str, Any]:
     return {
         "scenario": {
             "persona": f"{db['customers'][cid]['name']}, a ShopCo customer.",
-            "reason_for_call": f"Hi, I want to {verb} my order {oid}.",
+            "reason_for_call": f"({payload['synthesis_plan']['user_style']}) I want to {verb} my order {oid}.",
             "known_info": {"customer id": cid},
             "task_instructions": "Give your customer id when asked.",
         },
@@ -169,8 +171,8 @@ def _tau2_task(payload: dict[str, Any], u: float) -> dict[str, Any]:
         table, status, read, write = "orders", "cancelled", "get_order_details", "cancel_pending_order"
         keys = sorted(k for k, r in db[table].items() if r.get("status") == "pending")
         arg, extra = "order_id", {"reason": "no longer needed"}
-    if not keys:
-        raise ValueError(f"no cancellable {table} in the DB sample")
+    if not keys:  # none in the sample: a task whose gold write the tools refuse
+        keys = sorted(db[table])
     key = keys[int(u * len(keys))]
     return {
         "scenario": {

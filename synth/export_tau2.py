@@ -1,0 +1,84 @@
+"""``python -m synth.export_tau2 --pool DIR --domain airline --out tasks.json``: synthesized tasks
+of a tau² domain in tau²-bench's own task format (a JSON list of ``tau2.data_model.tasks.Task``).
+
+tau² has no executable checker: the export scores with what tau² knows — the DB-hash check
+against the gold replay and the required outputs (``reward_basis: [DB, COMMUNICATE]``); the
+checker stays in our pool. ``--check`` replays every exported task's gold actions through our
+episode runner and scores the result with tau²'s own evaluator; a task scoring below 1.0 is
+reported and not exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from rollout.contracts import Task
+from rollout.domains import get_domain
+from rollout.episode import run_episode
+from rollout.gold_replay import GoldScript, gold_parties
+from rollout.pool import PoolError, TaskPool
+
+TAU2_DOMAINS = ("airline", "retail", "telecom")
+
+
+def for_tau2(task: Task) -> Task:
+    """The task with a reward basis tau² can score (the checker dropped from it)."""
+    basis = [b for b in (task.reward_basis or ["db", "outputs"]) if b != "checker"] or ["db"]
+    return task.model_copy(update={"reward_basis": basis, "checker": None})
+
+
+def export_task(task: Task) -> dict[str, Any]:
+    """One task as tau²'s ``Task`` JSON."""
+    from rollout.domains.tau2 import to_tau2
+
+    return to_tau2(for_tau2(task)).model_dump(mode="json")
+
+
+async def gold_reward(task: Task) -> float:
+    """tau²'s evaluator's reward for the task's gold actions, acted out through an episode."""
+    from verifiers.tau2_eval import tau2_reward
+
+    t = for_tau2(task)
+    agent, user = gold_parties(GoldScript(t))
+    traj = await run_episode(t, get_domain(t.domain), agent, user, max_steps=200)
+    return float(tau2_reward(t, traj).reward)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synth.export_tau2", description=__doc__)
+    parser.add_argument("--pool", required=True, help="task pool directory")
+    parser.add_argument("--domain", required=True, choices=TAU2_DOMAINS)
+    parser.add_argument("--out", required=True, help="output JSON file")
+    parser.add_argument("--split", help="only this split")
+    parser.add_argument(
+        "--check", action="store_true", help="keep only tasks whose gold replay tau² scores 1.0"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        tasks = [t for t in TaskPool(args.pool).tasks(args.split) if t.domain == args.domain]
+    except PoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out, failed = [], []
+    for t in tqdm(tasks, desc="export", unit="task", disable=args.no_progress):
+        if args.check:
+            reward = asyncio.run(gold_reward(t))
+            if reward < 1.0:
+                failed.append({"task": t.id, "gold_reward": reward})
+                continue
+        out.append(export_task(t))
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps({"exported": len(out), "failed_gold_replay": failed, "out": args.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""synth's pieces one by one: plans and overlap, JSON answers, grounding, task verification
+(each rejection code), dedupe, budget, and each worker stage against the scripted endpoint."""
+
+import asyncio
+
+import pytest
+
+from rollout.contracts import Action, Provenance, RewardInfo, Task, Termination, Trajectory
+from rollout.domain import Tool
+from rollout.domains.shop import ShopDomain
+from rollout.domains.shop.tools import TOOLS, OrderArgs
+from synth.config import EndpointsConfig
+from synth.context import domain_context, entity_ids, sample_db
+from synth.dedupe import Deduper
+from synth.llm import Budget, BudgetExhausted, MalformedOutput, MeteredEngine, extract_json
+from synth.plans import EvaluationPlan, FailureType, PlanPair, SynthesisPlan, overlap, select_distinct
+from synth.roles import open_roles
+from synth.scripted import ScriptedBehaviour
+from synth.synthesis import TaskDraft, draft_to_task, ground, schema_errors
+from synth.validate import check_task
+from synth.worker import WorkerEnv, llm_synthesizer, rule_verdict, run_attempt
+from verifiers.reward import Verifier
+
+
+def _plan(style="terse", patterns=(("get_customer", "cancel_order"),), tier="easy", pid="p0"):
+    return PlanPair(
+        id=pid,
+        synthesis=SynthesisPlan(complexity=tier, tool_patterns=[list(p) for p in patterns], user_style=style),
+        evaluation=EvaluationPlan(rubric=["valid"]),
+    )
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return domain_context("shop", world_customers=24)
+
+
+def test_overlap_is_one_for_equal_plans_and_low_for_distinct_ones():
+    a = _plan().synthesis
+    b = _plan(style="chatty confused", patterns=(("return_order",),), tier="hard").synthesis
+    assert overlap(a, a) == 1.0
+    assert overlap(a, b) < 0.2
+    chosen, rejected = select_distinct([a, b, a], threshold=0.6)
+    assert chosen == [0, 1] and rejected == [(2, 0, 1.0)]
+    chosen, rejected = select_distinct([a], threshold=0.6, keep=[a])
+    assert chosen == [] and rejected[0][1] == "kept:0"
+
+
+def test_plan_documents_are_validated():
+    with pytest.raises(ValueError, match="tool pattern"):
+        SynthesisPlan(complexity="easy", tool_patterns=[[]], user_style="x")
+    with pytest.raises(ValueError, match="unique"):
+        EvaluationPlan(rubric=["r"], failure_taxonomy=[FailureType(tag="a", fault="task")] * 2)
+    with pytest.raises(ValueError):
+        SynthesisPlan(complexity="extreme", tool_patterns=[["a"]], user_style="x")
+
+
+def test_extract_json_takes_fenced_or_bare_objects_and_names_what_is_wrong():
+    assert extract_json('Sure:\n```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json('Here it is: {"a": {"b": 2}} hope that helps') == {"a": {"b": 2}}
+    with pytest.raises(MalformedOutput, match="invalid JSON"):
+        extract_json("{'a': 1}")
+    with pytest.raises(MalformedOutput, match="no JSON object"):
+        extract_json("no json here")
+
+
+def test_schema_errors_name_each_problem(ctx):
+    params = ctx.schemas()["cancel_order"]
+    assert schema_errors({"order_id": "O1"}, params) == []
+    errs = schema_errors({"order": "O1", "order_id": 5}, params)
+    assert "unexpected argument 'order'" in errs
+    assert any(e.startswith("argument 'order_id'") for e in errs)
+    assert schema_errors({}, params) == ["missing argument 'order_id'"]
+    assert schema_errors({"x": "b"}, {"properties": {"x": {"type": "string", "enum": ["a"]}}})[0].endswith(
+        "['a']"
+    )
+
+
+def test_db_sample_keeps_referenced_records(ctx):
+    sample = sample_db(ctx.db, per_table=2, seed=3)
+    for o in sample["orders"].values():
+        assert all(p in sample["products"] for p in o["product_ids"])
+    for c in sample["customers"].values():
+        assert all(o in sample["orders"] for o in c["order_ids"])
+    assert entity_ids(sample) <= ctx.ids
+
+
+def _draft(ctx, **over) -> TaskDraft:
+    order = next(o for o in ctx.db["orders"].values() if o["status"] == "pending")
+    cid, oid = order["customer_id"], order["order_id"]
+    total = sum(ctx.db["products"][p]["price_cents"] for p in order["product_ids"])
+    refund = f"{total // 100}.{total % 100:02d}"
+    checker = (
+        f"def check(i, f, m):\n"
+        f"    if f['orders'][{oid!r}]['status'] != 'cancelled':\n        return False, 'not cancelled'\n"
+        f"    said = ' '.join(x.get('content') or '' for x in m if x['role'] == 'assistant')\n"
+        f"    return ({refund!r} in said.replace(',', ''), 'refund')\n"
+    )
+    data = {
+        "scenario": {"reason_for_call": f"Cancel {oid}", "known_info": {"customer id": cid}},
+        "gold_actions": [
+            {"name": "get_order", "arguments": {"order_id": oid}},
+            {"name": "cancel_order", "arguments": {"order_id": oid}},
+        ],
+        "required_outputs": [refund],
+        "checker": checker,
+        **over,
+    }
+    return TaskDraft.model_validate(data)
+
+
+def _task(ctx, draft, tid="t0") -> Task:
+    return draft_to_task(draft, ctx, tid, Provenance(generator="test"))
+
+
+def test_grounding_rejects_unknown_tools_bad_arguments_and_invented_ids(ctx):
+    assert ground(_draft(ctx), ctx) == []
+    bad = _draft(
+        ctx,
+        gold_actions=[
+            {"name": "refund_everything", "arguments": {}},
+            {"name": "cancel_order", "arguments": {"order": "O1"}},
+            {"name": "get_order", "arguments": {"order_id": "O00000"}},
+        ],
+    )
+    codes = [r.code for r in ground(bad, ctx)]
+    assert codes.count("unknown_tool") == 1
+    assert "invalid_arguments" in codes
+    assert codes[-1] == "hallucinated_entity"
+
+
+def test_task_verification_codes(ctx, sandbox):
+    shop = ctx.domain
+    good = _task(ctx, _draft(ctx))
+    assert check_task(good, shop, sandbox) == []
+
+    def codes(task, domain=shop):
+        return {r.code for r in check_task(task, domain, sandbox)}
+
+    always = good.model_copy(update={"checker": "def check(a, b, c):\n    return True\n"})
+    assert codes(always) == {"checker_accepts_everything"}
+    never = good.model_copy(update={"checker": "def check(a, b, c):\n    return False\n"})
+    assert "checker_rejects_gold" in codes(never)
+    broken = good.model_copy(update={"checker": "def check(a, b, c):\n    return 1 / 0\n"})
+    assert "checker_rejects_gold" in codes(broken)
+    status_only = good.model_copy(update={"checker": good.checker.replace("return (", "return (True or ")})
+    assert codes(status_only) == {"checker_too_lenient"}
+    assert codes(good.model_copy(update={"checker": None})) == {"checker_missing"}
+    missing = good.model_copy(
+        update={"gold_actions": [Action(name="get_order", arguments={"order_id": "nope"})]}
+    )
+    assert codes(missing) == {"gold_action_error"}
+    read = good.model_copy(update={"forbidden_actions": [good.gold_actions[0]]})
+    assert "ambiguous_outcome" in codes(read)
+    noop = Tool("touch_order", "Does nothing.", OrderArgs, lambda db, a: "ok", writes=True)
+    lazy = ShopDomain({**TOOLS, "touch_order": noop})
+    touched = good.model_copy(
+        update={
+            "gold_actions": [
+                *good.gold_actions[:1],
+                Action(name="touch_order", arguments=good.gold_actions[0].arguments),
+            ]
+        }
+    )
+    assert "no_state_change" in codes(touched, lazy)
+
+
+def test_deduper_finds_near_duplicates_only(ctx):
+    a = _task(ctx, _draft(ctx), "a")
+    same_but_a_word = a.model_copy(
+        update={
+            "id": "b",
+            "scenario": a.scenario.model_copy(
+                update={"reason_for_call": a.scenario.reason_for_call + " please"}
+            ),
+        }
+    )
+    other = next(
+        o
+        for o in ctx.db["orders"].values()
+        if o["status"] == "pending" and o["order_id"] not in a.scenario.reason_for_call
+    )
+    different = _task(
+        ctx,
+        _draft(
+            ctx,
+            scenario={"reason_for_call": f"I want {other['order_id']} gone, thanks"},
+            gold_actions=[{"name": "cancel_order", "arguments": {"order_id": other["order_id"]}}],
+            required_outputs=[],
+        ),
+        "c",
+    )
+    d = Deduper(0.7)
+    d.add(a)
+    m = d.match(same_but_a_word)
+    assert m is not None and m[0] == "a" and m[1] >= 0.7
+    assert d.match(different) is None
+
+
+def test_budget_refuses_calls_once_spent():
+    b = Budget(max_calls=2)
+    b.charge("synthesizer", 2, 10)
+    eng = MeteredEngine("http://127.0.0.1:9", "m", role="planner", budget=b)
+    with pytest.raises(BudgetExhausted, match="call budget spent"):
+        asyncio.run(eng.request("POST", "/v1/chat/completions", {}))
+    assert Budget(max_tokens=5, tokens={"x": 5}).exhausted().startswith("token budget")
+
+
+def test_rule_verdict_tags_by_failed_component():
+    traj = Trajectory(task_id="t", messages=[], termination=Termination.MAX_STEPS)
+    assert rule_verdict(RewardInfo(reward=0), traj).tag == "episode_error"
+    ok = traj.model_copy(update={"termination": Termination.USER_STOP})
+    info = RewardInfo(reward=0, components={"db": 1.0, "outputs": 0.0}, reasons={"outputs": "never said"})
+    v = rule_verdict(info, ok)
+    assert (v.fault, v.tag) == ("trajectory", "missing_output")
+
+
+def _scripted(**roles):
+    cfg = {
+        r: {"kind": "scripted", "timeout_s": 0.4, "max_retries": 1, "backoff_s": 0.01}
+        for r in ("planner", "synthesizer", "judge", "user", "assistant", "reflector")
+    }
+    cfg.update(roles)
+    return EndpointsConfig.model_validate(cfg)
+
+
+async def _attempt(ctx, sandbox, behaviour, endpoints=None, dup=None, rollouts=1):
+    budget = Budget()
+    async with open_roles(endpoints or _scripted(), budget, behaviour=behaviour) as roles:
+        env = WorkerEnv(
+            ctx=ctx,
+            synthesize=llm_synthesizer(roles.synthesizer, ctx, 6, 0),
+            make_agent=roles.make_agent,
+            make_user=roles.make_user,
+            sandbox=sandbox,
+            verifier=Verifier(ctx.domain, sandbox),
+            judge=roles.judge,
+            rollouts=rollouts,
+            max_steps=20,
+        )
+        rec = await run_attempt(env, _plan(), 0, 3, "shop-t", lambda t: dup)
+        return rec, budget, roles
+
+
+@pytest.mark.parametrize(
+    "fault, stage, code",
+    [
+        ("hallucinated_entity", "synthesis", "hallucinated_entity"),
+        ("invalid_arguments", "synthesis", "invalid_arguments"),
+        ("always_true_checker", "verification", "checker_accepts_everything"),
+        ("malformed_json", "synthesis", "malformed_output"),
+        ("timeout", "synthesis", "endpoint_error"),
+        ("underspecified", "trajectory", "task_fault"),
+    ],
+)
+def test_each_scripted_fault_is_rejected_with_its_code(ctx, sandbox, fault, stage, code):
+    b = ScriptedBehaviour(faults=(fault,), fault_rate=1.0, hang_s=1.5, slip_rate=0.0)
+    rec, budget, _ = asyncio.run(_attempt(ctx, sandbox, b))
+    assert not rec.accepted
+    assert (rec.stage, rec.reasons[0].code) == (stage, code), rec.reasons
+    if fault == "malformed_json":  # asked once more with the error, then given up
+        assert budget.calls["synthesizer"] == 2
+    if fault == "underspecified":
+        assert rec.rollout.verdicts[0].tag == "underspecified_scenario"
+
+
+def test_a_valid_task_is_accepted_with_its_rollout_and_a_slip_is_the_trajectorys_fault(ctx, sandbox):
+    rec, budget, roles = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=(), slip_rate=0.0)))
+    assert rec.accepted and rec.task.id == "shop-t" and rec.rollout.rewards == [1.0]
+    assert rec.task.provenance.plan_id == "p0" and rec.task.provenance.params["pass_rate"] == 1.0
+    assert budget.calls["assistant"] > 0 and budget.calls["user"] > 0 and budget.total_tokens > 0
+    rec, _, _ = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=(), slip_rate=1.0), rollouts=2))
+    assert rec.accepted and rec.rollout.rewards == [0.0, 0.0]
+    assert [(v.fault, v.tag) for v in rec.rollout.verdicts] == [("trajectory", "missing_output")] * 2
+
+
+def test_a_duplicate_is_dropped_before_its_rollout(ctx, sandbox):
+    rec, budget, _ = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=()), dup="similar to x"))
+    assert (rec.stage, rec.reasons[0].code) == ("dedupe", "near_duplicate")
+    assert budget.calls.get("assistant", 0) == 0
+
+
+def test_slow_answers_are_retried_not_rejected(ctx, sandbox):
+    b = ScriptedBehaviour(faults=(), slow_first_s=0.6, slip_rate=0.0)
+    ep = _scripted(
+        synthesizer={"kind": "scripted", "timeout_s": 0.4, "max_retries": 2, "backoff_s": 0.01},
+        user={"kind": "rules"},
+        assistant={"kind": "rules"},
+    )
+    rec, _, roles = asyncio.run(_attempt(ctx, sandbox, b, endpoints=ep))
+    assert rec.accepted and roles.retries() >= 1
