@@ -57,7 +57,8 @@ def referenced_ids(arguments: dict[str, Any]) -> list[tuple[str, str]]:
 def sample_db(db: dict[str, Any], per_table: int, seed: int = 0) -> dict[str, Any]:
     """``per_table`` records of each id-keyed table (from a seeded offset, so streams see different
     records), plus the records they reference by id, transitively (a customer's orders and their
-    products, an order's owner) up to ``10 * per_table`` per table: a sample the model can write consistent tasks from."""
+    products, an order's owner) up to ``10 * per_table`` per table: a sample the model can write
+    consistent tasks from."""
     tables = {
         t: rows
         for t, rows in db.items()

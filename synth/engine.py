@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from rollout.contracts import Task
-from rollout.pool import PoolWriter, TaskPool
+from rollout.pool import PoolError, PoolWriter, TaskPool
 from synth.dedupe import Deduper
 from synth.llm import Budget, BudgetExhausted
 from synth.plans import PlanPair
@@ -126,7 +125,7 @@ class SynthEngine:
                 for t in TaskPool(self.s.pool_dir).tasks():
                     if t.domain == self.env.ctx.name and t.id not in mine:
                         deduper.add(t)
-            except Exception:  # an empty pool has no manifest yet
+            except PoolError:  # a new pool has no manifest yet
                 pass
             for rnd in range(self.s.rounds):
                 try:
@@ -212,10 +211,8 @@ class SynthEngine:
             bar.update()
             bar.set_postfix(accepted=accepted, calls=self.budget.total_calls, tokens=self.budget.total_tokens)
 
-        t0 = time.perf_counter()
         await asyncio.gather(*(one(p, k) for p, k in jobs))
         bar.close()
-        self.round_seconds = time.perf_counter() - t0
 
     def write_report(self, journal: dict[str, AttemptRecord]) -> dict[str, Any]:
         rounds = []

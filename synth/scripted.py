@@ -137,10 +137,11 @@ def _shop_task(payload: dict[str, Any], u: float) -> dict[str, Any]:
     )
     refund = _cents(total)
     tool = f"{verb}_order"
+    style = payload["synthesis_plan"]["user_style"]
     return {
         "scenario": {
             "persona": f"{db['customers'][cid]['name']}, a ShopCo customer.",
-            "reason_for_call": f"({payload['synthesis_plan']['user_style']}) I want to {verb} my order {oid}.",
+            "reason_for_call": f"({style}) I want to {verb} my order {oid}.",
             "known_info": {"customer id": cid},
             "task_instructions": "Give your customer id when asked.",
         },

@@ -133,6 +133,7 @@ def test_shipped_configs_load():
     from pathlib import Path
 
     from rollout.serve import RolloutServerConfig
+    from synth.run import SynthRunConfig
     from verifiers.eval_config import EvalRunConfig
 
     root = Path(__file__).parents[1] / "configs"
@@ -142,6 +143,8 @@ def test_shipped_configs_load():
             if path.stem == "rollout_server"
             else EvalRunConfig
             if path.stem.startswith("eval_")
+            else SynthRunConfig
+            if path.stem.startswith("synth_")
             else RunConfig
         )
         load_config(model, path)

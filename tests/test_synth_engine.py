@@ -189,3 +189,47 @@ def test_cli_prints_a_summary_and_names_config_errors(tmp_path):
 @pytest.mark.parametrize("path", sorted(ROOT.glob("configs/synth_*.yaml")))
 def test_shipped_synth_configs_load(path):
     load_config(SynthRunConfig, path)
+
+
+@pytest.mark.parametrize("domain", ["retail", "airline"])
+def test_tau2_tasks_export_in_tau2s_format_and_score_one_on_gold_replay(tmp_path, domain):
+    pytest.importorskip("tau2", reason="needs the tau2 extra (tools/setup_env.sh jax,hf,tau2,dev)")
+    from tau2.data_model.tasks import Task as Tau2Task
+
+    from synth.export_tau2 import main as export
+
+    cfg = _cfg(
+        tmp_path,
+        f"domain.name={domain}",
+        "synth.rounds=1",
+        "synth.plans=2",
+        "synth.attempts_per_round=3",
+        "endpoints.user.kind=rules",
+        "endpoints.assistant.kind=rules",
+        "endpoints.judge.kind=rules",
+    )
+    report = asyncio.run(run_synth(cfg))
+    assert report["accepted"] >= 1
+    out = tmp_path / "tasks.json"
+    assert (
+        export(
+            [
+                "--pool",
+                str(tmp_path / "pool"),
+                "--domain",
+                domain,
+                "--out",
+                str(out),
+                "--check",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    exported = json.loads(out.read_text())
+    assert len(exported) == report["accepted"]  # every one scored 1.0 by tau²'s evaluator
+    for t in exported:
+        task = Tau2Task.model_validate(t)
+        assert task.evaluation_criteria.actions and [
+            b.value for b in task.evaluation_criteria.reward_basis
+        ] == ["DB", "COMMUNICATE"]

@@ -265,7 +265,7 @@ def test_each_scripted_fault_is_rejected_with_its_code(ctx, sandbox, fault, stag
 
 
 def test_a_valid_task_is_accepted_with_its_rollout_and_a_slip_is_the_trajectorys_fault(ctx, sandbox):
-    rec, budget, roles = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=(), slip_rate=0.0)))
+    rec, budget, _ = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=(), slip_rate=0.0)))
     assert rec.accepted and rec.task.id == "shop-t" and rec.rollout.rewards == [1.0]
     assert rec.task.provenance.plan_id == "p0" and rec.task.provenance.params["pass_rate"] == 1.0
     assert budget.calls["assistant"] > 0 and budget.calls["user"] > 0 and budget.total_tokens > 0
