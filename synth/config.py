@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from rollout.config import ChatEndpointSection
 from rollout.configio import Section
 
 
@@ -46,34 +47,21 @@ class PoolConfig(Section):
     """Tasks per shard file."""
 
 
-class EndpointConfig(Section):
+class EndpointConfig(ChatEndpointSection):
     """One role's model: an OpenAI-compatible chat endpoint (vLLM, ``eigen_jax.serve``, a hosted
-    API), the built-in deterministic scripted endpoint, or a rule-based stand-in."""
+    API), the built-in deterministic scripted endpoint, or a rule-based stand-in. Roles naming the
+    same URL share one throttle (``concurrency``, ``rate_per_s``)."""
 
     kind: Literal["endpoint", "scripted", "rules"] = "endpoint"
     """``endpoint``: ``url``. ``scripted``: ``synth.scripted``'s deterministic server, started
     in-process (tests and demos; no model). ``rules``: no model: the rule-based user simulator
-    (role ``user``), or failure tags from the failed reward components (role ``judge``)."""
-    url: str = "http://127.0.0.1:8000"
-    """Base URL (``/v1/chat/completions`` is appended)."""
-    model: str = "policy"
-    """Served model name (vLLM's ``--served-model-name``; a hosted API's model id)."""
-    api_key_env: str = ""
-    """Environment variable holding an API key, sent as a bearer token; empty: none."""
-    temperature: float = Field(0.0, ge=0)
-    """Sampling temperature."""
+    (role ``user``), an oracle that plays the gold actions (role ``assistant``: checks the episode
+    machinery and the user simulator, not a policy), or failure tags from the failed reward
+    components (role ``judge``)."""
     max_tokens: int = Field(2048, ge=1)
     """Most tokens per reply."""
-    timeout_s: float = Field(120.0, gt=0)
-    """Seconds per request before it is retried."""
-    max_retries: int = Field(3, ge=0)
-    """Retries per request (connection errors, timeouts, 5xx/429), with exponential backoff."""
     backoff_s: float = Field(0.5, ge=0)
     """First retry delay; doubles per retry, with jitter."""
-    concurrency: int = Field(16, ge=1)
-    """Most requests in flight to this endpoint (one throttle per endpoint URL)."""
-    rate_per_s: float | None = Field(None, gt=0)
-    """Most requests started per second (``asyncio-throttle``); None: unlimited."""
 
 
 def _rules_default() -> EndpointConfig:

@@ -106,6 +106,16 @@ class DomainContext:
     def sample(self, per_table: int, seed: int = 0) -> dict[str, Any]:
         return sample_db(self.db, per_table, seed)
 
+    def brief(self, per_table: int, seed: int = 0) -> dict[str, Any]:
+        """The domain as the planner and synthesizer are shown it: name, policy, tool schemas and
+        a DB sample."""
+        return {
+            "name": self.name,
+            "policy": self.domain.policy,
+            "tools": self.domain.tool_schemas(),
+            "db_sample": self.sample(per_table, seed),
+        }
+
     def schemas(self) -> dict[str, dict[str, Any]]:
         """Tool name -> its JSON-schema ``parameters``."""
         return {

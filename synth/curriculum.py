@@ -19,8 +19,8 @@ from synth.config import CurriculumConfig, ProceduralConfig
 from synth.context import DomainContext
 from synth.plans import EvaluationPlan, PlanPair, SynthesisPlan
 from synth.procedural import GENERATORS
+from synth.seeding import hash_int
 from synth.validate import Rejection
-from synth.worker import hash_int
 
 KNOBS = ("min_actions", "max_actions", "forbidden_prob")
 

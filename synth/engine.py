@@ -11,8 +11,6 @@ keeps one copy. So a killed run, restarted, neither duplicates nor loses accepte
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +22,7 @@ from synth.dedupe import Deduper
 from synth.llm import Budget, BudgetExhausted
 from synth.plans import PlanPair
 from synth.report import plot_report, round_stats
+from synth.seeding import split_of
 from synth.store import RunStore
 from synth.worker import AttemptRecord, Reason, Synthesize, WorkerEnv, attempt_key, run_attempt
 
@@ -56,11 +55,6 @@ def allocate(plans: list[PlanPair], total: int) -> list[tuple[PlanPair, int]]:
     return jobs
 
 
-def split_of(task_id: str, test_fraction: float) -> str:
-    h = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") / 2**64
-    return "test" if h < test_fraction else "train"
-
-
 @dataclass
 class EngineSettings:
     rounds: int
@@ -83,8 +77,6 @@ class SynthEngine:
         """Budget totals (calls, tokens) at the end of each round."""
         self.stopped: str | None = None
         """Why the run ended early (a spent budget), or None."""
-        self.on_record: Callable[[AttemptRecord], Awaitable[None] | None] | None = None
-        """Test hook: called after each journaled attempt."""
 
     def task_id(self, plan: PlanPair, rnd: int, attempt: int) -> str:
         return f"{self.env.ctx.name}-synth-s{self.s.seed}-r{rnd}-{plan.id}-a{attempt}"
@@ -93,14 +85,14 @@ class SynthEngine:
         plans = self.store.load_plans(rnd)
         if plans is not None:
             return plans
+        prev = (self.store.load_plans(rnd - 1) or []) if rnd else []
         if rnd == 0:
             plans = await self.strategy.initial_plans()
         else:
-            prev = self.store.load_plans(rnd - 1) or []
             stats = round_stats(rnd - 1, prev, [r for r in journal.values() if r.round == rnd - 1])
             plans = await self.strategy.reflect(prev, stats, rnd)
         self.store.save_plans(rnd, plans)
-        old = {(p.id, p.version) for p in (self.store.load_plans(rnd - 1) or [])} if rnd else set()
+        old = {(p.id, p.version) for p in prev}
         for p in plans:
             if (p.id, p.version) not in old:
                 self.store.add_lineage({"round": rnd, **p.model_dump(mode="json")})
@@ -113,7 +105,7 @@ class SynthEngine:
         for role, n in saved["calls"].items():
             self.budget.charge(role, n, saved["tokens"].get(role, 0))
         deduper = Deduper(self.s.dedupe_threshold)
-        self.after_round: dict[str, list[int]] = dict(saved.get("after_round", {}))
+        self.after_round = dict(saved.get("after_round", {}))
         with PoolWriter(self.s.pool_dir, self.s.shard_size) as writer:
             for rec in journal.values():  # re-publish what a kill may have lost
                 if rec.accepted and rec.task is not None:
@@ -204,10 +196,6 @@ class SynthEngine:
                     accepted += 1
             self.store.record(rec)
             journal[rec.key] = rec
-            if self.on_record is not None:
-                out = self.on_record(rec)
-                if asyncio.iscoroutine(out):
-                    await out
             bar.update()
             bar.set_postfix(accepted=accepted, calls=self.budget.total_calls, tokens=self.budget.total_tokens)
 

@@ -142,10 +142,9 @@ class RoleClient:
         temperature: float = 0.0,
         max_tokens: int = 2048,
         json_retries: int = 1,
-        seed: int | None = None,
     ):
         self.engine, self.temperature, self.max_tokens = engine, temperature, max_tokens
-        self.json_retries, self.seed = json_retries, seed
+        self.json_retries = json_retries
 
     @property
     def role(self) -> str:

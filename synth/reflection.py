@@ -23,15 +23,6 @@ class PlanningError(RuntimeError):
     """The planner could not produce any usable plan."""
 
 
-def domain_brief(ctx: DomainContext, db_sample: int, seed: int = 0) -> dict[str, Any]:
-    return {
-        "name": ctx.name,
-        "policy": ctx.domain.policy,
-        "tools": ctx.domain.tool_schemas(),
-        "db_sample": ctx.sample(db_sample, seed),
-    }
-
-
 class LLMStrategy:
     def __init__(
         self,
@@ -54,7 +45,7 @@ class LLMStrategy:
 
     async def initial_plans(self) -> list[PlanPair]:
         kept: list[PlanPair] = []
-        brief = domain_brief(self.ctx, self.db_sample, self.seed)
+        brief = self.ctx.brief(self.db_sample, self.seed)
         for attempt in range(self.planner_tries):
             need = self.n - len(kept)
             system, user = planner_prompt(brief, need, [p.synthesis for p in kept])

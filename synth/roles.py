@@ -8,7 +8,6 @@ rate) holds across roles. ``kind: scripted`` roles talk to one in-process ``Scri
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -37,21 +36,8 @@ class Roles:
 
 
 def _engine(cfg: EndpointConfig, role: str, url: str, budget: Budget) -> MeteredEngine:
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    if cfg.api_key_env and not key:
-        raise ValueError(f"endpoints.{role}.api_key_env: environment variable {cfg.api_key_env} is not set")
-    return MeteredEngine(
-        url,
-        cfg.model,
-        role=role,
-        budget=budget,
-        timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries,
-        backoff_s=cfg.backoff_s,
-        concurrency=cfg.concurrency,
-        rate_per_s=cfg.rate_per_s,
-        api_key=key,
-    )
+    options = cfg.client_options(f"endpoints.{role}.api_key_env")
+    return MeteredEngine(url, cfg.model, role=role, budget=budget, backoff_s=cfg.backoff_s, **options)
 
 
 @contextlib.asynccontextmanager

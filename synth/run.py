@@ -64,7 +64,6 @@ async def run_synth(
     *,
     make_agent: Callable[[Task, int], Agent] | None = None,
     behaviour: ScriptedBehaviour | None = None,
-    engine_hook: Callable[[SynthEngine], None] | None = None,
 ) -> dict[str, Any]:
     """Build the engine from ``cfg`` and run it; returns the report. ``make_agent`` replaces the
     assistant endpoint (tests and in-process policies); ``behaviour`` tunes a scripted endpoint."""
@@ -129,10 +128,7 @@ async def run_synth(
             seed=s.seed,
             progress=s.progress,
         )
-        engine = SynthEngine(settings, store, strategy, env, budget)
-        if engine_hook is not None:
-            engine_hook(engine)
-        report = await engine.run()
+        report = await SynthEngine(settings, store, strategy, env, budget).run()
         report["retries"] = roles.retries()
         store.save_json("report.json", report)
         return report

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from synth.prompts import parse_input
+from synth.seeding import unit
 
 FAULTS = (
     "hallucinated_entity",
@@ -50,12 +51,6 @@ FIXES = {
     "endpoint_error": "timeout",
 }
 """Rejection code -> the fault mode whose guideline removes it."""
-
-
-def unit(*parts: Any) -> float:
-    """A deterministic number in [0, 1) from ``parts``."""
-    h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
 
 
 @dataclass

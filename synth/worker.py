@@ -22,12 +22,13 @@ from synth.context import DomainContext
 from synth.llm import BudgetExhausted, MalformedOutput, RoleClient
 from synth.plans import PlanPair
 from synth.prompts import Verdict, judge_prompt, synthesizer_prompt
+from synth.seeding import hash_int
 from synth.synthesis import TaskDraft, draft_to_task, ground
 from synth.validate import Rejection, check_task
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 
-Stage = Literal["synthesis", "verification", "dedupe", "rollout", "trajectory"]
+Stage = Literal["synthesis", "verification", "dedupe", "trajectory"]
 
 
 class Reason(Contract):
@@ -92,13 +93,7 @@ def llm_synthesizer(client: RoleClient, ctx: DomainContext, db_sample: int, seed
 
     async def synthesize(plan: PlanPair, rnd: int, attempt: int, task_id: str) -> Task | list[Rejection]:
         sample_seed = hash_int(f"{seed}:{plan.id}:{rnd}:{attempt}")
-        domain = {
-            "name": ctx.name,
-            "policy": ctx.domain.policy,
-            "tools": ctx.domain.tool_schemas(),
-            "db_sample": ctx.sample(db_sample, sample_seed),
-        }
-        system, user = synthesizer_prompt(plan, domain, rnd, attempt)
+        system, user = synthesizer_prompt(plan, ctx.brief(db_sample, sample_seed), rnd, attempt)
         draft = await client.ask(system, user, TaskDraft, seed=sample_seed % 2**31)
         rejections = ground(draft, ctx)
         if rejections:
@@ -113,12 +108,6 @@ def llm_synthesizer(client: RoleClient, ctx: DomainContext, db_sample: int, seed
         return draft_to_task(draft, ctx, task_id, prov)
 
     return synthesize
-
-
-def hash_int(text: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 def rule_verdict(info: RewardInfo, traj: Trajectory) -> Verdict:

@@ -16,7 +16,7 @@ from rollout.configio import load_config
 from rollout.domains import get_domain
 from rollout.pool import TaskPool
 from synth.run import SynthRunConfig, run_synth
-from synth.worker import hash_int
+from synth.seeding import hash_int
 from verifiers.perturb import drop_last_write
 
 ROOT = Path(__file__).parents[1]
@@ -29,6 +29,14 @@ def _cfg(tmp_path, *overrides, path=SCRIPTED):
         path,
         [f"synth.out_dir={tmp_path}/run", f"pool.dir={tmp_path}/pool", "synth.progress=false", *overrides],
     )
+
+
+def _cli(tmp_path, *overrides):
+    """``python -m synth.run`` on the scripted config, writing under ``tmp_path``."""
+    return [
+        sys.executable, "-m", "synth.run", "--config", str(SCRIPTED), "--no-progress",
+        f"synth.out_dir={tmp_path}/run", f"pool.dir={tmp_path}/pool", *overrides,
+    ]  # fmt: skip
 
 
 def _pool_ids(tmp_path):
@@ -67,17 +75,7 @@ def test_yield_rises_over_reflection_rounds_and_lineage_says_why(tmp_path):
 def test_killed_and_restarted_it_neither_duplicates_nor_loses_tasks(tmp_path):
     over = ["synth.concurrency=1", "synth.rounds=2", "synth.attempts_per_round=16"]
     ref = asyncio.run(run_synth(_cfg(tmp_path / "ref", *over)))
-    cmd = [
-        sys.executable,
-        "-m",
-        "synth.run",
-        "--config",
-        str(SCRIPTED),
-        "--no-progress",
-        f"synth.out_dir={tmp_path}/run",
-        f"pool.dir={tmp_path}/pool",
-        *over,
-    ]
+    cmd = _cli(tmp_path, *over)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = tmp_path / "run/journal.jsonl"
     deadline = time.time() + 120
@@ -162,18 +160,7 @@ def test_procedural_curriculum_moves_the_task_mix_to_the_policys_frontier(tmp_pa
 
 
 def test_cli_prints_a_summary_and_names_config_errors(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "synth.run",
-        "--config",
-        str(SCRIPTED),
-        "--no-progress",
-        f"synth.out_dir={tmp_path}/run",
-        f"pool.dir={tmp_path}/pool",
-        "synth.rounds=1",
-        "synth.attempts_per_round=4",
-    ]
+    cmd = _cli(tmp_path, "synth.rounds=1", "synth.attempts_per_round=4")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])

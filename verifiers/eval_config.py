@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rollout.config import DomainConfig
+from rollout.config import ChatEndpointSection, DomainConfig
 from rollout.configio import Section
 from verifiers.config import VerifierConfig
 
@@ -23,37 +23,19 @@ class EvalTasks(Section):
     """Evaluate only the first N tasks (None: all)."""
 
 
-class PartySection(Section):
+class PartySection(ChatEndpointSection):
     """An agent or user simulator: an OpenAI-compatible chat endpoint, or a local checkpoint that
     the eval serves itself (``eigen_jax.serve`` in-process)."""
 
     kind: Literal["endpoint", "checkpoint", "scripted"] = "endpoint"
     """``endpoint``: ``url``; ``checkpoint``: ``checkpoint`` served locally; ``scripted``: the
     rule-based user simulator (users only)."""
-    url: str = "http://127.0.0.1:8000"
-    """Base URL of the server (``/v1/chat/completions`` is appended)."""
-    model: str = "policy"
-    """The served model name (``--served-model-name``; for hosted APIs, the model id)."""
-    api_key_env: str = ""
-    """Environment variable holding an API key (sent as a bearer token); empty: none."""
     checkpoint: str = ""
     """HF directory (config.json + safetensors + tokenizer) for ``kind: checkpoint``."""
     tokenizer: str = ""
     """Tokenizer directory for ``kind: checkpoint`` when it is not in the checkpoint directory."""
     max_len: int | None = Field(None, ge=16)
     """``kind: checkpoint``: longest prompt + reply served (None: the model's context length)."""
-    temperature: float = Field(0.0, ge=0)
-    """Sampling temperature (tau² runs its user simulator at 0)."""
-    max_tokens: int = Field(1024, ge=1)
-    """Most tokens per reply."""
-    timeout_s: float = Field(120.0, gt=0)
-    """Seconds per request before it is retried."""
-    max_retries: int = Field(3, ge=0)
-    """Retries per request (connection errors, timeouts, 5xx/429) with exponential backoff."""
-    concurrency: int = Field(16, ge=1)
-    """Most requests in flight to this endpoint."""
-    rate_per_s: float | None = Field(None, gt=0)
-    """Most requests started per second (hosted APIs); None: unlimited."""
 
     @model_validator(mode="after")
     def _needs(self) -> PartySection:

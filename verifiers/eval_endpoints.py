@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,18 +50,7 @@ def load_eval_tasks(cfg: EvalRunConfig) -> list[Task]:
 
 def client_for(party: PartySection, url: str | None = None) -> HTTPEngine:
     """The HTTP client of an endpoint party (``url`` overrides, for a locally served checkpoint)."""
-    key = os.environ.get(party.api_key_env) if party.api_key_env else None
-    if party.api_key_env and not key:
-        raise ValueError(f"api_key_env: environment variable {party.api_key_env} is not set")
-    return HTTPEngine(
-        url or party.url,
-        party.model,
-        timeout_s=party.timeout_s,
-        max_retries=party.max_retries,
-        concurrency=party.concurrency,
-        rate_per_s=party.rate_per_s,
-        api_key=key,
-    )
+    return HTTPEngine(url or party.url, party.model, **party.client_options())
 
 
 def describe(party: PartySection, url: str | None) -> dict[str, Any]:

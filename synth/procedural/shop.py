@@ -8,13 +8,13 @@ DB is built around the requests, plus distractor customers and orders. Task ``i`
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
 from rollout.contracts import Action, InitialState, Provenance, Task, UserScenario
 from rollout.domains.shop.db import format_cents
 from synth.config import ProceduralConfig
+from synth.seeding import split_of
 
 GENERATOR = "procedural/shop@1"
 
@@ -140,11 +140,6 @@ class _Ids:
                 return i
 
 
-def _split(task_id: str, test_fraction: float) -> str:
-    h = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") / 2**64
-    return "test" if h < test_fraction else "train"
-
-
 def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
     """Task ``index`` of the stream defined by ``cfg`` (pure function of cfg and index)."""
     rng = random.Random(f"{GENERATOR}:{cfg.seed}:{index}")
@@ -226,7 +221,7 @@ def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
     return Task(
         id=task_id,
         domain="shop",
-        split=_split(task_id, cfg.test_fraction),
+        split=split_of(task_id, cfg.test_fraction),
         scenario=UserScenario(
             persona=f"{customers[user]['name']}, a ShopCo customer.",
             reason_for_call=rng.choice(_OPENINGS).format(r=request),
