@@ -104,6 +104,10 @@ class SynthSection(Section):
     """Attempts in flight at once."""
     json_retries: int = Field(1, ge=0)
     """Re-asks after a malformed JSON answer, before the attempt is rejected."""
+    planner_fallback: bool = True
+    """When the planner writes fewer usable plans than ``plans`` (malformed answers, overlaps),
+    fill in rule-made seed plans (``synth.plans.seed_plans``) instead of stopping; the report's
+    ``planner`` entry counts them and keeps the planner's errors."""
     overlap_threshold: float = Field(0.6, gt=0, le=1)
     """Plans whose feature overlap (``synth.plans.overlap``) reaches this are duplicates."""
     dedupe_threshold: float = Field(0.9, gt=0, le=1)

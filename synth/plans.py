@@ -165,3 +165,54 @@ def select_distinct(
         else:
             rejected.append((i, worst[0], round(worst[1], 3)))
     return chosen, rejected
+
+
+_READ_PREFIXES = ("get_", "find_", "list_", "search_", "calculate")
+_STYLES = ("terse", "chatty and off-topic", "confused about details", "impatient", "polite but vague")
+_TIERS: tuple[Tier, ...] = ("easy", "medium", "hard")
+
+
+def seed_plans(tools: list[str], n: int, threshold: float, keep: list[SynthesisPlan] = ()) -> list[PlanPair]:
+    """Up to ``n`` rule-made plan pairs over a domain's tool names, overlapping less than
+    ``threshold`` with ``keep`` and with each other: the fallback when a (weak) planner writes
+    no usable plan, so a run still has streams to reflect on. Reads and writes are told apart by
+    name (``get_``/``find_``/``list_``/``search_``/``calculate`` read; ``transfer_*`` is left
+    out): a heuristic, good enough for starting plans that reflection then rewrites."""
+    reads = [t for t in tools if t.startswith(_READ_PREFIXES)]
+    writes = [t for t in tools if not t.startswith(_READ_PREFIXES) and not t.startswith("transfer")]
+    lookup = [next((t for t in reads if t.startswith("get_")), reads[0])] if reads else []
+    candidates: list[SynthesisPlan] = []
+    for i in range(max(len(writes), 1) * len(_TIERS)):
+        tier = _TIERS[i % len(_TIERS)]
+        first = writes[(i // len(_TIERS)) % len(writes)] if writes else None
+        second = writes[(i // len(_TIERS) + 1) % len(writes)] if len(writes) > 1 else None
+        pattern = lookup + ([first] if first else []) or tools[:1]
+        if tier == "medium" and second:
+            pattern = [*pattern, second]
+        style = _STYLES[i % len(_STYLES)]
+        candidates.append(
+            SynthesisPlan(
+                complexity=tier,
+                tool_patterns=[pattern],
+                user_style=style,
+                target_entities=[f"records {first} applies to" if first else "existing records"],
+                notes="hard: include one request the policy forbids; the agent must refuse it"
+                if tier == "hard"
+                else "",
+            )
+        )
+    chosen, _ = select_distinct(candidates, threshold, list(keep))
+    return [
+        PlanPair(
+            id=f"seed-{candidates[i].complexity}-{i}",
+            synthesis=candidates[i],
+            evaluation=EvaluationPlan(
+                rubric=[
+                    "the scenario gives the user every fact the gold actions need",
+                    "the checker tests exactly what the scenario asks",
+                ]
+            ),
+            rationale="seed plan (rule-made from the tool names)",
+        )
+        for i in chosen[:n]
+    ]

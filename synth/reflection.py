@@ -14,7 +14,7 @@ from typing import Any
 from rollout.http_engine import EngineError
 from synth.context import DomainContext
 from synth.llm import MalformedOutput, RoleClient
-from synth.plans import PlanPair, overlap, select_distinct
+from synth.plans import PlanPair, overlap, seed_plans, select_distinct
 from synth.prompts import PlannerOutput, ReflectionOutput, planner_prompt, reflector_prompt
 from synth.worker import Synthesize
 
@@ -36,12 +36,21 @@ class LLMStrategy:
         db_sample: int,
         seed: int = 0,
         planner_tries: int = 3,
+        fallback: bool = True,
     ):
         self.ctx, self.planner, self.reflector, self.synthesize = ctx, planner, reflector, synthesize
         self.n, self.threshold, self.db_sample, self.seed = n_plans, overlap_threshold, db_sample, seed
-        self.planner_tries = planner_tries
+        self.planner_tries, self.fallback = planner_tries, fallback
         self.rejected_plans: list[dict[str, Any]] = []
         """Planner plans dropped for overlap: ``{"id", "overlaps", "overlap"}``."""
+        self.planner_errors: list[str] = []
+        """Planner answers that could not be used (malformed after retries, endpoint errors)."""
+        self.seeded = 0
+        """Plans filled in by ``seed_plans`` because the planner wrote too few."""
+
+    def notes(self) -> dict[str, Any]:
+        """How the first plans came about, for the run's report."""
+        return {"rejected_overlap": self.rejected_plans, "errors": self.planner_errors, "seeded": self.seeded}
 
     async def initial_plans(self) -> list[PlanPair]:
         kept: list[PlanPair] = []
@@ -49,7 +58,11 @@ class LLMStrategy:
         for attempt in range(self.planner_tries):
             need = self.n - len(kept)
             system, user = planner_prompt(brief, need, [p.synthesis for p in kept])
-            out = await self.planner.ask(system, user, PlannerOutput, seed=self.seed * 100 + attempt)
+            try:
+                out = await self.planner.ask(system, user, PlannerOutput, seed=self.seed * 100 + attempt)
+            except (MalformedOutput, EngineError) as e:
+                self.planner_errors.append(str(e)[:300])
+                continue
             drafts = out.plans
             chosen, rejected = select_distinct(
                 [d.synthesis for d in drafts], self.threshold, [p.synthesis for p in kept]
@@ -73,8 +86,22 @@ class LLMStrategy:
                 )
             if len(kept) >= self.n:
                 break
+        if len(kept) < self.n and self.fallback:
+            # A weak planner must not end the run: rule-made plans give reflection streams to
+            # work on, and the report says how many were seeded and why.
+            seeded = seed_plans(
+                list(self.ctx.schemas()), self.n - len(kept), self.threshold, [p.synthesis for p in kept]
+            )
+            why = f"; the planner wrote {len(kept)} of {self.n} usable plans"
+            if self.planner_errors:
+                why += f" (last error: {self.planner_errors[-1][:200]})"
+            kept += [p.model_copy(update={"rationale": p.rationale + why}) for p in seeded]
+            self.seeded = len(seeded)
         if not kept:
-            raise PlanningError("the planner wrote no usable plan")
+            raise PlanningError(
+                "the planner wrote no usable plan"
+                + (f": {self.planner_errors[-1]}" if self.planner_errors else "")
+            )
         return kept
 
     async def reflect(self, plans: list[PlanPair], stats: dict[str, Any], rnd: int) -> list[PlanPair]:

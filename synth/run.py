@@ -103,6 +103,7 @@ async def run_synth(
                 overlap_threshold=s.overlap_threshold,
                 db_sample=s.db_sample,
                 seed=s.seed,
+                fallback=s.planner_fallback,
             )
         env = WorkerEnv(
             ctx=ctx,
@@ -130,6 +131,8 @@ async def run_synth(
         )
         report = await SynthEngine(settings, store, strategy, env, budget).run()
         report["retries"] = roles.retries()
+        if hasattr(strategy, "notes"):
+            report["planner"] = strategy.notes()
         store.save_json("report.json", report)
         return report
 

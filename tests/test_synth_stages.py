@@ -13,7 +13,16 @@ from synth.config import EndpointsConfig
 from synth.context import domain_context, entity_ids, sample_db
 from synth.dedupe import Deduper
 from synth.llm import Budget, BudgetExhausted, MalformedOutput, MeteredEngine, extract_json
-from synth.plans import EvaluationPlan, FailureType, PlanPair, SynthesisPlan, overlap, select_distinct
+from synth.plans import (
+    EvaluationPlan,
+    FailureType,
+    PlanPair,
+    SynthesisPlan,
+    overlap,
+    seed_plans,
+    select_distinct,
+)
+from synth.reflection import LLMStrategy, PlanningError
 from synth.roles import open_roles
 from synth.scripted import ScriptedBehaviour
 from synth.synthesis import TaskDraft, draft_to_task, ground, schema_errors
@@ -53,6 +62,45 @@ def test_plan_documents_are_validated():
         EvaluationPlan(rubric=["r"], failure_taxonomy=[FailureType(tag="a", fault="task")] * 2)
     with pytest.raises(ValueError):
         SynthesisPlan(complexity="extreme", tool_patterns=[["a"]], user_style="x")
+
+
+class _FailingPlanner:
+    role = "planner"
+
+    def __init__(self):
+        self.calls = 0
+
+    async def ask(self, *a, **k):
+        self.calls += 1
+        raise MalformedOutput("planner: answer no JSON object in the answer (after 2 tries)")
+
+
+@pytest.mark.parametrize("domain", ["shop", "retail", "airline"])
+def test_seed_plans_are_distinct_and_use_the_domains_tools(domain):
+    c = domain_context(domain)
+    plans = seed_plans(list(c.schemas()), 4, 0.6)
+    assert len(plans) == 4 and len({p.id for p in plans}) == 4
+    assert all(t in c.schemas() for p in plans for pat in p.synthesis.tool_patterns for t in pat)
+    syn = [p.synthesis for p in plans]
+    assert all(overlap(a, b) < 0.6 for i, a in enumerate(syn) for b in syn[i + 1 :])
+    assert {p.synthesis.complexity for p in plans} == {"easy", "medium", "hard"}
+
+
+def test_a_planner_that_writes_nothing_usable_gets_seed_plans_or_a_clear_error(ctx):
+    planner = _FailingPlanner()
+    strategy = LLMStrategy(ctx, planner, None, None, n_plans=3, overlap_threshold=0.6, db_sample=3)
+    plans = asyncio.run(strategy.initial_plans())
+    assert planner.calls == 3 and len(plans) == 3 and strategy.seeded == 3
+    assert all("the planner wrote 0 of 3 usable plans" in p.rationale for p in plans)
+    assert (
+        strategy.notes()["errors"]
+        == [str(MalformedOutput("planner: answer no JSON object in the answer (after 2 tries)"))] * 3
+    )
+    strict = LLMStrategy(
+        ctx, _FailingPlanner(), None, None, n_plans=3, overlap_threshold=0.6, db_sample=3, fallback=False
+    )
+    with pytest.raises(PlanningError, match="no usable plan: planner: answer no JSON"):
+        asyncio.run(strict.initial_plans())
 
 
 def test_extract_json_takes_fenced_or_bare_objects_and_names_what_is_wrong():

