@@ -56,6 +56,13 @@ class Server:
 
     # -- helpers -----------------------------------------------------------------------------
     def _sampling(self, body: dict[str, Any], stop_ids: list[int]) -> SamplingParams:
+        fmt = body.get("response_format")
+        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type", "text") != "text"):
+            # Silently ignoring it would hand back unconstrained text the caller trusts to parse.
+            raise BadRequest(
+                "response_format: constrained decoding (json_object / json_schema) is not supported "
+                "by eigen_jax.serve; serve the model with vLLM, or ask without it"
+            )
         try:
             top_k = int(body.get("top_k") or 0)
             return SamplingParams(

@@ -52,6 +52,11 @@ class EndpointConfig(ChatEndpointSection):
     API), the built-in deterministic scripted endpoint, or a rule-based stand-in. Roles naming the
     same URL share one throttle (``concurrency``, ``rate_per_s``)."""
 
+    structured_output: bool = False
+    """Constrain the role's JSON answers to their schema (OpenAI ``response_format`` with
+    ``json_schema``; vLLM's structured outputs). For small models, whose free-form JSON rarely
+    parses; the endpoint must support it (``eigen_jax.serve`` refuses such requests). Applies to
+    planner, synthesizer, judge and reflector."""
     kind: Literal["endpoint", "scripted", "rules"] = "endpoint"
     """``endpoint``: ``url``. ``scripted``: ``synth.scripted``'s deterministic server, started
     in-process (tests and demos; no model). ``rules``: no model: the rule-based user simulator

@@ -142,15 +142,20 @@ class RoleClient:
         temperature: float = 0.0,
         max_tokens: int = 2048,
         json_retries: int = 1,
+        structured_output: bool = False,
     ):
         self.engine, self.temperature, self.max_tokens = engine, temperature, max_tokens
-        self.json_retries = json_retries
+        self.json_retries, self.structured_output = json_retries, structured_output
 
     @property
     def role(self) -> str:
         return self.engine.role
 
-    async def complete(self, messages: list[Message], seed: int | None = None) -> str:
+    async def complete(
+        self, messages: list[Message], seed: int | None = None, schema: type[BaseModel] | None = None
+    ) -> str:
+        """The assistant's text; with ``schema``, decoding is constrained to it (OpenAI
+        ``response_format``, vLLM's structured outputs)."""
         body: dict[str, Any] = {
             "model": self.engine.model,
             "messages": [to_openai(m) for m in messages],
@@ -159,6 +164,11 @@ class RoleClient:
         }
         if seed is not None:
             body["seed"] = seed
+        if schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+            }
         answer = await self.engine.request("POST", "/v1/chat/completions", body)
         try:
             content = answer["choices"][0]["message"].get("content")
@@ -174,7 +184,11 @@ class RoleClient:
         messages = [Message(role="system", content=system), Message(role="user", content=user)]
         error = ""
         for attempt in range(self.json_retries + 1):
-            text = await self.complete(messages, None if seed is None else seed * 10 + attempt)
+            text = await self.complete(
+                messages,
+                None if seed is None else seed * 10 + attempt,
+                model if self.structured_output else None,
+            )
             try:
                 return model.model_validate(extract_json(text))
             except MalformedOutput as e:

@@ -60,7 +60,7 @@ class LLMStrategy:
             system, user = planner_prompt(brief, need, [p.synthesis for p in kept])
             try:
                 out = await self.planner.ask(system, user, PlannerOutput, seed=self.seed * 100 + attempt)
-            except (MalformedOutput, EngineError) as e:
+            except MalformedOutput as e:  # an endpoint error is not the model's: it ends the run
                 self.planner_errors.append(str(e)[:300])
                 continue
             drafts = out.plans

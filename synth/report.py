@@ -104,3 +104,49 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _cell(text: Any, width: int = 160) -> str:
+    s = " ".join(str(text).split()).replace("|", "\\|")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown (``report.md``): totals, then per round the plans with their
+    yield and rejection histogram, the trajectory faults, and an example per rejection code."""
+    lines = [
+        f"# synth run: {report['domain']}",
+        "",
+        f"- proposed {report['proposed']}, accepted {report['accepted']} "
+        f"(pool `{report['pool']}`); calls {report['calls']}, tokens {report['tokens']}"
+        + (f"; stopped: {report['stopped']}" if report.get("stopped") else ""),
+        "- calls per role: " + ", ".join(f"{k} {v}" for k, v in report["budget"]["calls"].items()),
+    ]
+    planner = report.get("planner")
+    if planner:
+        lines.append(
+            f"- planner: {len(planner['errors'])} unusable answers, {len(planner['rejected_overlap'])} "
+            f"plans rejected for overlap, {planner['seeded']} seed plans filled in"
+        )
+    for r in report["rounds"]:
+        lines += [
+            "",
+            f"## Round {r['round']}: yield {r['yield']} ({r['accepted']} / {r['proposed']})",
+            "",
+            "| plan | version | proposed | accepted | yield | rejections | rationale |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in r["plans"]:
+            rej = ", ".join(f"{k} {v}" for k, v in p["rejections"].items()) or "-"
+            lines.append(
+                f"| {p['id']} | {p['version']} | {p['proposed']} | {p['accepted']} | {p['yield']} "
+                f"| {rej} | {_cell(p['rationale'], 120)} |"
+            )
+        if r["faults"]:
+            lines += ["", "Trajectory verdicts: " + ", ".join(f"{k} {v}" for k, v in r["faults"].items())]
+        if r.get("pass_rate") is not None:
+            lines.append(f"Mean pass rate of accepted tasks: {r['pass_rate']}")
+        if r["examples"]:
+            lines += ["", "| rejection | example |", "|---|---|"]
+            lines += [f"| {code} | {_cell(ex[0])} |" for code, ex in r["examples"].items() if ex]
+    return "\n".join(lines) + "\n"

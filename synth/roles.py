@@ -82,7 +82,11 @@ async def open_roles(
                 None
                 if e is None
                 else RoleClient(
-                    e, temperature=c.temperature, max_tokens=c.max_tokens, json_retries=json_retries
+                    e,
+                    temperature=c.temperature,
+                    max_tokens=c.max_tokens,
+                    json_retries=json_retries,
+                    structured_output=c.structured_output,
                 )
             )
 

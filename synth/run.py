@@ -23,6 +23,7 @@ from synth.config import CurriculumConfig, EndpointsConfig, PoolConfig, Procedur
 from synth.context import domain_context
 from synth.engine import EngineSettings, SynthEngine
 from synth.llm import Budget
+from synth.report import report_markdown
 from synth.roles import open_roles
 from synth.scripted import ScriptedBehaviour
 from synth.store import RunStore
@@ -134,6 +135,7 @@ async def run_synth(
         if hasattr(strategy, "notes"):
             report["planner"] = strategy.notes()
         store.save_json("report.json", report)
+        (store.root / "report.md").write_text(report_markdown(report))
         return report
 
 

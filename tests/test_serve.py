@@ -91,6 +91,15 @@ def test_bad_requests_fail_at_once_with_the_servers_reason(served):
                 await eng.request("POST", "/v1/chat/completions", {"messages": [{"role": "robot"}]})
             with pytest.raises(Exception, match="maximum context length"):
                 await eng.generate(list(range(1, 50)), SamplingParams(max_new_tokens=4000))
+            # Constrained decoding is refused, not ignored (callers would trust the text to parse).
+            fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+            chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "response_format": fmt}
+            with pytest.raises(EngineError, match=r"HTTP 400.*response_format.*not supported"):
+                await eng.request("POST", "/v1/chat/completions", chat)
+            plain = await eng.request(
+                "POST", "/v1/chat/completions", {**chat, "response_format": {"type": "text"}}
+            )
+            assert plain["choices"][0]["finish_reason"] in ("length", "stop")
             return eng.retries
 
     sampler = Sampler(model, max_len=256)

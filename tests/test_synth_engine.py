@@ -69,6 +69,8 @@ def test_yield_rises_over_reflection_rounds_and_lineage_says_why(tmp_path):
     ids = _pool_ids(tmp_path)
     assert len(ids) == len(set(ids)) == report["accepted"]
     assert (tmp_path / "run/report.png").stat().st_size > 0
+    md = (tmp_path / "run/report.md").read_text()
+    assert f"## Round 3: yield {ys[3]}" in md and "| p0 | 3 |" in md
     assert json.loads((tmp_path / "run/report.json").read_text())["accepted"] == report["accepted"]
 
 

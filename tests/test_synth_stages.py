@@ -12,7 +12,7 @@ from rollout.domains.shop.tools import TOOLS, OrderArgs
 from synth.config import EndpointsConfig
 from synth.context import domain_context, entity_ids, sample_db
 from synth.dedupe import Deduper
-from synth.llm import Budget, BudgetExhausted, MalformedOutput, MeteredEngine, extract_json
+from synth.llm import Budget, BudgetExhausted, MalformedOutput, MeteredEngine, RoleClient, extract_json
 from synth.plans import (
     EvaluationPlan,
     FailureType,
@@ -22,6 +22,7 @@ from synth.plans import (
     seed_plans,
     select_distinct,
 )
+from synth.prompts import Verdict
 from synth.reflection import LLMStrategy, PlanningError
 from synth.roles import open_roles
 from synth.scripted import ScriptedBehaviour
@@ -101,6 +102,31 @@ def test_a_planner_that_writes_nothing_usable_gets_seed_plans_or_a_clear_error(c
     )
     with pytest.raises(PlanningError, match="no usable plan: planner: answer no JSON"):
         asyncio.run(strict.initial_plans())
+
+
+class _CapturingEngine:
+    role, model = "synthesizer", "m"
+
+    def __init__(self, answers):
+        self.answers, self.bodies = list(answers), []
+
+    async def request(self, method, path, body):
+        self.bodies.append(body)
+        return {"choices": [{"message": {"role": "assistant", "content": self.answers.pop(0)}}]}
+
+
+def test_role_client_re_asks_with_the_error_and_can_constrain_decoding_to_the_schema():
+    eng = _CapturingEngine(['{"fault": "task"}', '```json\n{"fault": "task", "tag": "x"}\n```'])
+    client = RoleClient(eng, json_retries=1, structured_output=True)
+    verdict = asyncio.run(client.ask("sys", "user", Verdict, seed=3))
+    assert verdict.tag == "x" and [b["seed"] for b in eng.bodies] == [30, 31]
+    fmt = eng.bodies[0]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == Verdict.model_json_schema()
+    assert "tag: Field required" in eng.bodies[1]["messages"][-1]["content"]
+    plain = _CapturingEngine(["no json here"])
+    with pytest.raises(MalformedOutput, match="no JSON object"):
+        asyncio.run(RoleClient(plain, json_retries=0).ask("sys", "user", Verdict))
+    assert "response_format" not in plain.bodies[0]
 
 
 def test_extract_json_takes_fenced_or_bare_objects_and_names_what_is_wrong():
