@@ -44,7 +44,7 @@ class LLMStrategy:
         self.rejected_plans: list[dict[str, Any]] = []
         """Planner plans dropped for overlap: ``{"id", "overlaps", "overlap"}``."""
         self.planner_errors: list[str] = []
-        """Planner answers that could not be used (malformed after retries, endpoint errors)."""
+        """Planner answers that could not be used (malformed or off-schema after retries)."""
         self.seeded = 0
         """Plans filled in by ``seed_plans`` because the planner wrote too few."""
 
@@ -95,7 +95,13 @@ class LLMStrategy:
             why = f"; the planner wrote {len(kept)} of {self.n} usable plans"
             if self.planner_errors:
                 why += f" (last error: {self.planner_errors[-1][:200]})"
-            kept += [p.model_copy(update={"rationale": p.rationale + why}) for p in seeded]
+            taken = {p.id for p in kept}
+            kept += [
+                p.model_copy(
+                    update={"id": p.id if p.id not in taken else f"{p.id}-s", "rationale": p.rationale + why}
+                )
+                for p in seeded
+            ]
             self.seeded = len(seeded)
         if not kept:
             raise PlanningError(

@@ -52,6 +52,7 @@ def test_rollout_synth_verifiers_import_without_jax():
         "rollout.episode",
         "rollout.pool",
         "rollout.configio",
+        "rollout.vllm_server",
         "synth.procedural",
         "synth.procedural.__main__",
         "synth.validate",

@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from flax import nnx
-from test_serve import free_port
 
 from eigen_jax.config import RunConfig
 from eigen_jax.model import Decoder, DecoderConfig
@@ -27,6 +26,7 @@ from rollout.http_engine import EngineError
 from rollout.remote import RemoteEpisodes
 from rollout.serve import RolloutServer, RolloutServerConfig
 from rollout.tokenizer import build_small_tokenizer
+from rollout.vllm_server import free_port
 from verifiers.sandbox import Sandbox
 
 ROOT = Path(__file__).parents[1]

