@@ -54,7 +54,6 @@ def convert(gguf: Path, out: Path, name: str | None = None) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantized already; transformers refuses to save a model it still marks
     # as GGUF-quantized.
-    model.config.quantization_config = None
     del model.config.quantization_config
     model.hf_quantizer, model.is_quantized = None, False
     if name:

