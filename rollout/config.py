@@ -24,26 +24,35 @@ class DomainConfig(Section):
         return name
 
 
-class ChatEndpointSection(Section):
-    """An OpenAI-compatible chat endpoint and how to talk to it (shared by eval parties and synth
-    roles)."""
+class HTTPEndpointSection(Section):
+    """An OpenAI-compatible server and the limits of talking to it (``rollout.http_engine``)."""
 
     url: str = "http://127.0.0.1:8000"
-    """Base URL of the server (``/v1/chat/completions`` is appended)."""
+    """Base URL of the server (the ``/v1/...`` routes are appended)."""
     model: str = "policy"
     """The served model name (``--served-model-name``; for hosted APIs, the model id)."""
-    api_key_env: str = ""
-    """Environment variable holding an API key (sent as a bearer token); empty: none."""
-    temperature: float = Field(0.0, ge=0)
-    """Sampling temperature (tau² runs its user simulator at 0)."""
-    max_tokens: int = Field(1024, ge=1)
-    """Most tokens per reply."""
     timeout_s: float = Field(120.0, gt=0)
     """Seconds per request before it is retried."""
     max_retries: int = Field(3, ge=0)
     """Retries per request (connection errors, timeouts, 5xx/429) with exponential backoff."""
     concurrency: int = Field(16, ge=1)
     """Most requests in flight to this endpoint."""
+
+    def client_options(self) -> dict[str, Any]:
+        """``HTTPEngine`` keyword arguments: timeout, retries, concurrency."""
+        return dict(timeout_s=self.timeout_s, max_retries=self.max_retries, concurrency=self.concurrency)
+
+
+class ChatEndpointSection(HTTPEndpointSection):
+    """An OpenAI-compatible chat endpoint and how to talk to it (shared by eval parties and synth
+    roles)."""
+
+    api_key_env: str = ""
+    """Environment variable holding an API key (sent as a bearer token); empty: none."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature (tau² runs its user simulator at 0)."""
+    max_tokens: int = Field(1024, ge=1)
+    """Most tokens per reply."""
     rate_per_s: float | None = Field(None, gt=0)
     """Most requests started per second (hosted APIs; ``asyncio-throttle``); None: unlimited."""
 
@@ -53,13 +62,7 @@ class ChatEndpointSection(Section):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if self.api_key_env and not key:
             raise ValueError(f"{where}: environment variable {self.api_key_env} is not set")
-        return dict(
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            concurrency=self.concurrency,
-            rate_per_s=self.rate_per_s,
-            api_key=key,
-        )
+        return {**super().client_options(), "rate_per_s": self.rate_per_s, "api_key": key}
 
 
 class EpisodeConfig(Section):

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from rollout.config import DomainConfig, EpisodeConfig
+from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection
 from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
@@ -35,17 +35,11 @@ from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 
 
-class EndpointSection(Section):
-    url: str = "http://127.0.0.1:8000"
-    """Base URL of an OpenAI-compatible server (``/v1`` is appended)."""
-    model: str = "policy"
-    """The served model name."""
+class EndpointSection(HTTPEndpointSection):
+    """The agent's or the user simulator's token-in/token-out server."""
+
     tokenizer: str = ""
     """Directory with the model's ``tokenizer.json`` (episodes are token-in/token-out)."""
-    timeout_s: float = Field(120.0, gt=0)
-    """Seconds per request before it is retried."""
-    max_retries: int = Field(3, ge=0)
-    """Retries per request (connection errors, timeouts, 5xx/429)."""
     concurrency: int = Field(64, ge=1)
     """Most requests in flight to this server."""
 
@@ -77,9 +71,7 @@ class RolloutServerConfig(Section):
 
 
 def _engine(e: EndpointSection) -> HTTPEngine:
-    return HTTPEngine(
-        e.url, e.model, timeout_s=e.timeout_s, max_retries=e.max_retries, concurrency=e.concurrency
-    )
+    return HTTPEngine(e.url, e.model, **e.client_options())
 
 
 class RolloutServer:
