@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     add_config_args(ap)
     cfg = config_from_args(RolloutServerConfig, ap.parse_args(argv), foreign_sections=())
     v = cfg.verifier
-    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+    with Sandbox.from_config(v) as sb:
         try:
             server = RolloutServer(cfg, sb)
         except ValueError as e:

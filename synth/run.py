@@ -83,7 +83,7 @@ async def run_synth(
                 behaviour=behaviour,
             )
         )
-        sandbox = stack.enter_context(Sandbox(vc.sandbox_workers, vc.checker_timeout_s, vc.checker_memory_mb))
+        sandbox = stack.enter_context(Sandbox.from_config(vc))
         if s.mode == "procedural":
             from synth.curriculum import CurriculumStrategy
 
@@ -132,6 +132,7 @@ async def run_synth(
         )
         report = await SynthEngine(settings, store, strategy, env, budget).run()
         report["retries"] = roles.retries()
+        report["sandbox"] = sandbox.describe()
         if hasattr(strategy, "notes"):
             report["planner"] = strategy.notes()
         store.save_json("report.json", report)

@@ -1,21 +1,27 @@
-"""Sandbox zygote: run as its own process (``python -I -S _sandbox_worker.py``), never imported.
+"""Sandbox zygote: run as its own process (``python -I -S _sandbox_worker.py MOUNTPOINT OPTS``).
 
 Reads one JSON request per line on stdin, forks a child per request, and writes one JSON result
-per line on stdout. The zygote enforces a wall-clock deadline and kills the child past it.
-Standard library only, so that it starts fast and imports nothing of ours.
+per line on stdout; its first line is a hello saying whether the kernel layer holds. The zygote
+enforces a wall-clock deadline and kills the child past it. Standard library (and ctypes) only,
+so that it starts fast; it imports nothing of ours but ``_sandbox_kernel``.
 
-The child confines itself in layers before it runs the untrusted source, each a backstop for the
-others (``LAYERS`` reports which applied on this machine):
+Layers, outermost first (``layers`` in every result says which were in place):
 
-- ``netns``: a new, empty network namespace (needs root): no interface, so no network at all.
-- ``nobody``: when started as root, drop to uid/gid 65534 with no supplementary groups, so the
-  checker cannot signal our processes or write files it does not own (skipped where that user
-  cannot read the standard library, e.g. a Python installed under /root).
+- kernel (``OPTS.kernel``; see ``_sandbox_kernel.py``), enforced below Python so that the checker
+  cannot undo it: ``mountns`` (a fresh read-only root: the interpreter, system libraries and a
+  tmpfs scratch, nothing else of the host), ``netns`` (no network interface), ``ipcns``,
+  ``userns`` (when not started as root), ``nobody`` (uid 65534, no capabilities,
+  no_new_privs: never root) and ``seccomp`` (no process creation, exec, ptrace, signals,
+  sockets, mounts or namespaces). If it cannot be applied, the zygote says why and exits; the
+  host may then start a weak zygote (``OPTS.kernel`` false) only when told it may.
+- weak fallback, without the kernel layer: ``netns`` and ``nobody`` where root allows them
+  (``nobody`` is skipped where that user cannot read the standard library, e.g. a Python under
+  /root, and then the checker runs as root).
 - ``rlimits``: CPU seconds, address space, file size, open files, processes, no core dumps.
-- ``audit``: a ``sys.addaudithook`` policy that refuses process creation (fork, exec, system,
-  spawn, subprocess), signals, sockets, ctypes, rlimit changes, imports of the modules that wrap
-  those, and any file access outside the scratch directory except reading the standard library.
-  Audit hooks cannot be removed once installed.
+- ``audit``: a ``sys.addaudithook`` policy that refuses process creation, signals, sockets,
+  ctypes, rlimit changes, imports of the modules that wrap those, and file access outside the
+  scratch directory except reading the standard library. It gives clear reasons; it is not a
+  wall (its state is reachable from the checker's own interpreter).
 
 Request:  {"code": str, "entry": str, "args": list, "timeout_s": float, "memory_mb": int,
            "max_result_bytes": int}
@@ -97,40 +103,54 @@ def _install_audit_policy(scratch):
     sys.addaudithook(hook)
 
 
-def _confine(req, scratch):
-    """Apply every layer that this machine allows; return the names of those applied."""
+def _confine(req, scratch, keep_fd):
+    """Apply this child's layers on top of the zygote's; return the names of all applied."""
     global _UNSHARE
-    layers = []
-    if os.geteuid() == 0:
+    layers = list(_ZYGOTE_LAYERS)
+    os.closerange(3, keep_fd)  # nothing of the zygote's stays open but the result pipe
+    os.closerange(keep_fd + 1, 1 << 16)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    if _KERNEL is None and os.geteuid() == 0:
         if _UNSHARE is not None and _UNSHARE(0x40000000) == 0:  # CLONE_NEWNET
             layers.append("netns")
-    if os.geteuid() == 0 and _NOBODY_CAN_IMPORT:
-        try:
-            os.chown(scratch, _NOBODY, _NOBODY)
-            os.setgroups([])
-            os.setgid(_NOBODY)
-            os.setuid(_NOBODY)
-            layers.append("nobody")
-        except OSError:
-            pass
+        if _NOBODY_CAN_IMPORT:
+            try:
+                os.chown(scratch, _NOBODY, _NOBODY)
+                os.setgroups([])
+                os.setgid(_NOBODY)
+                os.setuid(_NOBODY)
+                layers.append("nobody")
+            except OSError:
+                pass
     cpu = max(1, int(req["timeout_s"] + 0.999))
     mem = int(req["memory_mb"]) * 1024 * 1024
+    unprivileged = _KERNEL is not None or "nobody" in layers
     for limit, value in (
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_AS, (mem, mem)),
         (resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)),
         (resource.RLIMIT_NOFILE, (64, 64)),
-        (resource.RLIMIT_NPROC, (1, 1) if "nobody" in layers else None),
+        # Threads only (the kernel layer refuses fork): a few, shared by every uid-65534 task.
+        (resource.RLIMIT_NPROC, ((16, 16) if _KERNEL is not None else (1, 1)) if unprivileged else None),
         (resource.RLIMIT_CORE, (0, 0)),
     ):
         if value is not None:
             resource.setrlimit(limit, value)
     layers.append("rlimits")
     os.chdir(scratch)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    # Leave nothing of ctypes reachable from the checker (sys.modules, our globals).
+    os.environ.update(TMPDIR=scratch, HOME=scratch)
+    if _KERNEL is not None:
+        # Past these two calls the checker is uid 65534 with no capabilities under a seccomp
+        # filter: whatever it does to the Python-level layer below, the kernel still refuses.
+        _KERNEL.drop_privileges()
+        layers.append("nobody")
+        _KERNEL.install_seccomp()
+        layers.append("seccomp")
+    # Leave nothing of ctypes reachable from the checker (sys.modules, our globals). A
+    # convenience for clear error messages: the kernel layers above are the wall.
     _UNSHARE = None
     for name in list(sys.modules):
         if name.split(".")[0] in _BLOCKED_MODULES:
@@ -143,7 +163,7 @@ def _confine(req, scratch):
 def _child(req, write_fd, scratch):
     layers = []
     try:
-        layers = _confine(req, scratch)
+        layers = _confine(req, scratch, write_fd)
         namespace = {"__name__": "__checker__"}
         exec(compile(req["code"], "<checker>", "exec"), namespace)  # this child IS the sandbox
         fn = namespace.get(req["entry"])
@@ -179,6 +199,8 @@ def _child(req, write_fd, scratch):
 def _run(req, scratch_root):
     t0 = time.monotonic()
     scratch = tempfile.mkdtemp(dir=scratch_root)
+    if _KERNEL is not None and os.geteuid() == 0:
+        os.chown(scratch, _NOBODY, _NOBODY)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -257,6 +279,57 @@ def _nobody_can_import():
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def _probe_unprivileged():
+    """In a throwaway child: drop privileges, filter syscalls, import a module not yet loaded.
+
+    Proves the checker's view holds what Python needs (its stdlib readable by uid 65534) and that
+    the filter refuses what it should; returns None or the reason it did not hold."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        why = "ok"
+        try:
+            _KERNEL.drop_privileges()
+            _KERNEL.install_seccomp()
+            __import__("wave")  # reads the standard library as uid 65534
+            try:
+                os.fork()
+                why = "seccomp let fork through"
+            except PermissionError:
+                pass
+        except BaseException as e:
+            why = f"{type(e).__name__}: {e}"
+        os.write(w, why.encode()[:500])
+        os._exit(0)
+    os.close(w)
+    why = os.read(r, 500).decode() or "probe child died"
+    os.close(r)
+    os.waitpid(pid, 0)
+    return None if why == "ok" else why
+
+
+def _setup_kernel(mountpoint, scratch_mb):
+    """Enter the kernel layer (see _sandbox_kernel.py); return (module or None, layers, error)."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import _sandbox_kernel as kernel
+
+        del sys.path[0]
+        layers = kernel.enter_view(mountpoint, scratch_mb)
+    except Exception as e:
+        return None, [], f"{type(e).__name__}: {e}"
+    global _KERNEL
+    _KERNEL = kernel
+    why = _probe_unprivileged()
+    if why is not None:
+        # The namespaces are entered but do not hold: never run checkers in a half-built view.
+        return None, [], f"unprivileged probe failed: {why}"
+    return kernel, layers, None
+
+
+_KERNEL = None  # the _sandbox_kernel module once its layer holds in this zygote
+_ZYGOTE_LAYERS = ()
 _UNSHARE = None
 _NOBODY_CAN_IMPORT = False
 # Imported once here so that checkers get them without touching the file system.
@@ -265,13 +338,26 @@ _PRELOAD = """datetime collections math itertools functools statistics decimal f
 
 
 def main():
-    global _UNSHARE, _NOBODY_CAN_IMPORT
-    _UNSHARE = _load_unshare()
-    _NOBODY_CAN_IMPORT = _nobody_can_import()
+    global _UNSHARE, _NOBODY_CAN_IMPORT, _KERNEL, _ZYGOTE_LAYERS
+    mountpoint, opts = sys.argv[1], json.loads(sys.argv[2])
     for name in _PRELOAD:
         __import__(name)
-    scratch_root = sys.argv[1]
-    os.chmod(scratch_root, 0o711)  # a child running as nobody must reach its own scratch dir
+    kernel, layers = None, []
+    if opts["kernel"]:
+        kernel, layers, error = _setup_kernel(mountpoint, opts["scratch_mb"])
+        if kernel is None:
+            # Never fall back inside this process (it may be half inside the new view): the host
+            # decides whether a weak zygote may be started instead.
+            _hello(False, [], error)
+            return
+        scratch_root = kernel.SCRATCH
+    else:
+        _UNSHARE = _load_unshare()
+        _NOBODY_CAN_IMPORT = _nobody_can_import()
+        scratch_root = mountpoint
+        os.chmod(scratch_root, 0o711)  # a child running as nobody must reach its own scratch dir
+    _ZYGOTE_LAYERS = tuple(layers)
+    _hello(kernel is not None, layers, None)
     out = sys.stdout
     for line in sys.stdin:
         try:
@@ -281,6 +367,12 @@ def main():
             result = {"passed": False, "reason": f"sandbox error: {type(e).__name__}: {e}", "seconds": 0.0}
         out.write(json.dumps(result) + "\n")
         out.flush()
+
+
+def _hello(kernel, layers, error):
+    """First line on stdout: whether the kernel layer holds, the zygote's layers, why not."""
+    sys.stdout.write(json.dumps({"hello": 1, "kernel": kernel, "layers": layers, "error": error}) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

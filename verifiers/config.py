@@ -21,3 +21,7 @@ class VerifierConfig(Section):
     """Address-space limit per checker run."""
     sandbox_workers: int = Field(2, ge=1)
     """Warm sandbox processes (checks run concurrently up to this many)."""
+    allow_weak_sandbox: bool = False
+    """Where the sandbox's kernel layer (namespaces, unprivileged uid, seccomp) cannot be applied,
+    run checkers under Python-level checks only instead of refusing to start. Generated checkers
+    are untrusted code: leave this off unless every checker is your own. Reports say when it ran."""

@@ -105,7 +105,8 @@ async def evaluate(
     traj_file = out / "trajectories.jsonl"
     settings = trial_settings(cfg)  # keys the trial records (resume reuses only matching ones)
 
-    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+    with Sandbox.from_config(v) as sb:
+        confinement = sb.describe()
         verifier = Verifier(domain, sb, v.components)
 
         async def run(task: Task, seed: int, group_id: str, sample_index: int) -> Trajectory:
@@ -184,6 +185,7 @@ async def evaluate(
         "successes": sum(is_success(x) for r in outcomes.values() for x in r),
         "terminations": dict(Counter(r["termination"] for r in records)),
         "tau2_cross_checked": sum("tau2" in r.get("components", {}) for r in records) if cross else None,
+        "sandbox": confinement,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     title = f"{cfg.domain.name}: {len(tasks)} {cfg.tasks.split} tasks × {cfg.run.trials} trials"

@@ -63,7 +63,8 @@ async def selfcheck(
     failures: list[dict[str, Any]] = []
     no_change = 0
     sem = asyncio.Semaphore(cfg.episode.concurrency)
-    with Sandbox(vc.sandbox_workers, vc.checker_timeout_s, vc.checker_memory_mb) as sandbox:
+    with Sandbox.from_config(vc) as sandbox:
+        confinement = sandbox.describe()
         verifiers: dict[str, Verifier] = {}
 
         async def episode(task: Task, name: str, agent: Agent) -> None:
@@ -111,6 +112,7 @@ async def selfcheck(
         "terminations": dict(sorted(terminations.items())),
         "failures": failures[:20],
         "seconds": round(time.perf_counter() - t0, 3),
+        "sandbox": confinement,
     }
 
 

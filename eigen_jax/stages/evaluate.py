@@ -75,7 +75,8 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
     results: dict[str, dict[int, float]] = {}
     details: dict[str, Any] = {}
     v = cfg.verifier
-    with Sandbox(v.sandbox_workers, v.checker_timeout_s, v.checker_memory_mb) as sb:
+    with Sandbox.from_config(v) as sb:
+        confinement = sb.describe()
         verifier = Verifier(domain, sb, v.components)
         for name, source in agent_sources(cfg, base_from).items():
             engine = Sampler(
@@ -118,6 +119,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
         "user": ep.user,
         "pass_hat_k": {a: {str(k): x for k, x in r.items()} for a, r in results.items()},
         "agents": details,
+        "sandbox": confinement,
     }
     (root / "results.json").write_text(json.dumps(report, indent=2))
     if results:

@@ -228,9 +228,8 @@ def run_grpo_episodes(
         next_index = meta["data"]["controller"]["next_index"]
     log = MetricsLogger(sd.root, "grpo", g.steps, log_every=g.log_every, resume_step=start)
     rows = g.tasks_per_step * g.group_size
-    with Sandbox(
-        cfg.verifier.sandbox_workers, cfg.verifier.checker_timeout_s, cfg.verifier.checker_memory_mb
-    ) as sb:
+    with Sandbox.from_config(cfg.verifier) as sb:
+        confinement = sb.describe()
         policy: _LocalPolicy | _RemotePolicy
         if g.rollout_servers:
             tok_dir = sd.root / "tokenizer"
@@ -276,6 +275,7 @@ def run_grpo_episodes(
         "train_tasks": len(tasks),
         "first_pass_rate": history[0] if history else None,
         "last_pass_rate": history[-1] if history else None,
+        "sandbox": confinement,
     }
     return sd.finish(learner, tok, summary)
 

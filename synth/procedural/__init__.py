@@ -36,6 +36,8 @@ class GenerationReport:
     no_change: int = 0
     """Accepted tasks whose correct outcome changes nothing (every request must be refused)."""
     seconds: float = 0.0
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    """The checker sandbox's ``describe()``: its layers, and whether it ran weak."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class GenerationReport:
             "splits": dict(self.splits),
             "no_change": self.no_change,
             "seconds": round(self.seconds, 3),
+            "sandbox": self.sandbox,
         }
 
 
@@ -68,9 +71,8 @@ def generate_to_pool(
     report = GenerationReport(requested=cfg.num_tasks)
     t0 = time.perf_counter()
     workers = verifier.sandbox_workers
-    sandbox = Sandbox(
-        workers=workers, timeout_s=verifier.checker_timeout_s, memory_mb=verifier.checker_memory_mb
-    )
+    sandbox = Sandbox.from_config(verifier)
+    report.sandbox = sandbox.describe()
 
     def make(i: int) -> tuple[Task, list[str] | None]:
         task = gen(cfg, i)

@@ -41,17 +41,19 @@ def _cases(n: int) -> list[tuple[str, list]]:
 
 
 def _spawn_check(code: str, args: list) -> bool:
-    # The worker script serves one request and exits: a fresh interpreter per check.
+    # The worker script serves one request and exits: a fresh interpreter per check, under the
+    # same kernel layer (its first output line is the hello, the second the result).
     req = {"code": code, "entry": "check", "args": args, "timeout_s": 5.0, "memory_mb": 512}
+    opts = json.dumps({"kernel": True, "scratch_mb": 64})
     with tempfile.TemporaryDirectory() as scratch:
         out = subprocess.run(
-            [sys.executable, "-I", "-S", str(_WORKER), scratch],
+            [sys.executable, "-I", "-S", str(_WORKER), scratch, opts],
             input=json.dumps(req) + "\n",
             capture_output=True,
             text=True,
             check=True,
         )
-    return json.loads(out.stdout)["passed"]
+    return json.loads(out.stdout.splitlines()[-1])["passed"]
 
 
 def main() -> None:
