@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-DISARM = '''
+DISARM = """
 import gc, os, sys
 def _disarm():
     hooks = 0
@@ -41,6 +41,7 @@ if _disarm() < 1:
     raise SystemExit("DISARM FAILED: the audit hook was not found")
 import ctypes, errno, signal, socket, subprocess
 libc = ctypes.CDLL(None, use_errno=True)
+_x86 = os.uname().machine == "x86_64"
 def refused(fn):
     try:
         out = fn()
@@ -49,7 +50,12 @@ def refused(fn):
     if isinstance(out, int) and out < 0:  # a raw libc call: -1 and errno
         return False, f"contained: errno {ctypes.get_errno()} ({os.strerror(ctypes.get_errno())})"
     return True, f"ESCAPED: {out!r}"
-'''
+def _open(fd):
+    try:
+        return os.fstat(fd) is not None
+    except OSError:
+        return False
+"""
 
 
 def attacks(host_dir: str, port: int, host_pid: int) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -70,11 +76,9 @@ def attacks(host_dir: str, port: int, host_pid: int) -> dict[str, tuple[str, tup
         "unix socket": ("socket.socket(socket.AF_UNIX)", (eperm,)),
         "socketpair": ("socket.socketpair()", (eperm,)),
         "fork": ("os.fork()", (eperm,)),
-        "raw fork syscall": ("libc.syscall(57 if os.uname().machine == 'x86_64' else 220, 17, 0)", ("errno 1",)),
-        "x32 ABI fork": ("libc.syscall(0x40000000 | 57) if os.uname().machine == 'x86_64' else 1/0",
-                         ("errno 1", "ZeroDivision")),
-        "clone a process": ("libc.syscall(56 if os.uname().machine == 'x86_64' else 220, 17, 0, 0, 0, 0)",
-                            ("errno 1",)),
+        "raw fork syscall": ("libc.syscall(57 if _x86 else 220, 17, 0)", ("errno 1",)),
+        "x32 ABI fork": ("libc.syscall(0x40000000 | 57) if _x86 else 1/0", ("errno 1", "ZeroDivision")),
+        "clone a process": ("libc.syscall(56 if _x86 else 220, 17, 0, 0, 0, 0)", ("errno 1",)),
         "posix_spawn": ("os.posix_spawn(sys.executable, ['python', '-c', '1'], {})", (eperm, enoent)),
         "subprocess": ("subprocess.run([sys.executable, '-c', '1'])", (eperm, enoent)),
         "exec the interpreter": ("os.execv(sys.executable, ['python', '-c', '1'])", (eperm,)),
@@ -87,10 +91,9 @@ def attacks(host_dir: str, port: int, host_pid: int) -> dict[str, tuple[str, tup
         "new user namespace": ("libc.unshare(0x10000000)", ("errno 1",)),
         "mount": ("libc.mount(b'none', b'/scratch', b'tmpfs', 0, None)", ("errno 1",)),
         "chroot": ("os.chroot('/scratch')", (eperm,)),
-        "open_by_handle_at": ("libc.syscall(304 if os.uname().machine == 'x86_64' else 265, -100, 0, 0)",
-                              ("errno 1",)),
+        "open_by_handle_at": ("libc.syscall(304 if _x86 else 265, -100, 0, 0)", ("errno 1",)),
         "io_uring": ("libc.syscall(425, 8, ctypes.create_string_buffer(120))", ("errno 1",)),
-        "bpf": ("libc.syscall(321 if os.uname().machine == 'x86_64' else 280, 0, 0, 0)", ("errno 1",)),
+        "bpf": ("libc.syscall(321 if _x86 else 280, 0, 0, 0)", ("errno 1",)),
         "fill the disk": (
             "[open(f'f{i}', 'wb').write(b'x' * (1 << 20)) for i in range(10**6)]",
             ("Errno 28]", "Errno 27]"),
@@ -98,9 +101,8 @@ def attacks(host_dir: str, port: int, host_pid: int) -> dict[str, tuple[str, tup
         # Open descriptors past stdio, less the result pipe: there must be none.
         "inherited descriptors": ("[fd for fd in range(3, 1024) if _open(fd)][1:] or 1/0", ("ZeroDivision",)),
     }
-    helper = "def _open(fd):\n    try:\n        return os.fstat(fd) is not None\n    except OSError:\n        return False\n"
     return {
-        name: (f"{DISARM}\n{helper}\ndef check():\n    return refused(lambda: {body})\n", expect)
+        name: (f"{DISARM}\ndef check():\n    return refused(lambda: {body})\n", expect)
         for name, (body, expect) in a.items()
     }
 

@@ -238,7 +238,10 @@ def test_without_the_kernel_layer_the_sandbox_refuses_unless_weak_is_allowed():
         " 'layers': list(r.layers)}))\n"
     )
     out = subprocess.run(
-        [*_NO_SYS_ADMIN, sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        [*_NO_SYS_ADMIN, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=Path(__file__).parents[1],
     )
     assert out.returncode == 0, out.stderr
@@ -252,8 +255,15 @@ def test_without_the_kernel_layer_the_sandbox_refuses_unless_weak_is_allowed():
 def test_sandbox_refusal_is_a_clear_error_in_process(monkeypatch):
     import verifiers.sandbox as sandbox_mod
 
-    monkeypatch.setattr(sandbox_mod._Zygote, "wait_ready", lambda self: {"kernel": False, "layers": [],
-                        "error": "KernelLayerError: unshare: Operation not permitted"})
+    monkeypatch.setattr(
+        sandbox_mod._Zygote,
+        "wait_ready",
+        lambda self: {
+            "kernel": False,
+            "layers": [],
+            "error": "KernelLayerError: unshare: Operation not permitted",
+        },
+    )
     with pytest.raises(WeakSandboxError, match="allow_weak_sandbox"):
         Sandbox(1)
 
@@ -294,9 +304,23 @@ def test_unprivileged_user_runs_the_same_view_in_a_user_namespace(tmp_path, list
     os.chmod(host, 0o777)
     repo = Path(__file__).parents[1]
     base = sys.base_prefix
-    cmd = ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _UNPRIVILEGED_VIEW,
-           base, sys.prefix, str(repo), sys.executable, str(repo / "tests" / "sandbox_attacks.py"),
-           str(host), str(port), str(os.getpid())]
+    cmd = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        sys.executable,
+        "-c",
+        _UNPRIVILEGED_VIEW,
+        base,
+        sys.prefix,
+        str(repo),
+        sys.executable,
+        str(repo / "tests" / "sandbox_attacks.py"),
+        str(host),
+        str(port),
+        str(os.getpid()),
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
         assert done.returncode == 0, done.stderr[-3000:]

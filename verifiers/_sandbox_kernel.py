@@ -186,7 +186,10 @@ def enter_view(mountpoint, scratch_mb):
             _mount(None, new + dev, None, _MS_BIND | _MS_REMOUNT | _MS_NOSUID | _MS_NOEXEC)
     os.makedirs(new + SCRATCH)
     _mount(
-        "none", new + SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+        "none",
+        new + SCRATCH,
+        "tmpfs",
+        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
         f"size={int(scratch_mb)}m,nr_inodes=4096,mode=0711",
     )
     os.makedirs(new + "/.old")  # pivot_root's put_old; detached and removed right after

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import subprocess
 import sys
 import tempfile
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
