@@ -85,82 +85,9 @@ def listener():
     srv.close()
 
 
-def _attacks(tmp_path, port):
-    outside = tmp_path / "outside.txt"
-    outside.write_text("host secret")
-    target = tmp_path / "written.txt"
-    return {
-        "infinite loop": ("def check():\n    while True: pass", ("timeout", "CPU")),
-        "memory bomb": ("def check():\n    x = bytearray(4 * 1024**3)\n    return True", ("memory",)),
-        "fork bomb": ("import os\ndef check():\n    while True: os.fork()", ("os.fork",)),
-        "fork via posix": ("import posix\ndef check():\n    posix.fork()\n    return True", ("os.fork",)),
-        "read outside scratch": (
-            f"def check():\n    return 'secret' in open({str(outside)!r}).read()",
-            ("access",),
-        ),
-        "read /etc/passwd": ("def check():\n    return len(open('/etc/passwd').read()) > 0", ("access",)),
-        "write outside scratch": (
-            f"def check():\n    open({str(target)!r}, 'w').write('x')\n    return True",
-            ("access",),
-        ),
-        "os.open for writing": (
-            f"import os\ndef check():\n    os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\n"
-            "    return True",
-            ("access",),
-        ),
-        "delete outside scratch": (
-            f"import os\ndef check():\n    os.remove({str(outside)!r})\n    return True",
-            ("os.remove",),
-        ),
-        "list the host": ("import os\ndef check():\n    return len(os.listdir('/')) > 0", ("os.listdir",)),
-        "socket": (
-            f"import socket\ndef check():\n    socket.create_connection(('127.0.0.1', {port}), 1)\n"
-            "    return True",
-            ("socket",),
-        ),
-        "socket through sys.modules": (
-            "import sys\ndef check():\n    s = sys.modules.get('_socket')\n    s.socket()\n    return True",
-            ("NoneType", "socket"),
-        ),
-        "os.system": (
-            f"import os\ndef check():\n    return os.system('touch {target}') == 0",
-            ("os.system",),
-        ),
-        "subprocess": (
-            "import subprocess\ndef check():\n    subprocess.run(['true'])\n    return True",
-            ("subprocess",),
-        ),
-        "exec a program": ("import os\ndef check():\n    os.execv('/bin/true', ['true'])", ("os.exec",)),
-        "ctypes": ("import ctypes\ndef check():\n    return True", ("ctypes",)),
-        "raise rlimits": (
-            "import resource\ndef check():\n"
-            "    resource.setrlimit(resource.RLIMIT_CPU, (999, 999))\n    return True",
-            ("setrlimit",),
-        ),
-        "deep recursion": ("def check():\n    return check()", ("recursion",)),
-        "recursion past the C stack": (
-            "import sys\nsys.setrecursionlimit(10**8)\ndef f(n): return f(n + 1)\ndef check(): return f(0)",
-            # CPython 3.11 keeps Python frames off the C stack; when RLIMIT_AS stops its frame
-            # allocator it can return NULL with no exception set (SystemError).
-            ("died", "timeout", "recursion", "memory", "SystemError"),
-        ),
-        "huge output": ("def check():\n    print('x' * 10**7)\n    return False, 'y' * 10**7", ("yyyy",)),
-        "kill its parent": (
-            "import os\ndef check():\n    os.kill(os.getppid(), 9)\n    return True",
-            ("os.kill",),
-        ),
-        "kill everything": ("import os\ndef check():\n    os.kill(-1, 9)\n    return True", ("os.kill",)),
-        "exit the process": ("import os\ndef check():\n    os._exit(0)", ("no valid result",)),
-        "escape via the zygote's globals": (
-            "import sys\ndef check():\n    return sys.modules['__main__']._UNSHARE(0) == 0",
-            ("NoneType",),
-        ),
-    }
-
-
 def test_hostile_code_is_contained(hostile, tmp_path, listener):
     port, hits = listener
-    attacks = _attacks(tmp_path, port)
+    attacks = sandbox_attacks.classic_attacks(tmp_path, port)
     results = {name: hostile.run(code, []) for name, (code, _) in attacks.items()}
     for name, (_, expect) in attacks.items():
         r = results[name]
@@ -268,29 +195,6 @@ def test_sandbox_refusal_is_a_clear_error_in_process(monkeypatch):
         Sandbox(1)
 
 
-_UNPRIVILEGED_VIEW = """
-import os, sys, tempfile, subprocess
-# Make the interpreter, the venv and this checkout traversable for uid 65534 in a private mount
-# namespace (Python often lives under /root, mode 0700), then run the command as that user.
-need = [os.path.realpath(p) for p in sys.argv[1:4]]
-for top in sorted({os.sep + p.split(os.sep)[1] for p in need}):
-    if os.stat(top).st_mode & 0o001:
-        continue
-    keep = tempfile.mkdtemp()
-    subprocess.run(["mount", "--bind", top, keep], check=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", top], check=True)
-    for p in need:
-        if p.startswith(top + os.sep):
-            rel = os.path.relpath(p, top).split(os.sep)[0]
-            os.makedirs(os.path.join(top, rel), exist_ok=True)
-            subprocess.run(["mount", "--bind", os.path.join(keep, rel), os.path.join(top, rel)], check=True)
-os.setgroups([])
-os.setresgid(65534, 65534, 65534)
-os.setresuid(65534, 65534, 65534)
-os.execv(sys.argv[4], sys.argv[4:])
-"""
-
-
 def test_unprivileged_user_runs_the_same_view_in_a_user_namespace(tmp_path, listener):
     """Not root (a laptop): the zygote maps itself to uid 65534 in a new user namespace and builds
     the same view; the whole attack suite is contained there too."""
@@ -302,27 +206,9 @@ def test_unprivileged_user_runs_the_same_view_in_a_user_namespace(tmp_path, list
     # The host files sit where uid 65534 could reach them, were it not for the sandbox.
     host = Path(shutil.copytree(host, Path("/tmp") / f"eigen-sandbox-host-{os.getpid()}"))
     os.chmod(host, 0o777)
-    repo = Path(__file__).parents[1]
-    base = sys.base_prefix
-    cmd = [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        sys.executable,
-        "-c",
-        _UNPRIVILEGED_VIEW,
-        base,
-        sys.prefix,
-        str(repo),
-        sys.executable,
-        str(repo / "tests" / "sandbox_attacks.py"),
-        str(host),
-        str(port),
-        str(os.getpid()),
-    ]
+    cmd = sandbox_attacks.unprivileged_command(str(host), port, os.getpid())
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         got = json.loads(done.stdout.splitlines()[-1])
         _assert_contained(got["attacks"], host, hits)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parents[2] / "BENCHMARKS.md"
+RELIABILITY = Path(__file__).parents[2] / "RELIABILITY.md"
 
 
 def machine() -> str:
@@ -35,14 +36,14 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[flo
     return statistics.median(samples), samples
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers in BENCHMARKS.md."""
+def write_section(name: str, body: str, page: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers in ``page``."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    text = page.read_text() if page.exists() else f"# {page.stem.title()}\n"
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+    page.write_text(text)
