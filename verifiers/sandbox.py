@@ -58,6 +58,7 @@ _HELLO_TIMEOUT_S = 60.0
 
 class _Zygote:
     def __init__(self, mountpoint: str, kernel: bool, scratch_mb: int):
+        self.kernel = kernel
         opts = json.dumps({"kernel": kernel, "scratch_mb": scratch_mb})
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", str(_WORKER), mountpoint, opts],
@@ -87,7 +88,9 @@ class _Zygote:
 
     def request(self, req: dict[str, Any], wall_timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.wait_ready()
+        hello = self.wait_ready()
+        if self.kernel and not hello["kernel"]:  # a replacement zygote could not confine: never run
+            raise RuntimeError(f"kernel layer failed in a new worker: {hello.get('error')}")
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return json.loads(self._readline(wall_timeout))

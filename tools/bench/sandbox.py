@@ -2,8 +2,9 @@
 
     python tools/bench/sandbox.py [--repeats 5] [--checks 200]
 
-Both run the same generated procedural checkers on the same inputs with the same limits; the
-peer (``spawn``) is what a sandbox without warm workers does: one ``python -I -S`` per check.
+Both run the same generated procedural checkers on the same inputs with the same limits and
+confinement; the peer (``spawn``) is what a sandbox without warm workers does: one
+``python -I -S`` per check, each building the kernel layer anew.
 Writes its table to BENCHMARKS.md.
 """
 
@@ -88,7 +89,9 @@ def main() -> None:
 
 `python tools/bench/sandbox.py --repeats {args.repeats} --checks {args.checks}` — {machine()}.
 Generated procedural checkers on their gold final states; median of {args.repeats} runs. Every
-check runs confined (layers applied on this machine: {", ".join(layers)}).
+check runs confined (layers applied on this machine: {", ".join(layers)}); the peer starts a fresh
+interpreter per check that builds the same kernel layer. Namespaces and the read-only root are
+built once per warm worker; each check adds only the uid drop and the seccomp filter.
 
 | mode | checks/s | vs peer |
 |---|---:|---:|
