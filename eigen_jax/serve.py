@@ -28,16 +28,14 @@ from aiohttp import web
 
 from eigen_jax.model.hf import load_hf
 from eigen_jax.sampler import ContextOverflow, Sampler
+from eigen_jax.serve_protocol import BadRequest, check_fields, sse_events
 from rollout.chat_format import ChatFormat
 from rollout.engine import SamplingParams
+from rollout.http_auth import API_KEY_ENV, bearer_auth, server_token
 from rollout.openai_format import from_openai, to_openai
 from rollout.tokenizer import Tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class BadRequest(ValueError):
-    pass
 
 
 class Server:
@@ -65,11 +63,15 @@ class Server:
             )
         try:
             top_k = int(body.get("top_k") or 0)
+            asked = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+            max_tokens = int(next((v for v in asked if v is not None), 256))
+            if max_tokens < 1:
+                raise ValueError(f"max_tokens must be at least 1, not {max_tokens}")
             return SamplingParams(
                 temperature=float(body.get("temperature", 1.0)),
                 top_p=float(body.get("top_p", 1.0)),
                 top_k=max(top_k, 0),
-                max_new_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+                max_new_tokens=max_tokens,
                 stop_token_ids=[int(t) for t in body.get("stop_token_ids") or []] + stop_ids,
                 seed=body.get("seed"),
             )
@@ -90,24 +92,32 @@ class Server:
         self.generated += len(gen.tokens)
         return gen
 
-    def _answer(self, kind: str, ids: list[int], gen, choice: dict[str, Any]) -> dict[str, Any]:
-        """The OpenAI response envelope around one choice (``kind``: text_completion | chat.completion)."""
+    async def _generate_n(self, prompt: list[int], sp: SamplingParams, n: int) -> list:
+        """``n`` samples of one prompt, concurrently; with a seed, sample ``i`` uses seed + i."""
+        seeds = [None if sp.seed is None else int(sp.seed) + i for i in range(n)]
+        sps = [sp if i == 0 else sp.model_copy(update={"seed": seeds[i]}) for i in range(n)]
+        return list(await asyncio.gather(*(self._generate(prompt, p) for p in sps)))
+
+    def _answer(self, kind: str, ids: list[int], gens: list, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        """The OpenAI response envelope (``kind``: text_completion | chat.completion)."""
         prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
+        completion = sum(len(g.tokens) for g in gens)
         return {
             "id": f"{prefix}-{uuid.uuid4().hex}",
             "object": kind,
             "created": int(time.time()),
             "model": self.name,
-            "choices": [choice],
+            "choices": choices,
             "usage": {
                 "prompt_tokens": len(ids),
-                "completion_tokens": len(gen.tokens),
-                "total_tokens": len(ids) + len(gen.tokens),
+                "completion_tokens": completion,
+                "total_tokens": len(ids) + completion,
             },
         }
 
     # -- routes ------------------------------------------------------------------------------
     async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        check_fields(body, "completions")
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list | str):
             prompt = prompt[0]  # a batch of one
@@ -119,24 +129,32 @@ class Server:
             raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
         if not ids:
             raise BadRequest("prompt is empty")
+        logprobs = body.get("logprobs")
+        if logprobs not in (None, 0) or isinstance(logprobs, bool):
+            raise BadRequest("logprobs: only 0 (the sampled token's logprob) is supported, not top-k")
         sp = self._sampling(body, [])
-        gen = await self._generate(ids, sp)
-        choice: dict[str, Any] = {
-            "index": 0,
-            "text": self.tok.decode(gen.tokens),
-            "finish_reason": gen.finish_reason,
-        }
-        if body.get("return_token_ids"):
-            choice["token_ids"] = gen.tokens
-            choice["prompt_token_ids"] = ids
-        if body.get("logprobs") is not None:
-            choice["logprobs"] = {
-                "tokens": [self.tok.decode([t]) for t in gen.tokens],
-                "token_logprobs": gen.logprobs,
+        gens = await self._generate_n(ids, sp, int(body.get("n") or 1))
+        skip = bool(body.get("skip_special_tokens", False))
+        choices = []
+        for i, gen in enumerate(gens):
+            choice: dict[str, Any] = {
+                "index": i,
+                "text": self.tok.decode(gen.tokens, skip_special_tokens=skip),
+                "finish_reason": gen.finish_reason,
             }
-        return self._answer("text_completion", ids, gen, choice)
+            if body.get("return_token_ids"):
+                choice["token_ids"] = gen.tokens
+                choice["prompt_token_ids"] = ids
+            if logprobs is not None:
+                choice["logprobs"] = {
+                    "tokens": [self.tok.decode([t]) for t in gen.tokens],
+                    "token_logprobs": gen.logprobs,
+                }
+            choices.append(choice)
+        return self._answer("text_completion", ids, gens, choices)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        check_fields(body, "chat")
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
             raise BadRequest("messages must be a non-empty list")
@@ -148,11 +166,22 @@ class Server:
         text = self.fmt.render(messages, tools, add_generation_prompt=True)
         ids = self.tok.encode(text)
         sp = self._sampling(body, [self.tok.eos_id])
-        gen = await self._generate(ids, sp)
-        msg = self.fmt.parse_assistant(self.tok.decode(gen.tokens))
-        finish = "tool_calls" if msg.tool_calls and gen.finish_reason == "stop" else gen.finish_reason
-        choice = {"index": 0, "message": to_openai(msg), "finish_reason": finish}
-        return self._answer("chat.completion", ids, gen, choice)
+        gens = await self._generate_n(ids, sp, int(body.get("n") or 1))
+        skip = bool(body.get("skip_special_tokens", False))
+        choices = []
+        for i, gen in enumerate(gens):
+            msg = self.fmt.parse_assistant(self.tok.decode(gen.tokens, skip_special_tokens=skip))
+            finish = "tool_calls" if msg.tool_calls and gen.finish_reason == "stop" else gen.finish_reason
+            choice: dict[str, Any] = {"index": i, "message": to_openai(msg), "finish_reason": finish}
+            if body.get("logprobs"):
+                choice["logprobs"] = {
+                    "content": [
+                        {"token": self.tok.decode([t]), "logprob": lp, "top_logprobs": []}
+                        for t, lp in zip(gen.tokens, gen.logprobs, strict=True)
+                    ]
+                }
+            choices.append(choice)
+        return self._answer("chat.completion", ids, gens, choices)
 
     async def pause(self) -> dict[str, Any]:
         self._open.clear()
@@ -178,7 +207,9 @@ class Server:
         return {"results": [{"version": version}]}
 
     # -- aiohttp glue ------------------------------------------------------------------------
-    def app(self) -> web.Application:
+    def app(self, api_key: str | None = None) -> web.Application:
+        """The aiohttp application; with ``api_key``, every route but /health needs it."""
+
         def route(fn, with_body=True):
             async def handler(request: web.Request) -> web.Response:
                 try:
@@ -189,7 +220,10 @@ class Server:
                             raise BadRequest(f"body is not JSON: {e}") from None
                         if not isinstance(body, dict):
                             raise BadRequest("body must be a JSON object")
-                        return web.json_response(await fn(body))
+                        answer = await fn(body)
+                        if body.get("stream"):
+                            return await self._stream(request, answer, body)
+                        return web.json_response(answer)
                     return web.json_response(await fn())
                 except BadRequest as e:
                     return web.json_response(
@@ -203,7 +237,9 @@ class Server:
 
             return handler
 
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(
+            client_max_size=64 * 2**20, middlewares=[bearer_auth(api_key)] if api_key else []
+        )
         app.router.add_post("/v1/completions", route(self.completions))
         app.router.add_post("/v1/chat/completions", route(self.chat))
         app.router.add_post("/pause", route(self.pause, with_body=False))
@@ -213,6 +249,14 @@ class Server:
         app.router.add_get("/health", route(self._ok, with_body=False))
         app.router.add_get("/v1/models", route(self._models, with_body=False))
         return app
+
+    async def _stream(self, request: web.Request, answer: dict[str, Any], body: dict[str, Any]):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for event in sse_events(answer, bool((body.get("stream_options") or {}).get("include_usage"))):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
 
     async def _ok(self) -> dict[str, Any]:
         return {}
@@ -248,7 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="HF directory (config.json + safetensors)")
     ap.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
     ap.add_argument("--served-model-name", default=None)
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1", help="interface (not loopback: needs an API key)")
+    ap.add_argument(
+        "--api-key",
+        default=None,
+        help=f"bearer token every request but /health must send (default: ${API_KEY_ENV}); required "
+        "when --host is not a loopback address",
+    )
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ap.add_argument("--max-len", type=int, default=None, help="longest prompt + completion served")
@@ -263,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     args = ap.parse_args(argv)
     model_dir = Path(args.model)
+    try:
+        api_key = server_token(args.host, args.api_key, "--api-key")
+    except ValueError as e:
+        sys.exit(f"eigen_jax.serve: {e}")
     if not (model_dir / "config.json").exists():
         sys.exit(f"--model {model_dir}: no config.json (expected an HF model directory)")
     tok = Tokenizer.from_dir(args.tokenizer or model_dir)
@@ -284,9 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     async def start(app: web.Application) -> None:
         app["progress"] = asyncio.create_task(_progress(server, args.progress_every))
 
-    app = server.app()
+    app = server.app(api_key)
     app.on_startup.append(start)
-    print(f"[serve] {model_dir} on http://{args.host}:{args.port} as {server.name!r}", flush=True)
+    auth = ", API key required" if api_key else ""
+    print(f"[serve] {model_dir} on http://{args.host}:{args.port} as {server.name!r}{auth}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None)
 
 

@@ -178,6 +178,10 @@ class GRPOSection(Section):
     """episodes with rollout servers: the policy engine the servers use (the learner syncs it)."""
     agent_model: str = "policy"
     """The policy engine's served model name."""
+    api_key_env: str = ""
+    """episodes with rollout servers: environment variable holding the bearer token that the
+    policy engine and the rollout servers require (their ``--api-key`` / ``server.api_key_env``);
+    empty: none."""
     max_filtered_in_a_row: int = Field(64, ge=1)
     """episodes: stop with an error after this many consecutive groups were all-equal (dynamic
     filtering finds no learning signal: the policy solves every task or none)."""

@@ -37,18 +37,35 @@ class HTTPEndpointSection(Section):
     """Retries per request (connection errors, timeouts, 5xx/429) with exponential backoff."""
     concurrency: int = Field(16, ge=1)
     """Most requests in flight to this endpoint."""
+    api_key_env: str = ""
+    """Environment variable holding an API key (sent as a bearer token); empty: none."""
 
-    def client_options(self) -> dict[str, Any]:
-        """``HTTPEngine`` keyword arguments: timeout, retries, concurrency."""
-        return dict(timeout_s=self.timeout_s, max_retries=self.max_retries, concurrency=self.concurrency)
+    def client_options(self, where: str = "api_key_env") -> dict[str, Any]:
+        """``HTTPEngine`` keyword arguments: timeout, retries, concurrency and the API key read
+        from the environment (``where`` names the key in the error when the variable is unset)."""
+        return dict(
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            concurrency=self.concurrency,
+            api_key=env_secret(self.api_key_env, where),
+        )
+
+
+def env_secret(var: str, where: str) -> str | None:
+    """The value of environment variable ``var`` (None when ``var`` is empty); an unset variable
+    that a config names is an error naming ``where``."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ValueError(f"{where}: environment variable {var} is not set")
+    return value
 
 
 class ChatEndpointSection(HTTPEndpointSection):
     """An OpenAI-compatible chat endpoint and how to talk to it (shared by eval parties and synth
     roles)."""
 
-    api_key_env: str = ""
-    """Environment variable holding an API key (sent as a bearer token); empty: none."""
     temperature: float = Field(0.0, ge=0)
     """Sampling temperature (tau² runs its user simulator at 0)."""
     max_tokens: int = Field(1024, ge=1)
@@ -57,12 +74,8 @@ class ChatEndpointSection(HTTPEndpointSection):
     """Most requests started per second (hosted APIs; ``asyncio-throttle``); None: unlimited."""
 
     def client_options(self, where: str = "api_key_env") -> dict[str, Any]:
-        """``HTTPEngine`` keyword arguments: limits, retries and the API key read from the
-        environment (``where`` names the key in the error when the variable is unset)."""
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if self.api_key_env and not key:
-            raise ValueError(f"{where}: environment variable {self.api_key_env} is not set")
-        return {**super().client_options(), "rate_per_s": self.rate_per_s, "api_key": key}
+        """As the base's, plus the rate limit."""
+        return {**super().client_options(where), "rate_per_s": self.rate_per_s}
 
 
 class EpisodeConfig(Section):

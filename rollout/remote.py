@@ -27,6 +27,7 @@ class RemoteEpisodes:
         timeout_s: longest episode before the server counts as failed.
         cooldown_s: how long a failed server is skipped.
         max_attempts: tries per episode (each on the best live server).
+        api_key: bearer token the servers require (``server.api_key_env`` on their side).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class RemoteEpisodes:
         timeout_s: float = 1800.0,
         cooldown_s: float = 10.0,
         max_attempts: int = 4,
+        api_key: str | None = None,
     ):
         if not urls:
             raise ValueError("RemoteEpisodes needs at least one rollout server URL")
@@ -51,10 +53,11 @@ class RemoteEpisodes:
         """The policy version last announced (sent with every episode too, so a server that
         restarted or missed an announcement labels tokens no older than it)."""
         self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(headers=self._headers)
         return self._session
 
     async def close(self) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection
+from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection, env_secret
 from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
+from rollout.http_auth import bearer_auth, server_token
 from rollout.http_engine import HTTPEngine
 from rollout.lm_runner import LMEpisodes
 from rollout.tokenizer import Tokenizer
@@ -46,7 +47,10 @@ class EndpointSection(HTTPEndpointSection):
 
 class ServerSection(Section):
     host: str = "127.0.0.1"
-    """Interface to listen on."""
+    """Interface to listen on. Any but a loopback address needs an API key (``api_key_env``)."""
+    api_key_env: str = ""
+    """Environment variable holding the bearer token every request but /health must send;
+    empty: ``$EIGEN_API_KEY`` if set, else none (allowed on loopback only)."""
     port: int = Field(8100, ge=1, le=65535)
     """Port to listen on."""
     progress_every: float = Field(10.0, gt=0)
@@ -118,7 +122,9 @@ class RolloutServer:
         self.episodes += 1
         return traj.model_dump(mode="json")
 
-    def app(self) -> web.Application:
+    def app(self, api_key: str | None = None) -> web.Application:
+        """The aiohttp application; with ``api_key``, every route but /health needs it."""
+
         async def episode(request: web.Request) -> web.Response:
             return web.json_response(await self.episode(await request.json()))
 
@@ -137,7 +143,9 @@ class RolloutServer:
                 }
             )
 
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(
+            client_max_size=64 * 2**20, middlewares=[bearer_auth(api_key)] if api_key else []
+        )
         app.add_routes(
             [web.post("/episode", episode), web.post("/version", version), web.get("/health", health)]
         )
@@ -163,8 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rollout.serve", description=__doc__.split("\n\n")[0])
     add_config_args(ap)
     cfg = config_from_args(RolloutServerConfig, ap.parse_args(argv), foreign_sections=())
-    v = cfg.verifier
-    with Sandbox.from_config(v) as sb:
+    s = cfg.server
+    try:
+        api_key = server_token(s.host, env_secret(s.api_key_env, "server.api_key_env"), "server.api_key_env")
+    except ValueError as e:
+        sys.exit(f"rollout.serve: {e}")
+    with Sandbox.from_config(cfg.verifier) as sb:
         try:
             server = RolloutServer(cfg, sb)
         except ValueError as e:
@@ -178,12 +190,12 @@ def main(argv: list[str] | None = None) -> None:
             if server.user is not None:
                 await server.user.close()
 
-        app = server.app()
+        app = server.app(api_key)
         app.on_startup.append(start)
         app.on_cleanup.append(stop)
-        s = cfg.server
+        auth = ", API key required" if api_key else ""
         print(
-            f"[rollout] {cfg.domain.name} episodes on http://{s.host}:{s.port}, agent {cfg.agent.url}",
+            f"[rollout] {cfg.domain.name} episodes on http://{s.host}:{s.port}, agent {cfg.agent.url}{auth}",
             flush=True,
         )
         web.run_app(app, host=s.host, port=s.port, print=None)

@@ -53,6 +53,9 @@ def test_rollout_synth_verifiers_import_without_jax():
         "rollout.pool",
         "rollout.configio",
         "rollout.vllm_server",
+        "rollout.http_auth",
+        "rollout.remote",
+        "rollout.serve",
         "synth.procedural",
         "synth.procedural.__main__",
         "synth.validate",
@@ -63,8 +66,20 @@ def test_rollout_synth_verifiers_import_without_jax():
         "verifiers.reward",
         "verifiers.sandbox",
         "verifiers.selfcheck",
+        "verifiers._sandbox_kernel",
     ]
     assert_imports(mods)
+    # The request contract of eigen_jax.serve is plain Python too (loaded by file: the eigen_jax
+    # package itself imports JAX).
+    code = BLOCK + (
+        "import importlib.util as u, pathlib\n"
+        "spec = u.spec_from_file_location('p', pathlib.Path('eigen_jax/serve_protocol.py'))\n"
+        "spec.loader.exec_module(u.module_from_spec(spec))\nprint('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_verifiers_do_not_import_synth():

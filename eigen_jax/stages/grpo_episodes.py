@@ -27,6 +27,7 @@ from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler, bucket
 from eigen_jax.stages.common import StageDir, base_model, pad_rows, tokenizer
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
+from rollout.config import env_secret
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
 from rollout.domains import get_domain
@@ -102,8 +103,9 @@ class _RemotePolicy:
         g = cfg.grpo
         if not g.agent_url:
             raise ValueError("grpo.rollout_servers is set but grpo.agent_url (the policy engine) is not")
-        self.remote = RemoteEpisodes(g.rollout_servers, temperature=g.temperature)
-        self.engine = HTTPEngine(g.agent_url, g.agent_model, timeout_s=600)
+        key = env_secret(g.api_key_env, "grpo.api_key_env")
+        self.remote = RemoteEpisodes(g.rollout_servers, temperature=g.temperature, api_key=key)
+        self.engine = HTTPEngine(g.agent_url, g.agent_model, timeout_s=600, api_key=key)
         self.run, self.tok_dir = self.remote.run, tok_dir
 
     async def sync(self, learner: Learner, export_dir: Path) -> None:
