@@ -8,8 +8,10 @@ Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_
 ``tool_calls``), ``GET /v1/models``, ``GET /health``; and for weight sync ``POST /pause``
 (waits for in-flight requests; new ones wait), ``/collective_rpc`` with method
 ``reload_weights`` and ``kwargs.weights_path`` (an HF safetensors directory), ``/reset_prefix_cache``
-(nothing to reset: no prefix cache) and ``/resume``. Logprobs are those of
-softmax(logits / temperature), what the learner recomputes.
+(drops the prefix cache) and ``/resume``. Logprobs are those of softmax(logits / temperature),
+what the learner recomputes. ``n`` and ``stream`` are implemented; any other request field we do
+not implement is refused by name (``serve_protocol``). Bound beyond loopback it needs an API key
+(``--api-key`` or ``$EIGEN_API_KEY``), which every route but ``/health`` then requires.
 """
 
 from __future__ import annotations
