@@ -2,14 +2,23 @@
 
 Layout::
 
-    POOL/manifest.json          {"format": ..., "shards": [{"file", "sha256", "ids", "splits"}]}
+    POOL/manifest.json          {"format", "shards": [{"file", "sha256", "ids", "splits"}],
+                                 "sha256" (of the shard list), "quarantined": [...]}
+    POOL/manifest.prev.json     the manifest before the last change (for repair)
     POOL/shards/<uuid>.jsonl    one Task per line
+    POOL/quarantine/            shards that failed their checksum, moved aside
 
 Atomicity: a shard is written to a hidden temp file, fsync'd and renamed; only then is it added
 to the manifest, which is itself replaced atomically under an advisory lock (several writers may
 share a pool). Readers see only shards the manifest lists, so a writer killed at any point leaves
 no partial shard visible. The manifest keeps each task's id and split, so a split's index is
-built without parsing shards; shards are parsed lazily and checked against their sha256.
+built without parsing shards; shards are parsed lazily.
+
+Damage is contained, not fatal: opening a pool checks every listed shard against its sha256 and
+line count; a truncated, bit-flipped, replaced or missing shard is moved to ``quarantine/``, taken
+out of the manifest (recorded under ``quarantined`` with the reason and its task ids), logged,
+and the rest of the pool reads as before. A manifest that is not valid JSON or fails its own
+checksum is rebuilt from ``manifest.prev.json`` plus the shard files written after it.
 
 This lives in ``rollout`` (not ``synth``) because verifiers and the learner read pools and must
 not import ``synth``; ``synth`` is the main writer.
@@ -21,7 +30,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from functools import lru_cache
@@ -32,6 +44,9 @@ from rollout.contracts import Task
 
 FORMAT = "eigen-task-pool/1"
 MANIFEST = "manifest.json"
+PREVIOUS = "manifest.prev.json"
+QUARANTINE = "quarantine"
+log = logging.getLogger(__name__)
 
 
 class PoolError(Exception):
@@ -56,17 +71,109 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _shards_digest(shards: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_manifest(path: Path) -> dict[str, Any]:
+    """One manifest file, checked; raises PoolError naming the file and the problem."""
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise PoolError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PoolError(f"{path}: format {got!r}, expected {FORMAT!r}")
+    shards = manifest.get("shards")
+    ok = isinstance(shards, list) and all(
+        isinstance(sh, dict)
+        and isinstance(sh.get("file"), str)
+        and isinstance(sh.get("sha256"), str)
+        and isinstance(sh.get("ids"), list)
+        and isinstance(sh.get("splits"), list)
+        and len(sh["ids"]) == len(sh["splits"])
+        for sh in shards
+    )
+    if not ok:
+        raise PoolError(f"{path}: 'shards' must list objects with file, sha256, ids and splits")
+    if "sha256" in manifest and manifest["sha256"] != _shards_digest(shards):
+        raise PoolError(f"{path}: the shard list does not match the manifest's own sha256 (corrupted)")
+    return manifest
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.exists():
         return {"format": FORMAT, "shards": []}
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise PoolError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return _parse_manifest(path)
+    except PoolError as e:
+        damaged = e
+    prev = root / PREVIOUS
+    if not prev.exists():
+        raise damaged
+    try:
+        manifest = _parse_manifest(prev)
+    except PoolError:
+        raise damaged from None
+    return _adopt_orphans(root, manifest, f"rebuilt from {PREVIOUS} ({damaged})")
+
+
+def _adopt_orphans(root: Path, manifest: dict[str, Any], why: str) -> dict[str, Any]:
+    """``manifest`` plus the intact shard files it does not list (oldest first, new ids only)."""
+    listed = {sh["file"] for sh in manifest["shards"]} | {q["file"] for q in manifest.get("quarantined", [])}
+    ids = {i for sh in manifest["shards"] for i in sh["ids"]}
+    orphans = sorted((root / "shards").glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for path in orphans:
+        name = f"shards/{path.name}"
+        if name in listed:
+            continue
+        data = path.read_bytes()
+        try:
+            tasks = [Task.model_validate_json(line) for line in data.decode().splitlines()]
+        except (ValueError, UnicodeDecodeError):
+            continue  # not a shard we can vouch for: leave it where it is
+        fresh = [t for t in tasks if t.id not in ids]
+        if fresh and len(fresh) == len(tasks):
+            ids.update(t.id for t in tasks)
+            manifest["shards"].append(
+                {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
+                 "ids": [t.id for t in tasks], "splits": [t.split for t in tasks]}
+            )  # fmt: skip
+    manifest["repaired"] = why
+    log.warning("task pool %s: manifest %s", root, why)
     return manifest
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically, keeping the one it replaces as ``manifest.prev.json``."""
+    manifest = {k: v for k, v in manifest.items() if k != "repaired"}
+    manifest["sha256"] = _shards_digest(manifest["shards"])
+    current = root / MANIFEST
+    if current.exists():
+        with contextlib.suppress(PoolError):
+            _parse_manifest(current)  # only a sound manifest becomes the fallback
+            _atomic_write(root / PREVIOUS, current.read_bytes())
+    _atomic_write(current, json.dumps(manifest).encode())
+
+
+def _shard_problem(root: Path, shard: dict[str, Any]) -> str | None:
+    """Why a listed shard cannot be trusted (None: its bytes are what the manifest recorded)."""
+    path = root / shard["file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        return "sha256 does not match the manifest (truncated or corrupted)"
+    lines = data.count(b"\n")
+    if lines != len(shard["ids"]):
+        return f"{lines} lines for {len(shard['ids'])} tasks"
+    return None
 
 
 @contextlib.contextmanager
@@ -140,7 +247,7 @@ class PoolWriter:
                     "splits": [t.split for t in tasks],
                 }
             )
-            _atomic_write(self.root / MANIFEST, json.dumps(manifest).encode())
+            _write_manifest(self.root, manifest)
             self._refresh(manifest)
         self.written += len(tasks)
 
@@ -153,15 +260,57 @@ class PoolWriter:
 
 
 class TaskPool:
-    """Read access to a pool: ``len``, ids, splits, random access, iteration, grain datasets."""
+    """Read access to a pool: ``len``, ids, splits, random access, iteration, grain datasets.
 
-    def __init__(self, root: str | Path):
+    Opening checks every shard (see the module docstring); ``quarantined`` lists the shards set
+    aside, now and before, each with its reason and task ids."""
+
+    def __init__(self, root: str | Path, *, _shards: list[dict[str, Any]] | None = None):
         self.root = Path(root)
         if not (self.root / MANIFEST).exists():
             raise PoolError(f"{self.root}: no {MANIFEST}; not a task pool (create one with synth.procedural)")
-        self._shards = _read_manifest(self.root)["shards"]
+        if _shards is None:  # a worker reopening a pool it was handed keeps that pool's shards
+            manifest = self._checked(_read_manifest(self.root))
+            _shards = manifest["shards"]
+            self.quarantined: list[dict[str, Any]] = manifest.get("quarantined", [])
+        else:
+            self.quarantined = []
+        self._shards = _shards
         self._index = [(s, i) for s, shard in enumerate(self._shards) for i in range(len(shard["ids"]))]
         self._load_shard = lru_cache(maxsize=64)(self._parse_shard)
+
+    def _checked(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Quarantine damaged shards (and save a repaired manifest) when this process may write."""
+        bad = {sh["file"]: why for sh in manifest["shards"] if (why := _shard_problem(self.root, sh))}
+        if not bad and "repaired" not in manifest:
+            return manifest
+        try:
+            with _locked(self.root):
+                current = _read_manifest(self.root)  # another process may have acted meanwhile
+                bad = {sh["file"]: w for sh in current["shards"] if (w := _shard_problem(self.root, sh))}
+                manifest = self._quarantine(current, bad)
+                _write_manifest(self.root, manifest)
+        except OSError as e:  # a read-only pool: leave the files, exclude in memory
+            log.warning("task pool %s: cannot record the quarantine (%s); excluding in memory", self.root, e)
+            manifest = self._quarantine(manifest, bad, move=False)
+        return manifest
+
+    def _quarantine(self, manifest: dict[str, Any], bad: dict[str, str], move: bool = True) -> dict[str, Any]:
+        keep, out = [], list(manifest.get("quarantined", []))
+        for sh in manifest["shards"]:
+            if sh["file"] not in bad:
+                keep.append(sh)
+                continue
+            src = self.root / sh["file"]
+            if move and src.exists():
+                (self.root / QUARANTINE).mkdir(exist_ok=True)
+                shutil.move(src, self.root / QUARANTINE / src.name)
+            out.append({**sh, "reason": bad[sh["file"]], "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            log.warning(
+                "task pool %s: quarantined %s (%s): %d tasks excluded",
+                self.root, sh["file"], bad[sh["file"]], len(sh["ids"]),
+            )  # fmt: skip
+        return {**manifest, "shards": keep, "quarantined": out}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -231,6 +380,7 @@ class TaskDataSource:
         self.root = pool.root
         self.split = split
         self._positions = pool.positions(split)
+        self._shards = pool._shards
         self._pool: TaskPool | None = pool
 
     def __len__(self) -> int:
@@ -238,11 +388,13 @@ class TaskDataSource:
 
     def __getitem__(self, i: int) -> Task:
         if self._pool is None:
-            self._pool = TaskPool(self.root)
+            self._pool = TaskPool(self.root, _shards=self._shards)
         return self._pool[self._positions[i]]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "split": self.split, "_positions": self._positions, "_pool": None}
+        shards = self._pool._shards if self._pool is not None else self._shards
+        return {"root": self.root, "split": self.split, "_positions": self._positions, "_pool": None,
+                "_shards": shards}  # fmt: skip
 
     def __repr__(self) -> str:
         return f"TaskDataSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

@@ -7,6 +7,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rollout.pool import PoolError, PoolWriter, TaskPool
 
@@ -94,11 +96,72 @@ def test_corruption_and_missing_pool_are_named(tmp_path, shop_tasks):
     _write(tmp_path, shop_tasks[:3])
     shard = next((tmp_path / "shards").glob("*.jsonl"))
     shard.write_text(shard.read_text().replace("shop", "shoq", 1))
-    with pytest.raises(PoolError, match="sha256"):
-        TaskPool(tmp_path)[0]
+    pool = TaskPool(tmp_path)  # the damaged shard is set aside, with its reason
+    assert len(pool) == 0 and "sha256" in pool.quarantined[0]["reason"]
     (tmp_path / "manifest.json").write_text("{not json")
+    os.remove(tmp_path / "manifest.prev.json")  # nothing to rebuild from: the error names the file
     with pytest.raises(PoolError, match=r"manifest.json: not valid JSON \(line 1"):
         TaskPool(tmp_path)
+
+
+def _corrupt(path, how, at):
+    data = path.read_bytes()
+    k = at % max(len(data), 1)
+    if how == "truncate":
+        path.write_bytes(data[:k])
+    elif how == "flip":
+        path.write_bytes(data[:k] + bytes([data[k] ^ (1 << (at % 8))]) + data[k + 1 :])
+    elif how == "foreign":
+        path.write_bytes(b'{"not": "a task"}\n' * 2)
+    elif how == "delete":
+        path.unlink()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    victims=st.sets(st.integers(0, 5), min_size=1, max_size=3),
+    how=st.sampled_from(["truncate", "flip", "foreign", "delete"]),
+    at=st.integers(0, 10**6),
+)
+def test_damaged_shards_are_quarantined_and_the_rest_reads(tmp_path_factory, shop_tasks, victims, how, at):
+    root = tmp_path_factory.mktemp("pool")
+    _write(root, shop_tasks[:36], shard_size=6)  # six shards
+    shards = json.loads((root / "manifest.json").read_text())["shards"]
+    for v in victims:
+        _corrupt(root / shards[v]["file"], how, at + v)
+    pool = TaskPool(root)
+    lost = {i for v in victims for i in shards[v]["ids"]}
+    assert sorted(q["file"] for q in pool.quarantined) == sorted(shards[v]["file"] for v in victims)
+    assert {i for q in pool.quarantined for i in q["ids"]} == lost
+    assert [t.id for t in pool.tasks()] == [t.id for t in shop_tasks[:36] if t.id not in lost]
+    assert [t for t in pool.tasks()] == [t for t in shop_tasks[:36] if t.id not in lost]
+    if how != "delete":
+        assert {p.name for p in (root / "quarantine").iterdir()} == {
+            shards[v]["file"].split("/")[1] for v in victims
+        }
+    # Recorded once: a second reader sees the same pool and the same quarantine list.
+    again = TaskPool(root)
+    assert len(again) == len(pool) and again.quarantined == pool.quarantined
+    with PoolWriter(root) as w:  # writers still append, and the lost ids can be published again
+        w.add(shop_tasks[sorted(victims)[0] * 6])
+    assert len(TaskPool(root)) == len(pool) + 1
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(how=st.sampled_from(["truncate", "flip", "foreign", "garbage"]), at=st.integers(0, 10**6))
+def test_a_damaged_manifest_is_rebuilt_from_the_previous_one(tmp_path_factory, shop_tasks, how, at):
+    root = tmp_path_factory.mktemp("pool")
+    _write(root, shop_tasks[:20], shard_size=5)  # four flushes: manifest.prev.json is the third
+    manifest = root / "manifest.json"
+    if how == "garbage":
+        manifest.write_bytes(bytes(range(256)))
+    else:
+        _corrupt(manifest, how, at)
+    # Any damage either fails to parse or fails the manifest's own checksum (a flip that only
+    # renames its "sha256" key leaves an unchecked but intact list): nothing is lost.
+    pool = TaskPool(root)  # the previous manifest + the shard file written after it
+    assert [t.id for t in pool.tasks()] == [t.id for t in shop_tasks[:20]]
+    assert "sha256" in json.loads(manifest.read_text())  # the repair was written back
 
 
 def test_grain_dataset_is_deterministic_and_checkpointable(tmp_path, shop_tasks):
