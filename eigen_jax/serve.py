@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 import uuid
@@ -165,6 +164,10 @@ class Server:
         except ValueError as e:
             raise BadRequest(str(e)) from None
         tools = body.get("tools") or None
+        if tools is not None and not (isinstance(tools, list) and all(map(_is_tool_schema, tools))):
+            raise BadRequest(
+                "tools must be a list of {'type': 'function', 'function': {'name': ...}} objects"
+            )
         text = self.fmt.render(messages, tools, add_generation_prompt=True)
         ids = self.tok.encode(text)
         sp = self._sampling(body, [self.tok.eos_id])
@@ -218,7 +221,7 @@ class Server:
                     if with_body:
                         try:
                             body = await request.json() if request.can_read_body else {}
-                        except json.JSONDecodeError as e:
+                        except ValueError as e:  # invalid JSON or not UTF-8
                             raise BadRequest(f"body is not JSON: {e}") from None
                         if not isinstance(body, dict):
                             raise BadRequest("body must be a JSON object")
@@ -270,6 +273,11 @@ class Server:
 
     async def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "eigen-jax"}]}
+
+
+def _is_tool_schema(t: Any) -> bool:
+    fn = t.get("function") if isinstance(t, dict) else None
+    return isinstance(fn, dict) and isinstance(fn.get("name"), str)
 
 
 async def _progress(server: Server, every_s: float) -> None:

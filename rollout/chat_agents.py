@@ -8,6 +8,7 @@ user has tools of their own (tau² telecom's phone), its own tool calls and thei
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rollout.contracts import Message, UserScenario
@@ -40,10 +41,17 @@ async def chat(
         body["seed"] = seed
     out = await client.request("POST", "/v1/chat/completions", body)
     try:
-        choice = out["choices"][0]
-    except (KeyError, IndexError, TypeError):
+        message = out["choices"][0].get("message") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise EngineError(f"{client.base_url}: chat answer has no choices: {str(out)[:300]}") from None
-    return from_openai(choice.get("message") or {}, where=f"{client.base_url} choices[0].message")
+    try:
+        return from_openai(message, where=f"{client.base_url} choices[0].message")
+    except ValueError as e:
+        # The model's own output (say, a tool call without a name) is a flagged turn the episode
+        # goes on from, as for parse_assistant; only a broken envelope is the endpoint's fault.
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else json.dumps(message, default=str)[:4000]
+        return Message(role="assistant", content=text, malformed=str(e))
 
 
 class ChatAgent:

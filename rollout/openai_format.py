@@ -32,7 +32,10 @@ def from_openai(d: dict[str, Any], where: str = "message") -> Message:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
     calls = []
-    for i, c in enumerate(d.get("tool_calls") or []):
+    raw_calls = d.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise ValueError(f"{where}.tool_calls: expected a list, got {type(raw_calls).__name__}")
+    for i, c in enumerate(raw_calls):
         fn = c.get("function") if isinstance(c, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise ValueError(f"{where}.tool_calls[{i}]: needs function.name")
@@ -46,7 +49,9 @@ def from_openai(d: dict[str, Any], where: str = "message") -> Message:
         calls.append(ToolCall(id=str(c.get("id") or f"call_{i}"), name=fn["name"], arguments=args))
     content = d.get("content")
     if isinstance(content, list):  # content parts: keep the text ones
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     try:
         return Message(
             role=d.get("role"),

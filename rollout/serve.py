@@ -28,7 +28,7 @@ from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
 from rollout.http_auth import bearer_auth, server_token
-from rollout.http_engine import HTTPEngine
+from rollout.http_engine import EngineError, HTTPEngine
 from rollout.lm_runner import LMEpisodes
 from rollout.tokenizer import Tokenizer
 from verifiers.config import VerifierConfig
@@ -99,8 +99,11 @@ class RolloutServer:
         try:
             task = Task.model_validate(body["task"])
             seed, temperature = int(body["seed"]), float(body.get("temperature", 1.0))
+            group_id, sample_index = str(body.get("group_id", "")), int(body.get("sample_index", 0))
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0, not {temperature}")
             self.agent._version = max(self.agent.version, int(body.get("version", 0)))
-        except (KeyError, TypeError, ValueError, ValidationError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, ValidationError) as e:
             raise web.HTTPBadRequest(text=f"bad episode request: {e}") from None
         runner = LMEpisodes(
             self.domain,
@@ -114,9 +117,7 @@ class RolloutServer:
         )
         self.in_flight += 1
         try:
-            traj = await runner.run(
-                task, seed, str(body.get("group_id", "")), int(body.get("sample_index", 0))
-            )
+            traj = await runner.run(task, seed, group_id, sample_index)
         finally:
             self.in_flight -= 1
         self.episodes += 1
@@ -126,11 +127,18 @@ class RolloutServer:
         """The aiohttp application; with ``api_key``, every route but /health needs it."""
 
         async def episode(request: web.Request) -> web.Response:
-            return web.json_response(await self.episode(await request.json()))
+            body = await _json_object(request)
+            try:
+                return web.json_response(await self.episode(body))
+            except EngineError as e:  # the policy / user engine failed: not this server's fault
+                raise web.HTTPBadGateway(text=f"engine failed: {e}") from None
 
         async def version(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.agent._version = int(body["version"])  # labels the tokens of requests from now on
+            body = await _json_object(request)
+            try:
+                self.agent._version = int(body["version"])  # labels the tokens of requests from now on
+            except (KeyError, TypeError, ValueError) as e:
+                raise web.HTTPBadRequest(text=f"bad version request: {e!r}") from None
             return web.json_response({"version": self.agent.version})
 
         async def health(_: web.Request) -> web.Response:
@@ -150,6 +158,16 @@ class RolloutServer:
             [web.post("/episode", episode), web.post("/version", version), web.get("/health", health)]
         )
         return app
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as e:  # JSON and UTF-8 errors alike
+        raise web.HTTPBadRequest(text=f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
 
 
 async def _progress(server: RolloutServer, every_s: float) -> None:
