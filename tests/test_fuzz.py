@@ -12,7 +12,8 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 
 from eigen_jax.serve import Server
@@ -24,8 +25,6 @@ from rollout.openai_format import from_openai
 from rollout.serve import RolloutServer, RolloutServerConfig
 from rollout.tokenizer import build_small_tokenizer
 from verifiers.sandbox import Sandbox
-
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
@@ -40,7 +39,7 @@ _FRAGMENTS = [
 model_text = st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=15), max_size=14).map("".join)
 
 
-@FUZZ
+@fuzz(200)
 @given(text=model_text)
 def test_chat_format_parser_never_raises_and_flags_what_it_cannot_parse(text):
     m = ChatFormat().parse_assistant(text)
@@ -56,7 +55,7 @@ args = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 safe_text = st.text(max_size=30).filter(lambda t: "<tool_call>" not in t and "</tool_call>" not in t)
 
 
-@FUZZ
+@fuzz(200)
 @given(content=safe_text, calls=st.lists(st.tuples(names, args), max_size=3))
 def test_rendered_assistant_turns_parse_back_to_themselves(content, calls):
     fmt = ChatFormat()
@@ -72,7 +71,7 @@ def test_rendered_assistant_turns_parse_back_to_themselves(content, calls):
         assert (back.content or "") == content.strip()
 
 
-@FUZZ
+@fuzz(200)
 @given(d=json_values | st.dictionaries(st.sampled_from(["role", "content", "tool_calls", "x"]), json_values))
 def test_openai_message_reader_raises_only_value_errors_naming_the_place(d):
     try:
@@ -104,7 +103,7 @@ def tool_calls(draw, schemas):
     return ToolCall(id="c", name=name, arguments=arguments)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz(60)
 @given(data=st.data())
 def test_tau2_tools_on_arbitrary_arguments_answer_errors_and_change_nothing(tau2_domains, data):
     name = data.draw(st.sampled_from(sorted(tau2_domains)))
@@ -137,7 +136,7 @@ def configs(draw):
     return out
 
 
-@FUZZ
+@fuzz(200)
 @given(doc=configs() | st.text(max_size=80))
 def test_config_loader_accepts_or_names_the_bad_key(tmp_path_factory, doc):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
@@ -224,7 +223,7 @@ _ROUTES = {
 }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz(150)
 @given(data=st.data())
 def test_http_servers_answer_malformed_requests_with_4xx_never_5xx(apps, data):
     which = data.draw(st.sampled_from(sorted(apps)))

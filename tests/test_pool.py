@@ -7,7 +7,8 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rollout.pool import PoolError, PoolWriter, TaskPool
@@ -117,7 +118,7 @@ def _corrupt(path, how, at):
         path.unlink()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz(40)
 @given(
     victims=st.sets(st.integers(0, 5), min_size=1, max_size=3),
     how=st.sampled_from(["truncate", "flip", "foreign", "delete"]),
@@ -147,7 +148,7 @@ def test_damaged_shards_are_quarantined_and_the_rest_reads(tmp_path_factory, sho
     assert len(TaskPool(root)) == len(pool) + 1
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz(30)
 @given(how=st.sampled_from(["truncate", "flip", "foreign", "garbage"]), at=st.integers(0, 10**6))
 def test_a_damaged_manifest_is_rebuilt_from_the_previous_one(tmp_path_factory, shop_tasks, how, at):
     root = tmp_path_factory.mktemp("pool")
