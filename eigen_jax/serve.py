@@ -99,15 +99,18 @@ class Server:
         sps = [sp if i == 0 else sp.model_copy(update={"seed": seeds[i]}) for i in range(n)]
         return list(await asyncio.gather(*(self._generate(prompt, p) for p in sps)))
 
-    def _answer(self, kind: str, ids: list[int], gens: list, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        """The OpenAI response envelope (``kind``: text_completion | chat.completion)."""
+    def _answer(
+        self, kind: str, ids: list[int], gens: list, choices: list[dict[str, Any]], model: Any = None
+    ) -> dict[str, Any]:
+        """The OpenAI response envelope (``kind``: text_completion | chat.completion). It names
+        the model the request asked for (this server answers to any name), else its own."""
         prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
         completion = sum(len(g.tokens) for g in gens)
         return {
             "id": f"{prefix}-{uuid.uuid4().hex}",
             "object": kind,
             "created": int(time.time()),
-            "model": self.name,
+            "model": model if isinstance(model, str) and model else self.name,
             "choices": choices,
             "usage": {
                 "prompt_tokens": len(ids),
@@ -152,7 +155,7 @@ class Server:
                     "token_logprobs": gen.logprobs,
                 }
             choices.append(choice)
-        return self._answer("text_completion", ids, gens, choices)
+        return self._answer("text_completion", ids, gens, choices, body.get("model"))
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         check_fields(body, "chat")
@@ -186,7 +189,7 @@ class Server:
                     ]
                 }
             choices.append(choice)
-        return self._answer("chat.completion", ids, gens, choices)
+        return self._answer("chat.completion", ids, gens, choices, body.get("model"))
 
     async def pause(self) -> dict[str, Any]:
         self._open.clear()

@@ -39,6 +39,9 @@ class HTTPEndpointSection(Section):
     """Most requests in flight to this endpoint."""
     api_key_env: str = ""
     """Environment variable holding an API key (sent as a bearer token); empty: none."""
+    failure_budget: float = Field(0.5, gt=0, le=1)
+    """Most share of failed requests (any fault, retried or not) among the last 100 before the run
+    stops with an error naming this endpoint; 1 never stops."""
 
     def client_options(self, where: str = "api_key_env") -> dict[str, Any]:
         """``HTTPEngine`` keyword arguments: timeout, retries, concurrency and the API key read
@@ -48,6 +51,7 @@ class HTTPEndpointSection(Section):
             max_retries=self.max_retries,
             concurrency=self.concurrency,
             api_key=env_secret(self.api_key_env, where),
+            failure_budget=self.failure_budget,
         )
 
 

@@ -3,8 +3,11 @@
 Token ids in, token ids and logprobs out, through ``POST /v1/completions`` with a token-id
 ``prompt`` and vLLM's ``return_token_ids``: no text round trip, so episodes stay token-exact.
 Requests are bounded by a concurrency limit and an optional rate limit (``asyncio-throttle``),
-time out, and are retried with exponential backoff on connection errors, timeouts and 5xx/429
-answers; other 4xx answers are the caller's fault and fail at once with the server's message.
+time out, and are retried with exponential backoff (or the server's ``Retry-After``) on
+connection errors, timeouts, 5xx/429 answers, truncated or non-JSON bodies and answers for
+another model; other 4xx answers are the caller's fault and fail at once with the server's
+message. A failure budget stops a run against an endpoint that fails too often: past
+``failure_budget`` of the last ``budget_window`` attempts, ``FailureBudgetExceeded`` names it.
 
 Logprobs: vLLM returns what its ``--logprobs-mode`` says (default ``raw_logprobs``: before
 temperature). The learner recomputes softmax(logits / temperature); launch vLLM with
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from asyncio_throttle import Throttler
@@ -35,10 +40,38 @@ from rollout.engine import ContextOverflow, Generation, SamplingParams
 
 
 class EngineError(RuntimeError):
-    """A request that failed for good (after retries, or a 4xx the server explained)."""
+    """A request that failed for good (after retries, or a 4xx the server explained).
+
+    ``transient``: the endpoint kept failing (retries spent), so the same request may succeed
+    later; false for an answer that says the request itself is wrong."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+class FailureBudgetExceeded(EngineError):
+    """An endpoint failed more often than its failure budget allows: stop, do not retry."""
 
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+_MIN_BUDGET_SAMPLE = 20  # attempts seen before the failure budget is judged
+T = TypeVar("T")
+
+
+def _retry_after(headers: Any, cap: float) -> float:
+    try:
+        return min(max(float(headers.get("Retry-After", 0)), 0.0), cap)
+    except (TypeError, ValueError):  # an HTTP date or junk: fall back to our backoff
+        return 0.0
+
+
+def _other_model(asked: Any, answered: Any) -> bool:
+    """Whether an answer names another model than the one asked for (hosted APIs may add a
+    version suffix: ``gpt-4o`` -> ``gpt-4o-2024-08-06``)."""
+    if not isinstance(asked, str) or not isinstance(answered, str) or not asked or not answered:
+        return False
+    return not (answered.startswith(asked) or asked.startswith(answered))
 
 
 class HTTPEngine:
@@ -53,6 +86,8 @@ class HTTPEngine:
         concurrency: most requests in flight to this server.
         rate_per_s: most requests started per second (None: unlimited).
         api_key: sent as a bearer token when set.
+        failure_budget: most share of failed attempts (any fault, retried or not) among the last
+            ``budget_window`` before ``FailureBudgetExceeded``; 1 disables it.
     """
 
     def __init__(
@@ -67,6 +102,8 @@ class HTTPEngine:
         concurrency: int = 64,
         rate_per_s: float | None = None,
         api_key: str | None = None,
+        failure_budget: float = 0.5,
+        budget_window: int = 100,
     ):
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -79,6 +116,8 @@ class HTTPEngine:
         self._version = 0
         self.retries = 0
         """Requests retried so far (a health signal for progress lines)."""
+        self.failure_budget = failure_budget
+        self._outcomes: deque[bool] = deque(maxlen=budget_window)
 
     @property
     def version(self) -> int:
@@ -101,11 +140,23 @@ class HTTPEngine:
             self._session = aiohttp.ClientSession(headers=self._headers)
         return self._session
 
+    def _judge(self, ok: bool, reason: str = "") -> None:
+        """Record one attempt; past the failure budget, stop naming the endpoint."""
+        self._outcomes.append(ok)
+        failed = self._outcomes.count(False)
+        n = len(self._outcomes)
+        if not ok and n >= _MIN_BUDGET_SAMPLE and failed / n > self.failure_budget:
+            raise FailureBudgetExceeded(
+                f"{self.base_url}: {failed} of the last {n} requests failed ({failed / n:.0%}, over the "
+                f"failure budget of {self.failure_budget:.0%}); last error: {reason}"
+            )
+
     async def request(self, method: str, path: str, body: dict | None = None, **params: Any) -> Any:
         """One JSON request with limits, timeout and retries; returns the decoded JSON (or None)."""
         url = self.base_url + path
         delay = self.backoff_s
         for attempt in range(self.max_retries + 1):
+            wait = 0.0
             try:
                 async with self._sem, contextlib.AsyncExitStack() as stack:
                     if self._throttle is not None:
@@ -116,16 +167,30 @@ class HTTPEngine:
                     ) as resp:
                         text = await resp.text()
                         if resp.status < 400:
-                            return await resp.json(content_type=None) if text.strip() else None
-                        if resp.status not in _RETRY_STATUS:
+                            out = json.loads(text) if text.strip() else None
+                            asked = body.get("model") if isinstance(body, dict) else None
+                            answered = out.get("model") if isinstance(out, dict) else None
+                            if not _other_model(asked, answered):
+                                self._judge(True)
+                                return out
+                            reason = f"answered as model {answered!r}, asked for {asked!r}"
+                        elif resp.status not in _RETRY_STATUS:
+                            self._judge(True)  # the endpoint is fine; our request is wrong
                             raise EngineError(f"{method} {url}: HTTP {resp.status}: {text[:500]}")
-                        reason = f"HTTP {resp.status}: {text[:200]}"
+                        else:
+                            reason = f"HTTP {resp.status}: {text[:200]}"
+                            wait = _retry_after(resp.headers, self.max_backoff_s * 6)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
                 reason = f"{type(e).__name__}: {e}"
+            except ValueError as e:  # a truncated or non-JSON body (or one not UTF-8)
+                reason = f"malformed answer ({type(e).__name__}: {str(e)[:100]})"
+            self._judge(False, reason)
             if attempt == self.max_retries:
-                raise EngineError(f"{method} {url}: failed after {attempt + 1} attempts ({reason})")
+                raise EngineError(
+                    f"{method} {url}: failed after {attempt + 1} attempts ({reason})", transient=True
+                )
             self.retries += 1
-            await asyncio.sleep(delay * (1 + random.random()))
+            await asyncio.sleep(max(delay * (1 + random.random()), wait))
             delay = min(delay * 2, self.max_backoff_s)
         raise AssertionError("unreachable")
 
@@ -195,3 +260,19 @@ def parse_completion(out: Any, version: int) -> Generation:
         finish_reason="length" if finish == "length" else "stop",
         version=version,
     )
+
+
+async def rerun_on_engine_error(
+    run: Callable[[], Awaitable[T]], attempts: int, on_rerun: Callable[[str], None] | None = None
+) -> T:
+    """``run()``, rerun from scratch (``attempts`` tries in all) when an engine failed for good;
+    ``on_rerun`` hears why each rerun happened. A spent failure budget is never rerun."""
+    for k in range(attempts):
+        try:
+            return await run()
+        except EngineError as e:
+            if not e.transient or isinstance(e, FailureBudgetExceeded) or k == attempts - 1:
+                raise
+            if on_rerun is not None:
+                on_rerun(str(e))
+    raise AssertionError("unreachable")

@@ -92,16 +92,21 @@ class RemoteEpisodes:
                     text = await resp.text()
                     if resp.status == 200:
                         return Trajectory.model_validate_json(text)
-                    if resp.status < 500:  # our request is wrong: another server will say the same
+                    if resp.status < 500 and resp.status != 429:
+                        # our request is wrong: every other server will say the same
                         raise EngineError(f"{url}/episode: HTTP {resp.status}: {text[:500]}")
                     errors.append(f"{url}: HTTP {resp.status}: {text[:200]}")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
                 errors.append(f"{url}: {type(e).__name__}: {e}")
+            except ValueError as e:  # a truncated or garbled answer (pydantic's error is one too)
+                errors.append(f"{url}: malformed answer: {str(e)[:200]}")
             finally:
                 self.in_flight[url] -= 1
             self.failures[url] += 1
             self.down_until[url] = time.monotonic() + self.cooldown_s
-        raise EngineError(f"episode of task {task.id} failed on every attempt: {'; '.join(errors)}")
+        raise EngineError(
+            f"episode of task {task.id} failed on every attempt: {'; '.join(errors)}", transient=True
+        )
 
     async def set_version(self, version: int) -> None:
         """Tell every server which policy version the agent engine serves from now on."""

@@ -105,6 +105,7 @@ async def evaluate(
     traj_file = out / "trajectories.jsonl"
     settings = trial_settings(cfg)  # keys the trial records (resume reuses only matching ones)
 
+    reruns: list[str] = []  # episodes rerun after an engine failed for good
     with Sandbox.from_config(v) as sb:
         confinement = sb.describe()
         verifier = Verifier(domain, sb, v.components)
@@ -164,6 +165,7 @@ async def evaluate(
                 desc=f"eval {cfg.domain.name}",
                 progress=cfg.run.progress,
                 settings=settings,
+                reruns=reruns,
             )
         finally:
             await agent_client.close()
@@ -186,6 +188,11 @@ async def evaluate(
         "terminations": dict(Counter(r["termination"] for r in records)),
         "tau2_cross_checked": sum("tau2" in r.get("components", {}) for r in records) if cross else None,
         "sandbox": confinement,
+        "faults": {
+            "request_retries": agent_client.retries + (user_client.retries if user_client else 0),
+            "episodes_rerun": len(reruns),
+            "rerun_reasons": reruns[:10],
+        },
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     title = f"{cfg.domain.name}: {len(tasks)} {cfg.tasks.split} tasks × {cfg.run.trials} trials"

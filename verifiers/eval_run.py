@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rollout.contracts import Task, Trajectory
+from rollout.http_engine import rerun_on_engine_error
 
 RunFn = Callable[[Task, int, str, int], Awaitable[Trajectory]]
 
@@ -81,10 +82,12 @@ async def run_trials(
     desc: str = "eval",
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
+    reruns: list[str] | None = None,
 ) -> dict[str, list[float]]:
     """Rewards per task id (``trials`` each) from ``out`` plus the trials it lacked. ``settings``:
     what else decides an episode (agent, user, limits); only records made with the same
-    ``settings`` and ``seed`` are reused."""
+    ``settings`` and ``seed`` are reused. An episode whose engine failed for good (retries spent)
+    is rerun from scratch, twice at most; ``reruns`` collects why."""
     out.parent.mkdir(parents=True, exist_ok=True)
     key = trials_key(seed, settings)
     records = _records(out)
@@ -101,6 +104,7 @@ async def run_trials(
             f.write("\n")
     todo = [(i, t, k) for i, t in enumerate(tasks) for k in range(trials) if (t.id, k) not in done]
     sem = asyncio.Semaphore(concurrency)
+    _heard = reruns if reruns is not None else []
     bar = tqdm(
         total=len(tasks) * trials,
         initial=len(tasks) * trials - len(todo),
@@ -111,7 +115,9 @@ async def run_trials(
 
     async def one(i: int, task: Task, k: int) -> None:
         async with sem:
-            traj = await run(task, trial_seed(seed, i, k), f"eval-{i}", k)
+            traj = await rerun_on_engine_error(
+                lambda: run(task, trial_seed(seed, i, k), f"eval-{i}", k), 3, _heard.append
+            )
         info = traj.reward_info
         rec = {
             "task_id": task.id,

@@ -31,7 +31,7 @@ from rollout.config import env_secret
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
 from rollout.domains import get_domain
-from rollout.http_engine import HTTPEngine
+from rollout.http_engine import HTTPEngine, rerun_on_engine_error
 from rollout.lm_runner import LMEpisodes
 from rollout.pool import TaskPool
 from rollout.remote import RemoteEpisodes
@@ -90,6 +90,9 @@ class _LocalPolicy:
     async def sync(self, learner: Learner, export_dir: Path) -> None:
         self.sampler.update_weights(learner.state.params, version=learner.step)
 
+    def retries(self) -> int:
+        return 0  # no network in between
+
     async def close(self) -> None:
         pass
 
@@ -117,6 +120,10 @@ class _RemotePolicy:
             if old.name not in (f"v{step}", f"v{step - 1}"):
                 shutil.rmtree(old, ignore_errors=True)
 
+    def retries(self) -> int:
+        """Requests retried so far: to the policy engine, and episodes rerun on another server."""
+        return self.engine.retries + sum(self.remote.failures.values())
+
     async def close(self) -> None:
         await self.remote.close()
         await self.engine.close()
@@ -132,15 +139,18 @@ class _Groups:
         self.write_tools = write_tools
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
         self.finished: list[Group] = []  # drained by the logger
+        self.reruns: list[str] = []  # episodes rerun after an engine failed for good (drained too)
 
     async def __call__(self, index: int) -> Group:
         task = self.tasks[task_order(len(self.tasks), self.seed, index)]
-        trajs = await asyncio.gather(
-            *(
-                self.episodes.run(task, episode_seed(self.seed, index, j), f"g{index}", j)
-                for j in range(self.group_size)
+
+        def episode(j: int):  # rerun from scratch, same seed, if its engine failed for good
+            seed = episode_seed(self.seed, index, j)
+            return rerun_on_engine_error(
+                lambda: self.episodes.run(task, seed, f"g{index}", j), 3, self.reruns.append
             )
-        )
+
+        trajs = await asyncio.gather(*(episode(j) for j in range(self.group_size)))
         credit = [action_credit(task.gold_actions, t, self.write_tools) for t in trajs]
         group = Group(index, task.id, list(trajs), credit)
         self.finished.append(group)
@@ -301,7 +311,10 @@ async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id
             host = episode_batch(trajs, adv, length, pad_id)
             assert len(trajs) == rows
             row = {**_rollout_metrics(groups.finished), **staleness(trajs, learner.step)}
-            groups.finished = []
+            row.update(
+                episodes_rerun=float(len(groups.reruns)), request_retries_total=float(policy.retries())
+            )
+            groups.finished, groups.reruns = [], []
             row.update(await asyncio.to_thread(update, host))
             await policy.sync(learner, export_dir)
             await controller.set_version(learner.step)
