@@ -14,8 +14,8 @@ drawn uniformly from ``faults``:
 - ``malformed``: ``200`` with a body that is not JSON;
 - ``wrong_model``: the real answer with its ``model`` field naming another model.
 
-``counts`` says how many requests met each fault (and ``ok``: forwarded untouched). Binds
-127.0.0.1 only: it is a test tool.
+``counts`` says how many requests met each fault (and ``ok``: forwarded untouched); the proxy
+itself answers ``GET /_fault_proxy/counts`` with them. Binds 127.0.0.1 only: it is a test tool.
 """
 
 from __future__ import annotations
@@ -127,7 +127,11 @@ class FaultProxy:
             if self._session is not None:
                 await self._session.close()
 
+        async def counts(_: web.Request) -> web.Response:
+            return web.json_response(dict(self.counts))
+
         app = web.Application(client_max_size=256 * 2**20)
+        app.router.add_get("/_fault_proxy/counts", counts)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_cleanup.append(close)
         return app
@@ -142,11 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--faults", default=",".join(FAULTS), help="comma-separated subset of: " + ", ".join(FAULTS)
     )
-    ap.add_argument("--hang-s", type=float, default=30.0)
+    ap.add_argument("--hang-s", type=float, default=30.0, help="how long a hung request waits before closing")
+    ap.add_argument("--retry-after-s", type=float, default=0.1, help="Retry-After of injected 429s")
     args = ap.parse_args(argv)
     proxy = FaultProxy(
-        args.upstream, args.rate, seed=args.seed, faults=args.faults.split(","), hang_s=args.hang_s
-    )
+        args.upstream, args.rate, seed=args.seed, faults=args.faults.split(","), hang_s=args.hang_s,
+        retry_after_s=args.retry_after_s,
+    )  # fmt: skip
     print(f"[fault_proxy] 127.0.0.1:{args.port} -> {args.upstream}, {args.rate:.0%} faults", flush=True)
     web.run_app(proxy.app(), host="127.0.0.1", port=args.port, print=None)
 

@@ -137,6 +137,8 @@ def _wait_health(url, proc, timeout=180):
 
 @pytest.mark.slow
 def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
+    """Also through 20% injected faults of every kind in front of the policy engine (episodes and
+    weight sync) and of each rollout server (rollout.fault_proxy)."""
     cfg = load_config(
         RunConfig,
         ROOT / "configs/quickstart.yaml",
@@ -159,19 +161,28 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
         tmp_path / "agent",
         tokenizer_dir=tmp_path / "tok",
     )
-    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2")}
+    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2", "fe", "f1", "f2")}
     ep, p1, p2 = free_port(), free_port(), free_port()
+    fe, f1, f2 = free_port(), free_port(), free_port()  # fault proxies in front of each
     procs = {
         "engine": _launch(
             ["eigen_jax.serve", "--model", str(tmp_path / "agent"), "--port", str(ep)], logs["engine"]
         )
     }
+    for name, port, up, seed in (("fe", fe, ep, 1), ("f1", f1, p1, 2), ("f2", f2, p2, 3)):
+        procs[name] = _launch(
+            ["rollout.fault_proxy", f"--upstream=http://127.0.0.1:{up}", f"--port={port}", "--rate=0.2",
+             f"--seed={seed}", "--hang-s=2", "--retry-after-s=0.05"],
+            logs[name],
+        )  # fmt: skip
     for name, port in (("r1", p1), ("r2", p2)):
         procs[name] = _launch(
             [
                 "rollout.serve",
                 f"server.port={port}",
-                f"agent.url=http://127.0.0.1:{ep}",
+                f"agent.url=http://127.0.0.1:{fe}",
+                "agent.timeout_s=30",
+                "agent.max_retries=6",
                 "agent.model=agent",
                 f"agent.tokenizer={tmp_path / 'tok'}",
                 "episode.user=scripted",
@@ -184,8 +195,8 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
         )
     try:
         _wait_health(f"http://127.0.0.1:{ep}", procs["engine"])
-        for port, name in ((p1, "r1"), (p2, "r2")):
-            _wait_health(f"http://127.0.0.1:{port}", procs[name])
+        for port, name in ((p1, "r1"), (p2, "r2"), (fe, "fe"), (f1, "f1"), (f2, "f2")):
+            _wait_health(f"http://127.0.0.1:{port}", procs[name])  # (a proxy: until one gets through)
         cfg = load_config(
             RunConfig,
             ROOT / "configs/quickstart.yaml",
@@ -201,8 +212,8 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
                 "grpo.tasks_per_step=2",
                 "grpo.group_size=4",
                 "grpo.filter_groups=false",
-                f"grpo.rollout_servers=[http://127.0.0.1:{p1},http://127.0.0.1:{p2}]",
-                f"grpo.agent_url=http://127.0.0.1:{ep}",
+                f"grpo.rollout_servers=[http://127.0.0.1:{f1},http://127.0.0.1:{f2}]",
+                f"grpo.agent_url=http://127.0.0.1:{fe}",
                 "grpo.agent_model=agent",
             ],
         )
@@ -229,6 +240,12 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
 
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{p1}/health").read())
         assert health["episodes"] > 0 and health["version"] == 4  # versions announced per sync
+        injected = {
+            name: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/_fault_proxy/counts").read())
+            for name, port in (("fe", fe), ("f1", f1))
+        }
+        assert all(sum(n for f, n in c.items() if f not in ("ok", "slow")) > 0 for c in injected.values())
+        assert rows[-1]["request_retries_total"] > 0
         served = sorted(p.name for p in (tmp_path / "run/grpo/served_weights").iterdir())
         assert served == ["v3", "v4"]
     finally:
