@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from eigen_jax.learner import TrainState
+from rollout.crashpoints import crash_point
 
 
 def _flat(state: TrainState) -> tuple[dict[str, Any], Any]:
@@ -43,6 +44,7 @@ class Checkpointer:
         self._mngr.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
         )
+        crash_point("checkpoint.saving")  # orbax may still be writing: the step is not committed
         self._mngr.wait_until_finished()
 
     def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.contracts import Task
+from rollout.crashpoints import crash_point
 
 FORMAT = "eigen-task-pool/1"
 MANIFEST = "manifest.json"
@@ -67,6 +68,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    crash_point("pool.before_rename")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -239,6 +241,7 @@ class PoolWriter:
             data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
             name = f"shards/{uuid.uuid4().hex}.jsonl"
             _atomic_write(self.root / name, data)
+            crash_point("pool.before_publish")  # the shard is on disk, the manifest knows nothing
             manifest["shards"].append(
                 {
                     "file": name,

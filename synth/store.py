@@ -7,7 +7,8 @@
     OUT/report.json, report.png
 
 Files are written atomically or appended line by line and fsync'd; a torn last journal line
-(a kill mid-write) is ignored on load, and its attempt runs again.
+(a kill mid-write) is ignored on load and cut off before the next append, and its attempt runs
+again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rollout.crashpoints import crash_point
 from rollout.pool import _atomic_write
 from synth.plans import PlanPair
 from synth.worker import AttemptRecord
@@ -30,6 +32,7 @@ class RunStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         (self.root / "plans").mkdir(parents=True, exist_ok=True)
+        self._mended: set[str] = set()
 
     # plans -------------------------------------------------------------------------------------
     def plans_path(self, rnd: int) -> Path:
@@ -49,8 +52,23 @@ class RunStore:
         _atomic_write(self.plans_path(rnd), json.dumps(data, indent=1).encode())
 
     # journal -----------------------------------------------------------------------------------
+    def _mend(self, name: str) -> None:
+        """Cut a torn last line (no newline after it), so the next record starts a line."""
+        path = self.root / name
+        if name in self._mended or not path.exists():
+            self._mended.add(name)
+            return
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+                os.fsync(f.fileno())
+        self._mended.add(name)
+
     def _append(self, name: str, line: str) -> None:
+        self._mend(name)
         with open(self.root / name, "a") as f:
+            crash_point("synth.torn_line", lambda: (f.write(line[: len(line) // 2]), f.flush()))
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rollout.contracts import Task, Trajectory
+from rollout.crashpoints import crash_point
 from rollout.http_engine import rerun_on_engine_error
 
 RunFn = Callable[[Task, int, str, int], Awaitable[Trajectory]]
@@ -131,8 +132,10 @@ async def run_trials(
             "turns": sum(m.role == "assistant" for m in traj.messages),
         }
         done[(task.id, k)] = rec
+        line = json.dumps(rec)
         with out.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+            crash_point("eval.torn_line", lambda: (f.write(line[: len(line) // 2]), f.flush()))
+            f.write(line + "\n")
         bar.update()
 
     try:

@@ -1,0 +1,150 @@
+"""kill -9 at random points, twenty times per stage, each followed by a resume: the task pool and
+the eval records neither lose nor duplicate an item, and deterministic runs end exactly where an
+uninterrupted run ends (tests/kill_harness.py; crash points in rollout.crashpoints)."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kill_harness import kill_and_resume
+
+from rollout.pool import TaskPool
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _timed(cmd, **kw):
+    t0 = time.monotonic()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=900, **kw)
+    return time.monotonic() - t0
+
+
+def _windows(cmd, kills, **kw):
+    """(startup, per-round window): the command's start-up time (``--print-config`` imports what a
+    run imports) and twice an even share of its work per kill."""
+    startup = _timed([*cmd, "--print-config"], **kw)
+    total = _timed(cmd, **kw)
+    return startup, 2 * max(total - startup, 0.5) / kills
+
+
+def _complete_lines(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().split("\n")[:-1]:  # a torn line has no newline after it... or
+        try:  # is followed by the next record on a fresh line, and does not parse
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def test_synth_survives_twenty_kills_without_losing_or_duplicating_a_task(tmp_path):
+    def cmd(out: Path):
+        return [
+            sys.executable, "-m", "synth.run", "--config", "configs/synth_shop_scripted.yaml",
+            "--no-progress", f"synth.out_dir={out}/run", f"pool.dir={out}/pool", "synth.rounds=2",
+            "synth.attempts_per_round=16", "synth.concurrency=2", "pool.shard_size=2",
+        ]  # fmt: skip
+
+    startup, window = _windows(cmd(tmp_path / "ref"), 20)
+    report = kill_and_resume(
+        lambda r: cmd(tmp_path / "killed"), kills=20, seed=0, startup_s=startup, window_s=window,
+        cwd=ROOT, points=["pool.before_rename", "pool.before_publish", "synth.torn_line"], max_hit=3,
+        log=tmp_path / "killed.log",
+    )  # fmt: skip
+    assert report.final_returncode == 0 and report.kills == 20, report
+    ids = [t.id for t in TaskPool(tmp_path / "killed/pool").tasks()]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(t.id for t in TaskPool(tmp_path / "ref/pool").tasks())
+    keys = [r["key"] for r in _complete_lines(tmp_path / "killed/run/journal.jsonl")]
+    assert len(set(keys)) == 32 and len(keys) == 32  # each attempt journaled once
+
+
+@pytest.fixture
+def scripted_endpoint():
+    """The synth engine's scripted endpoint (it plays the assistant too), in a thread."""
+    from synth.scripted import ScriptedEndpoint
+
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), asyncio.Event()
+    box = {}
+
+    async def serve():
+        async with ScriptedEndpoint() as ep:
+            box["url"] = ep.url
+            ready.set()
+            await stop.wait()
+
+    th = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    th.start()
+    ready.wait(30)
+    yield box["url"]
+    loop.call_soon_threadsafe(stop.set)
+    th.join(10)
+
+
+def test_an_eval_survives_twenty_kills_with_each_trial_recorded_once(tmp_path, scripted_endpoint):
+    from rollout.pool import PoolWriter
+    from synth.config import ProceduralConfig
+    from synth.procedural.shop import generate_shop_task
+
+    pcfg = ProceduralConfig(seed=3, num_tasks=12)
+    with PoolWriter(tmp_path / "pool") as w:
+        for i in range(12):
+            w.add(generate_shop_task(pcfg, i).model_copy(update={"split": "test"}))
+
+    def cmd(out: Path):
+        return [
+            sys.executable, "-m", "eigen_jax.eval", "--config", "configs/eval_shop.yaml",
+            f"run.out_dir={out}", "run.trials=4", "run.progress=false", "run.concurrency=2",
+            f"tasks.pool_dir={tmp_path / 'pool'}", "agent.kind=endpoint", f"agent.url={scripted_endpoint}",
+            "agent.model=assistant", "run.prompt=full",
+        ]  # fmt: skip
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    startup, window = _windows(cmd(tmp_path / "ref"), 20, env=env)
+    report = kill_and_resume(
+        lambda r: cmd(tmp_path / "killed"), kills=20, seed=1, startup_s=startup, window_s=window, cwd=ROOT,
+        env=env, points=["eval.torn_line"], max_hit=2, log=tmp_path / "killed.log",
+    )  # fmt: skip
+    assert report.final_returncode == 0 and report.kills == 20, report
+    ref = json.loads((tmp_path / "ref/results.json").read_text())
+    got = json.loads((tmp_path / "killed/results.json").read_text())
+    assert got["pass_hat_k"] == ref["pass_hat_k"] and got["terminations"] == ref["terminations"]
+    trials = [(r["task_id"], r["trial"]) for r in _complete_lines(tmp_path / "killed/trials.jsonl")]
+    assert len(trials) == len(set(trials)) == 48  # every trial once: none lost, none run twice
+
+
+def test_sft_survives_kills_mid_step_and_mid_checkpoint_and_ends_bit_exact(tmp_path):
+    def cmd(out: Path, resume: bool):
+        return [
+            sys.executable, "-m", "eigen_jax.train", "--config", "configs/quickstart.yaml",
+            f"run.out_dir={out}", f"pool.dir={out}/pool", "run.progress=false", "procedural.num_tasks=60",
+            "run.stages=[generate,sft_user]", "sft_user.steps=24", "sft_user.eval_every=4",
+            "sft_user.max_len=384", "sft_user.eval_batches=1", "checkpoint.every=2",
+            *(["--resume"] if resume else []),
+        ]  # fmt: skip
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    kills = int(os.environ.get("EIGEN_SFT_KILLS", "5"))  # tools/bench/kills.py runs 20
+    startup, window = _windows(cmd(tmp_path / "ref", False), kills, env=env)
+    report = kill_and_resume(
+        lambda r: cmd(tmp_path / "killed", r > 0), kills=kills, seed=2, startup_s=startup,
+        window_s=window, cwd=ROOT, env=env, points=["checkpoint.saving"], max_hit=3,
+        log=tmp_path / "killed.log",
+    )  # fmt: skip
+    assert report.final_returncode == 0 and report.kills == kills, report
+    a = [json.loads(x) for x in (tmp_path / "ref/sft_user/metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "killed/sft_user/metrics.jsonl").read_text().splitlines()]
+    last = {r["step"]: r for r in b}  # a resumed run rewrites the steps after its checkpoint
+    assert sorted(last) == [r["step"] for r in a]
+    assert all(last[r["step"]]["loss"] == r["loss"] for r in a)
+    for f in sorted((tmp_path / "ref/sft_user/hf").glob("*.safetensors")):
+        assert f.read_bytes() == (tmp_path / "killed/sft_user/hf" / f.name).read_bytes(), f.name
