@@ -10,6 +10,7 @@ tests/test_kill_resume.py and tools/bench/kills.py.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -85,3 +86,13 @@ def kill_and_resume(
         if log is not None:
             out.close()
     return report
+
+
+def record(stage: str, report: KillReport, exact: str) -> None:
+    """Append a stage's figures to ``$EIGEN_KILL_REPORT`` (JSONL) when set (tools/bench/kills.py)."""
+    path = os.environ.get("EIGEN_KILL_REPORT")
+    if path:
+        row = {"stage": stage, "rounds": report.rounds, "killed": dict(report.killed), "exact": exact,
+               "resumed": report.final_returncode == 0}  # fmt: skip
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
