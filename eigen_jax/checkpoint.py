@@ -19,6 +19,16 @@ from eigen_jax.learner import TrainState
 from rollout.crashpoints import crash_point
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written (names the directory, the cause, the last good step)."""
+
+
+def _causes(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _flat(state: TrainState) -> tuple[dict[str, Any], Any]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}, treedef
@@ -37,15 +47,34 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def _complete_steps(self) -> list[int]:
+        """Steps whose directory orbax committed (no temporary suffix), from disk."""
+        if not self.directory.exists():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
     def save(self, state: TrainState, meta: dict[str, Any]) -> None:
-        """Save at ``state.step`` (blocks until written: a resume must never see half a step)."""
+        """Save at ``state.step`` (blocks until written: a resume must never see half a step).
+
+        Raises ``CheckpointError`` naming the directory when the step cannot be written (disk
+        full, read-only); the previous checkpoints stay as they were."""
         flat, _ = _flat(state)
         step = int(state.step)
-        self._mngr.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta))
-        )
-        crash_point("checkpoint.saving")  # orbax may still be writing: the step is not committed
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)),
+            )
+            crash_point("checkpoint.saving")  # orbax may still be writing: the step is not committed
+            self._mngr.wait_until_finished()
+        except Exception as e:
+            # orbax wraps the OSError in its own errors; say what it means and where
+            cause = next((c for c in _causes(e) if isinstance(c, OSError)), e)
+            raise CheckpointError(
+                f"cannot write the checkpoint of step {step} under {self.directory} "
+                f"({getattr(cause, 'strerror', None) or cause}); the latest complete checkpoint is "
+                f"step {self._complete_steps()[-1] if self._complete_steps() else None}"
+            ) from e
 
     def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """The checkpoint at ``step`` (default: latest), shaped and sharded like ``like``."""

@@ -63,13 +63,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all; a failure (disk full, read-only) leaves no temp file."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    crash_point("pool.before_rename")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point("pool.before_rename")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -231,12 +237,21 @@ class PoolWriter:
         """Write buffered tasks as one shard and publish it in the manifest."""
         if not self._buffer:
             return
+        try:
+            self._publish()
+        except OSError as e:  # disk full, read-only, gone: nothing published, nothing dropped
+            raise PoolError(
+                f"{self.root}: cannot write to the task pool ({e.strerror or e}); "
+                f"{len(self._buffer)} tasks stay queued in this writer and nothing was published"
+            ) from e
+
+    def _publish(self) -> None:
         with _locked(self.root):
             manifest = _read_manifest(self.root)
             self._refresh(manifest)
             tasks = [t for i, t in self._buffer.items() if i not in self._published]
-            self._buffer = {}
             if not tasks:
+                self._buffer = {}
                 return
             data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
             name = f"shards/{uuid.uuid4().hex}.jsonl"
@@ -250,8 +265,14 @@ class PoolWriter:
                     "splits": [t.split for t in tasks],
                 }
             )
-            _write_manifest(self.root, manifest)
+            try:
+                _write_manifest(self.root, manifest)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    (self.root / name).unlink()  # never published: leave no orphan behind
+                raise
             self._refresh(manifest)
+            self._buffer = {}
         self.written += len(tasks)
 
     def __enter__(self) -> PoolWriter:
