@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from flax import nnx
+from http_helpers import run_with
 
 from eigen_jax.model import Decoder, DecoderConfig, positions_from_mask
 from eigen_jax.model.hf import load_hf, save_hf
@@ -44,18 +44,6 @@ def served(tmp_path_factory, shop):
     return model, tok, root
 
 
-def _run_with(app, fn):
-    async def main():
-        server = TestServer(app)
-        await server.start_server()
-        try:
-            return await fn(str(server.make_url("")).rstrip("/"))
-        finally:
-            await server.close()
-
-    return asyncio.run(main())
-
-
 def _recompute(model, prompt, gen):
     seq = jnp.asarray([prompt + gen])
     mask = jnp.ones_like(seq)
@@ -74,7 +62,7 @@ def test_completions_match_the_in_process_sampler(served):
             sampled = await eng.generate(PROMPT, SamplingParams(max_new_tokens=12, seed=4))
             return greedy, sampled
 
-    greedy, sampled = _run_with(Server(Sampler(model), tok, "m").app(), go)
+    greedy, sampled = run_with(Server(Sampler(model), tok, "m").app(), go)
     assert greedy.tokens == want.tokens and greedy.finish_reason == "length" and greedy.version == 0
     np.testing.assert_allclose(greedy.logprobs, want.logprobs, atol=1e-6)
     np.testing.assert_allclose(sampled.logprobs, _recompute(model, PROMPT, sampled.tokens), atol=1e-4)
@@ -103,7 +91,7 @@ def test_bad_requests_fail_at_once_with_the_servers_reason(served):
             return eng.retries
 
     sampler = Sampler(model, max_len=256)
-    assert _run_with(Server(sampler, tok, "m").app(), go) == 0
+    assert run_with(Server(sampler, tok, "m").app(), go) == 0
 
 
 class _ToolCallSampler:
@@ -150,7 +138,7 @@ def test_chat_completions_render_and_parse_tool_calls(served, shop):
                 {"messages": messages, "tools": shop.tool_schemas(), "max_tokens": 64},
             )
 
-    out = _run_with(Server(fake, tok, "m").app(), go)
+    out = run_with(Server(fake, tok, "m").app(), go)
     choice = out["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     call = choice["message"]["tool_calls"][0]["function"]
@@ -189,7 +177,7 @@ def test_retries_with_backoff_then_success():
         async with HTTPEngine(url, "m", backoff_s=0.05) as eng:
             return await eng.generate([3], SamplingParams()), eng.retries
 
-    gen, retries = _run_with(app, go)
+    gen, retries = run_with(app, go)
     assert gen.tokens == [1, 2] and gen.logprobs == [-0.5, -0.25] and retries == 2
     assert hits[2] - hits[1] >= hits[1] - hits[0] >= 0.05  # exponential backoff
 
@@ -207,7 +195,7 @@ def test_timeouts_are_retried_then_reported():
             with pytest.raises(EngineError, match="failed after 2 attempts \\(TimeoutError"):
                 await eng.generate([3], SamplingParams())
 
-    _run_with(app, go)
+    run_with(app, go)
 
 
 def test_concurrency_limit_holds():
@@ -233,7 +221,7 @@ def test_concurrency_limit_holds():
         async with HTTPEngine(url, "m", concurrency=2) as eng:
             await asyncio.gather(*(eng.generate([1], SamplingParams()) for _ in range(8)))
 
-    _run_with(app, go)
+    run_with(app, go)
     assert peak[0] == 2
 
 
@@ -264,7 +252,7 @@ def test_weight_sync_serves_the_new_weights(served):
                 await eng.sync_weights(str(root / "nope"), version=2)
             return before, after, eng.version
 
-    before, after, version = _run_with(Server(Sampler(load_hf(root / "v0")), tok, "m").app(), go)
+    before, after, version = run_with(Server(Sampler(load_hf(root / "v0")), tok, "m").app(), go)
     assert before.version == 0 and after.version == 1 and version == 1
     np.testing.assert_allclose(after.logprobs, _recompute(model2, PROMPT, after.tokens), atol=1e-4)
     np.testing.assert_allclose(before.logprobs, _recompute(model, PROMPT, before.tokens), atol=1e-4)

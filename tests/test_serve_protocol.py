@@ -2,7 +2,6 @@
 and ``stream`` work with real clients (openai, litellm); API keys; and the same network rule for
 ``rollout.serve``."""
 
-import asyncio
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from http_helpers import run_with
 
 from eigen_jax.serve import Server
 from eigen_jax.serve_protocol import MAX_N, check_fields, sse_events
@@ -46,15 +45,7 @@ def tok():
 
 
 def _serve(tok, fn, api_key=None):
-    async def main():
-        server = TestServer(Server(_SeededSampler(tok), tok, "m").app(api_key))
-        await server.start_server()
-        try:
-            return await fn(str(server.make_url("")).rstrip("/"))
-        finally:
-            await server.close()
-
-    return asyncio.run(main())
+    return run_with(Server(_SeededSampler(tok), tok, "m").app(api_key), fn)
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
