@@ -331,6 +331,7 @@ async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id
             store = getattr(getattr(policy, "sampler", None), "prefix_cache", None)
             if store is not None:
                 row["prefix_hit_rate"] = store.hit_rate  # share of prompt tokens not prefilled
+                row["prefix_cache_mb"] = store.nbytes / 2**20  # held within episode.prefix_cache_mb
             if "pass_rate" in row:
                 passes.append(row["pass_rate"])
             log.log(learner.step, row)
