@@ -1,5 +1,5 @@
-"""A 30-minute GRPO-on-episodes run (tiny model, embedded sampler, prefix cache on), sampled each
-minute: resident memory after warm-up grows < 5%, open descriptors and threads do not grow, the
+"""A 30-minute GRPO-on-episodes run (tiny model, embedded sampler, prefix cache on), sampled every
+30 s: resident memory after warm-up grows < 5%, open descriptors and threads do not grow, the
 prefix cache stays within its budget. By hand: ``bash tools/test.sh -m soak -s`` (minutes:
 ``EIGEN_SOAK_MINUTES``); the figures go to RELIABILITY.md's soak section."""
 
@@ -29,6 +29,7 @@ def _sample(pid: int) -> dict:
     }
 
 
+@pytest.mark.timeout(0)  # the run is the point: pytest's 10-minute default does not apply
 def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
     minutes = float(os.environ.get("EIGEN_SOAK_MINUTES", "30"))
     budget_mb = 64
@@ -47,7 +48,7 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
     samples, t0 = [], time.monotonic()
     try:
         while time.monotonic() - t0 < minutes * 60:
-            time.sleep(60 if minutes >= 5 else 10)
+            time.sleep(30 if minutes >= 5 else 10)
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
             steps = len(metrics.read_text().splitlines()) if metrics.exists() else 0
             samples.append(
@@ -64,11 +65,12 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
     # Warm-up: the first sixth (compiles of new prompt buckets, the first checkpoint's threads).
     # RSS swings by hundreds of MB with the batch in flight, so windows of samples are compared.
     warm = [s for s in samples if s["minute"] >= minutes / 6]
-    k = max(1, min(5, len(warm) // 3))
+    k = max(1, min(10, len(warm) // 3))
     first, last = warm[:k], warm[-k:]
     growth = statistics.median(s["rss_mb"] for s in last) / statistics.median(s["rss_mb"] for s in first) - 1
     print(json.dumps({"rss_growth": growth, "steps": rows[-1]["step"] if rows else 0}))
     assert len(warm) >= 3 and growth < 0.05, samples
-    assert max(s["fds"] for s in last) <= max(s["fds"] for s in first), samples
-    assert max(s["threads"] for s in last) <= max(s["threads"] for s in first), samples
+    # Medians too: a checkpoint being written holds a few extra threads and files for a moment.
+    assert statistics.median(s["fds"] for s in last) <= statistics.median(s["fds"] for s in first), samples
+    assert statistics.median(s["threads"] for s in last) <= statistics.median(s["threads"] for s in first)
     assert max(r.get("prefix_cache_mb", 0) for r in rows) <= budget_mb
