@@ -10,26 +10,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from http_helpers import SeededSampler
 
 from eigen_jax.serve import Server
 from rollout.contracts import Termination, Trajectory
-from rollout.engine import Generation, SamplingParams
+from rollout.engine import SamplingParams
 from rollout.fault_proxy import FAULTS, FaultProxy
 from rollout.http_engine import EngineError, FailureBudgetExceeded, HTTPEngine, rerun_on_engine_error
 from rollout.remote import RemoteEpisodes
 from rollout.tokenizer import build_small_tokenizer
 
 ROOT = Path(__file__).parents[1]
-
-
-class _Seeded:
-    """A sampler whose completion is a function of the prompt and seed."""
-
-    max_len, version, prefix_cache = 4096, 0, None
-
-    async def generate(self, prompt, sp):
-        ids = [(sum(prompt) * 7 + (sp.seed or 0) * 13 + k) % 200 + 3 for k in range(sp.max_new_tokens)]
-        return Generation(tokens=ids, logprobs=[-0.25] * len(ids), finish_reason="length", version=0)
 
 
 async def _stack(upstream_app, **proxy_kw):
@@ -46,7 +37,12 @@ def test_the_client_recovers_from_every_fault_with_the_same_answers():
 
     async def main():
         up, front, proxy = await _stack(
-            Server(_Seeded(), tok, "m").app(), rate=0.3, seed=1, hang_s=1.5, slow_s=0.2, retry_after_s=0.01
+            Server(SeededSampler(), tok, "m").app(),
+            rate=0.3,
+            seed=1,
+            hang_s=1.5,
+            slow_s=0.2,
+            retry_after_s=0.01,
         )
         try:
             direct = HTTPEngine(str(up.make_url("")).rstrip("/"), "m")
@@ -77,7 +73,9 @@ def test_past_its_failure_budget_an_endpoint_stops_the_run_by_name():
     tok = build_small_tokenizer(["a b c"], 260)
 
     async def main():
-        up, front, proxy = await _stack(Server(_Seeded(), tok, "m").app(), rate=1.0, faults=["error500"])
+        up, front, proxy = await _stack(
+            Server(SeededSampler(), tok, "m").app(), rate=1.0, faults=["error500"]
+        )
         url = str(front.make_url("")).rstrip("/")
         try:
             eng = HTTPEngine(url, "m", max_retries=1000, backoff_s=0.001, max_backoff_s=0.001)
@@ -184,7 +182,12 @@ def test_an_endpoint_eval_through_faults_gives_the_same_results(tmp_path):
 
     async def main():
         up, front, proxy = await _stack(
-            Server(_Seeded(), tok, "m").app(), rate=0.2, seed=5, hang_s=1.5, slow_s=0.1, retry_after_s=0.01
+            Server(SeededSampler(), tok, "m").app(),
+            rate=0.2,
+            seed=5,
+            hang_s=1.5,
+            slow_s=0.1,
+            retry_after_s=0.01,
         )
         try:
             clean = await _main(cfg(str(up.make_url("")).rstrip("/"), tmp_path / "clean"))

@@ -20,24 +20,18 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from _report import RELIABILITY, machine, write_section  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
+from http_helpers import SeededSampler  # noqa: E402
 
 from eigen_jax.serve import Server  # noqa: E402
 from rollout.configio import load_config  # noqa: E402
-from rollout.engine import Generation, SamplingParams  # noqa: E402
+from rollout.engine import SamplingParams  # noqa: E402
 from rollout.fault_proxy import FaultProxy  # noqa: E402
 from rollout.http_engine import HTTPEngine  # noqa: E402
 from rollout.tokenizer import build_small_tokenizer  # noqa: E402
-
-
-class _Seeded:
-    max_len, version, prefix_cache = 4096, 0, None
-
-    async def generate(self, prompt, sp):
-        ids = [(sum(prompt) * 7 + (sp.seed or 0) * 13 + k) % 200 + 3 for k in range(sp.max_new_tokens)]
-        return Generation(tokens=ids, logprobs=[-0.25] * len(ids), finish_reason="length", version=0)
 
 
 async def _up(app):
@@ -48,7 +42,7 @@ async def _up(app):
 
 async def completions(rate: float, n: int) -> dict:
     tok = build_small_tokenizer(["a b c d e"], 260)
-    up, up_url = await _up(Server(_Seeded(), tok, "m").app())
+    up, up_url = await _up(Server(SeededSampler(), tok, "m").app())
     proxy = FaultProxy(up_url, rate, seed=11, hang_s=1.5, slow_s=0.2, retry_after_s=0.01)
     front, url = await _up(proxy.app())
     direct = HTTPEngine(up_url, "m")
@@ -79,7 +73,7 @@ async def endpoint_eval(rate: float, root: Path) -> dict:
         for i in range(10):
             w.add(generate_shop_task(pcfg, i).model_copy(update={"split": "test"}))
     tok = build_small_tokenizer(["hello, I will look up your order now", "get_order cancel_order"], 300)
-    up, up_url = await _up(Server(_Seeded(), tok, "m").app())
+    up, up_url = await _up(Server(SeededSampler(), tok, "m").app())
     proxy = FaultProxy(up_url, rate, seed=5, hang_s=1.5, slow_s=0.1, retry_after_s=0.01)
     front, url = await _up(proxy.app())
 
