@@ -12,16 +12,60 @@ from typing import Any, Protocol, runtime_checkable
 from rollout.contracts import Action, Message, Task, ToolCall
 
 
+class TokenTranscript:
+    """Token ids with the per-token arrays a ``Trajectory`` carries (what a token-level agent
+    sampled, and under which policy version)."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.loss_mask: list[int] = []
+        self.logprobs: list[float] = []
+        self.versions: list[int] = []
+
+    def add_context(self, ids: list[int]) -> None:
+        self.tokens += ids
+        self.loss_mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+        self.versions += [-1] * len(ids)
+
+    def add_generated(self, ids: list[int], logprobs: list[float], version: int) -> None:
+        self.tokens += ids
+        self.loss_mask += [1] * len(ids)
+        self.logprobs += list(logprobs)
+        self.versions += [version] * len(ids)
+
+    def arrays(self) -> dict[str, list]:
+        """The ``Trajectory`` fields of this transcript."""
+        return dict(
+            tokens=list(self.tokens),
+            loss_mask=list(self.loss_mask),
+            behaviour_logprobs=list(self.logprobs),
+            versions=list(self.versions),
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
 @runtime_checkable
 class Agent(Protocol):
-    """One episode's agent. Stateful per episode; create a fresh one per episode."""
+    """One episode's agent. Stateful per episode; create a fresh one per episode.
+
+    The episode runner calls ``act`` with the conversation as the agent sees it; each call's
+    messages are the previous call's, then the message that call returned, then what happened
+    since (tool results, the user's reply). Agents may rely on that (``LMAgent`` checks it).
+    """
+
+    transcript: TokenTranscript | None = None
+    """Token-level agents: the exact sampled transcript, which becomes the trajectory's token
+    arrays. None for agents that work on messages only (scripted, chat-endpoint agents)."""
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:
         """The next assistant message (text and/or tool calls) given the conversation so far."""
         ...
 
 
-class OracleAgent:
+class OracleAgent(Agent):
     """Follows a fixed action list (by default the task's gold actions)."""
 
     def __init__(self, task: Task, actions: list[Action] | None = None, ask_known_info: bool = True):
@@ -51,7 +95,7 @@ class OracleAgent:
         return Message(role="assistant", content="Thank you for contacting us. Goodbye.")
 
 
-class IdleAgent:
+class IdleAgent(Agent):
     """Never calls a tool: the do-nothing floor of a benchmark."""
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rollout.contracts import Message, UserScenario
+from rollout.agents import Agent
+from rollout.contracts import Message, Task, UserScenario
+from rollout.domain import Domain
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.openai_format import from_openai, to_openai
 from rollout.user_sim import user_system_prompt
+from rollout.workflow import AgentFactory, UserFactory
 
 
 async def chat(
@@ -54,7 +57,7 @@ async def chat(
         return Message(role="assistant", content=text, malformed=str(e))
 
 
-class ChatAgent:
+class ChatAgent(Agent):
     """The agent: the domain's policy as system prompt, its tools, the conversation so far."""
 
     def __init__(
@@ -146,3 +149,28 @@ class ChatUser:
         )
         calls = reply.tool_calls if self.tools else None
         return Message(role="user", content=reply.content or ("" if calls else "..."), tool_calls=calls)
+
+
+def chat_agent(client: HTTPEngine, *, temperature: float, max_tokens: int) -> AgentFactory:
+    """Party factory (``rollout.workflow``): a ``ChatAgent`` per episode, seeded by it."""
+    return lambda task, seed: ChatAgent(client, temperature=temperature, max_tokens=max_tokens, seed=seed)
+
+
+def chat_user(client: HTTPEngine, domain: Domain, *, temperature: float, max_tokens: int) -> UserFactory:
+    """Party factory: a ``ChatUser`` per episode with the domain's user tools and, where the
+    domain has one (tau²), its own user-simulator prompt."""
+    tools = domain.user_tool_schemas() if hasattr(domain, "user_tool_schemas") else []
+    own_prompt = getattr(domain, "user_system_prompt", None)
+
+    def make(task: Task, seed: int) -> ChatUser:
+        return ChatUser(
+            client,
+            task.scenario,
+            tools=tools,
+            system_prompt=own_prompt(task) if own_prompt is not None else None,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+
+    return make

@@ -233,13 +233,38 @@ class Trajectory(Contract):
     """Logprob of each token under the policy that sampled it (0.0 where not generated)."""
     versions: list[int] = Field(default_factory=list)
     """Policy version that generated each token (-1 where not generated)."""
-    reward: float | None = None
     reward_info: RewardInfo | None = None
+    """The verifier's verdict (None until scored): the one place a trajectory's reward lives."""
     termination: Termination
     error: str | None = None
     """What went wrong when ``termination`` is ``error`` (the exception, one line)."""
     timings: dict[str, float] = Field(default_factory=dict)
     """Seconds spent per party (``agent``, ``user``, ``env``) and in ``total``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_reward(cls, data: Any) -> Any:
+        # Trajectories written before the reward lived only in ``reward_info`` also carry a
+        # top-level ``reward``: read it into ``reward_info`` (refusing a contradiction).
+        if isinstance(data, dict) and "reward" in data:
+            data = dict(data)
+            reward, info = data.pop("reward"), data.get("reward_info")
+            if info is None and reward is not None:
+                data["reward_info"] = {"reward": reward}
+            elif info is not None and reward is not None:
+                theirs = info.reward if isinstance(info, RewardInfo) else info.get("reward")
+                if theirs != reward:
+                    raise ValueError(f"reward {reward} contradicts reward_info.reward {theirs}")
+        return data
+
+    @property
+    def reward(self) -> float | None:
+        """``reward_info.reward``, or None before scoring."""
+        return None if self.reward_info is None else self.reward_info.reward
+
+    def scored(self, info: RewardInfo) -> Trajectory:
+        """This trajectory with the verifier's verdict attached."""
+        return self.model_copy(update={"reward_info": info})
 
     @model_validator(mode="after")
     def _check_token_arrays(self) -> Trajectory:

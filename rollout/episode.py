@@ -150,18 +150,7 @@ async def run_episode(
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
 
     timings = dict(clock.totals, total=time.perf_counter() - t_start)
-    # Token-level agents (LMAgent) carry the exact sampled transcript; others have none.
-    tr = getattr(agent, "transcript", None)
-    arrays = (
-        {}
-        if tr is None
-        else dict(
-            tokens=list(tr.tokens),
-            loss_mask=list(tr.loss_mask),
-            behaviour_logprobs=list(tr.logprobs),
-            versions=list(tr.versions),
-        )
-    )
+    arrays = agent.transcript.arrays() if agent.transcript is not None else {}
     return Trajectory(
         task_id=task.id,
         group_id=group_id,

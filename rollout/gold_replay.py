@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rollout.agents import Agent
 from rollout.contracts import Action, Message, Task, ToolCall
 from rollout.user_sim import STOP_TOKENS
 
@@ -50,7 +51,7 @@ class GoldScript:
         return self.stop_after is not None and self.pos >= self.stop_after
 
 
-class GoldAgent:
+class GoldAgent(Agent):
     """The agent side of a ``GoldScript``."""
 
     def __init__(self, script: GoldScript):

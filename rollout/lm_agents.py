@@ -12,36 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollout.agents import Agent, TokenTranscript
 from rollout.chat_format import IM_END, ChatFormat
 from rollout.contracts import Message, UserScenario
 from rollout.engine import ContextOverflow, InferenceEngine, SamplingParams
 from rollout.tokenizer import Tokenizer
 from rollout.user_sim import user_view
-
-
-class TokenTranscript:
-    """Token ids with the per-token arrays a ``Trajectory`` carries."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.loss_mask: list[int] = []
-        self.logprobs: list[float] = []
-        self.versions: list[int] = []
-
-    def add_context(self, ids: list[int]) -> None:
-        self.tokens += ids
-        self.loss_mask += [0] * len(ids)
-        self.logprobs += [0.0] * len(ids)
-        self.versions += [-1] * len(ids)
-
-    def add_generated(self, ids: list[int], logprobs: list[float], version: int) -> None:
-        self.tokens += ids
-        self.loss_mask += [1] * len(ids)
-        self.logprobs += list(logprobs)
-        self.versions += [version] * len(ids)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
 
 
 def _with_eos(sampling: SamplingParams, tok: Tokenizer) -> SamplingParams:
@@ -62,7 +38,7 @@ def _fitted(sampling: SamplingParams, used: int, max_len: int, who: str, turn: i
     return sampling.model_copy(update=update)
 
 
-class LMAgent:
+class LMAgent(Agent):
     """The policy as an ``Agent``: one per episode (it holds the episode's transcript).
 
     Args:
@@ -85,14 +61,20 @@ class LMAgent:
         self.engine, self.tok, self.max_len = engine, tokenizer, max_len
         self.fmt = fmt or ChatFormat()
         self.sampling = _with_eos(sampling, tokenizer)
-        self.transcript = TokenTranscript()
-        self._seen = 0  # messages already in the transcript
+        self.transcript: TokenTranscript = TokenTranscript()
+        self._seen = 0  # messages already in the transcript (the last one: our reply)
+        self._reply: Message | None = None
         self._turns = 0
 
     async def act(self, messages: list[Message], tools: list[dict[str, Any]]) -> Message:
-        if not self.transcript:
+        if self._reply is None:
             text = self.fmt.render(messages, tools, add_generation_prompt=True)
         else:
+            # The ``Agent`` contract: the conversation goes on from our last reply. Anything else
+            # would splice tokens we never sampled into the transcript.
+            said = messages[self._seen - 1] if len(messages) >= self._seen else None
+            if said is None or said.role != "assistant" or said.content != self._reply.content:
+                raise ValueError("LMAgent: the conversation does not continue from the agent's last reply")
             text = self.fmt.continuation(messages[self._seen :])
         self.transcript.add_context(self.tok.encode(text))
         sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's", self._turns)
@@ -103,8 +85,9 @@ class LMAgent:
             # Cut off by the length limit: close the turn (not trained) so the next continuation
             # starts where the chat format expects it.
             self.transcript.add_context([self.tok.eos_id])
-        self._seen = len(messages) + 1  # the runner appends the message returned here
-        return self.fmt.parse_assistant(self.tok.decode(gen.tokens))
+        self._seen = len(messages) + 1
+        self._reply = self.fmt.parse_assistant(self.tok.decode(gen.tokens))
+        return self._reply
 
 
 class LMUser:

@@ -29,8 +29,8 @@ from rollout.contracts import Task
 from rollout.domains import get_domain
 from rollout.http_auth import bearer_auth, server_token
 from rollout.http_engine import EngineError, HTTPEngine
-from rollout.lm_runner import LMEpisodes
 from rollout.tokenizer import Tokenizer
+from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
@@ -105,7 +105,7 @@ class RolloutServer:
             self.agent._version = max(self.agent.version, int(body.get("version", 0)))
         except (KeyError, TypeError, ValueError, OverflowError, ValidationError) as e:
             raise web.HTTPBadRequest(text=f"bad episode request: {e}") from None
-        runner = LMEpisodes(
+        runner = lm_episodes(
             self.domain,
             self.agent,
             self.tok,
@@ -113,7 +113,7 @@ class RolloutServer:
             self.verifier.score,
             temperature=temperature,
             user_engine=self.user,
-            user_tokenizer=self.user_tok,
+            user_tok=self.user_tok,
         )
         self.in_flight += 1
         try:

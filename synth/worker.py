@@ -15,9 +15,9 @@ from pydantic import Field
 
 from rollout.agents import Agent
 from rollout.contracts import Contract, Provenance, RewardInfo, Task, Termination, Trajectory
-from rollout.episode import run_episode
 from rollout.http_engine import EngineError
 from rollout.user_sim import UserSimulator
+from rollout.workflow import ScoredEpisodes
 from synth.context import DomainContext
 from synth.llm import BudgetExhausted, MalformedOutput, RoleClient
 from synth.plans import PlanPair
@@ -176,21 +176,21 @@ async def run_attempt(
         return reject("dedupe", [Reason(code="near_duplicate", detail=dup)], task_id=task.id)
 
     summary = RolloutSummary()
+    workflow = ScoredEpisodes(
+        env.ctx.domain,
+        agent=env.make_agent,
+        user=env.make_user,
+        score=env.verifier.score,
+        max_steps=env.max_steps,
+        prompt=env.prompt,
+    )
     for k in range(env.rollouts):
         seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
-        traj = await run_episode(
-            task,
-            env.ctx.domain,
-            env.make_agent(task, seed),
-            env.make_user(task, seed),
-            max_steps=env.max_steps,
-            group_id=task.id,
-            sample_index=k,
-            prompt=env.prompt,
-        )
+        traj = await workflow.run(task, seed, task.id, k)
         if traj.termination == Termination.ERROR and (traj.error or "").startswith("BudgetExhausted"):
             raise BudgetExhausted(traj.error)  # the episode runner caught it: not the task's fault
-        info = await env.verifier.score(task, traj)
+        info = traj.reward_info
+        assert info is not None
         summary.rewards.append(info.reward)
         if info.reward < 1:
             try:

@@ -1,6 +1,6 @@
 import asyncio
 
-from rollout.agents import IdleAgent, OracleAgent
+from rollout.agents import Agent, IdleAgent, OracleAgent
 from rollout.contracts import Message, Termination, ToolCall, UserScenario
 from rollout.episode import run_episode
 from rollout.user_sim import ScriptedUser, is_stop
@@ -38,17 +38,17 @@ def test_idle_episode_ends_by_user_stop(shop, shop_tasks):
     assert traj.tool_calls() == []
 
 
-class _Chatty:
+class _Chatty(Agent):
     async def act(self, messages, tools):
         return Message(role="assistant", tool_calls=[ToolCall(id="x", name="get_order", arguments="{oops")])
 
 
-class _Broken:
+class _Broken(Agent):
     async def act(self, messages, tools):
         raise RuntimeError("engine down")
 
 
-class _Transfer:
+class _Transfer(Agent):
     async def act(self, messages, tools):
         return Message(
             role="assistant",

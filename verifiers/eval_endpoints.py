@@ -8,25 +8,24 @@ Outputs in ``run.out_dir``: ``trials.jsonl`` (one record per finished trial), ``
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rollout.chat_agents import ChatAgent, ChatUser
+from rollout.chat_agents import chat_agent, chat_user
 from rollout.contracts import Task, Trajectory
 from rollout.domains import get_domain
-from rollout.episode import run_episode
 from rollout.http_engine import HTTPEngine
 from rollout.pool import TaskPool
-from rollout.user_sim import ScriptedUser
+from rollout.workflow import ScoredEpisodes, scripted_user
 from verifiers.eval_config import EvalRunConfig, PartySection
 from verifiers.eval_run import checkpoint_identity, read_trials, run_trials, trials_key
 from verifiers.passk import is_success, pass_hat_ks
 from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
+from verifiers.tau2_eval import with_tau2_cross_check
 
 TAU2_DOMAINS = ("airline", "retail", "telecom")
 
@@ -100,53 +99,36 @@ async def evaluate(
     cross = cfg.run.tau2_cross_check and cfg.domain.name in TAU2_DOMAINS
     agent_client = client_for(cfg.agent, agent_url)
     user_client = client_for(cfg.user, user_url) if cfg.user.kind != "scripted" else None
-    user_tools = getattr(domain, "user_tool_schemas", list)()
     v = cfg.verifier
     traj_file = out / "trajectories.jsonl"
     settings = trial_settings(cfg)  # keys the trial records (resume reuses only matching ones)
+    a, u = cfg.agent, cfg.user
+    user = (
+        scripted_user()
+        if user_client is None
+        else chat_user(user_client, domain, temperature=u.temperature, max_tokens=u.max_tokens)
+    )
 
     reruns: list[str] = []  # episodes rerun after an engine failed for good
     with Sandbox.from_config(v) as sb:
         confinement = sb.describe()
         verifier = Verifier(domain, sb, v.components)
+        workflow = ScoredEpisodes(
+            domain,
+            agent=chat_agent(agent_client, temperature=a.temperature, max_tokens=a.max_tokens),
+            user=user,
+            score=with_tau2_cross_check(verifier.score) if cross else verifier.score,
+            max_steps=cfg.run.max_steps,
+            prompt=cfg.run.prompt,
+        )
 
         async def run(task: Task, seed: int, group_id: str, sample_index: int) -> Trajectory:
-            a = cfg.agent
-            agent = ChatAgent(agent_client, temperature=a.temperature, max_tokens=a.max_tokens, seed=seed)
-            if user_client is None:
-                user: Any = ScriptedUser(task.scenario)
-            else:
-                u = cfg.user
-                own_prompt = getattr(domain, "user_system_prompt", None)
-                user = ChatUser(
-                    user_client,
-                    task.scenario,
-                    tools=user_tools,
-                    system_prompt=own_prompt(task) if own_prompt is not None else None,
-                    temperature=u.temperature,
-                    max_tokens=u.max_tokens,
-                    seed=seed,
-                )
-            traj = await run_episode(
-                task,
-                domain,
-                agent,
-                user,
-                max_steps=cfg.run.max_steps,
-                group_id=group_id,
-                sample_index=sample_index,
-                prompt=cfg.run.prompt,
-            )
-            info = await verifier.score(task, traj)
-            theirs = None
-            if cross:
-                from verifiers.tau2_eval import tau2_reward
-
-                theirs = float((await asyncio.to_thread(tau2_reward, task, traj)).reward)
-                info = info.model_copy(update={"components": {**info.components, "tau2": theirs}})
-            traj = traj.model_copy(update={"reward": info.reward, "reward_info": info})
+            traj = await workflow.run(task, seed, group_id, sample_index)
             with traj_file.open("a") as f:
                 f.write(traj.model_dump_json() + "\n")
+            info = traj.reward_info
+            assert info is not None
+            theirs = info.components.get("tau2")
             if theirs is not None and theirs != info.reward:
                 raise ParityError(
                     f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "

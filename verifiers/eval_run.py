@@ -6,7 +6,7 @@ episode limits...): a rerun under other settings neither counts nor redoes-over 
 they stay in the file (nothing is lost) and the new settings' trials are run and appended.
 
 The episodes come from any ``run(task, seed, group_id, sample_index) -> Trajectory`` with the
-reward filled in (``rollout.lm_runner.LMEpisodes``: an in-process or HTTP engine).
+reward set: an ``rollout.workflow.EpisodeWorkflow``'s ``run``.
 """
 
 from __future__ import annotations

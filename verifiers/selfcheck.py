@@ -23,10 +23,10 @@ from rollout.agents import Agent, IdleAgent, OracleAgent
 from rollout.config import EpisodeConfig
 from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
+from rollout.domain import Domain
 from rollout.domains import get_domain
-from rollout.episode import run_episode
 from rollout.pool import PoolError, TaskPool
-from rollout.user_sim import ScriptedUser
+from rollout.workflow import AgentFactory, ScoredEpisodes, scripted_user
 from verifiers.config import VerifierConfig
 from verifiers.perturb import expects_no_change, perturbations
 from verifiers.reward import Verifier
@@ -40,12 +40,25 @@ class SelfcheckConfig(Section):
     verifier: VerifierConfig = VerifierConfig()
 
 
-def _agents(task: Task, write_tools: frozenset[str]) -> dict[str, Agent]:
-    agents: dict[str, Agent] = {"oracle": OracleAgent(task), "idle": IdleAgent()}
-    near_misses = perturbations(task, write_tools)
-    if near_misses:
-        agents["perturbed"] = OracleAgent(task, actions=near_misses[0][1])
-    return agents
+def _workflows(domain: Domain, cfg: SelfcheckConfig, verifier: Verifier) -> dict[str, ScoredEpisodes]:
+    """The three scripted agents as workflows (``perturbed`` plays a task's first near miss)."""
+
+    def near_miss(task: Task, seed: int) -> Agent:
+        return OracleAgent(task, actions=perturbations(task, domain.write_tools)[0][1])
+
+    agents: dict[str, AgentFactory] = {
+        "oracle": lambda task, seed: OracleAgent(task),
+        "idle": lambda task, seed: IdleAgent(),
+        "perturbed": near_miss,
+    }
+    ep = cfg.episode
+    user = scripted_user(ep.user_patience)  # model-free: whatever plays the user in LM episodes
+    return {
+        name: ScoredEpisodes(
+            domain, agent=a, user=user, score=verifier.score, max_steps=ep.max_steps, prompt=ep.prompt
+        )
+        for name, a in agents.items()
+    }
 
 
 async def selfcheck(
@@ -65,15 +78,13 @@ async def selfcheck(
     sem = asyncio.Semaphore(cfg.episode.concurrency)
     with Sandbox.from_config(vc) as sandbox:
         confinement = sandbox.describe()
-        verifiers: dict[str, Verifier] = {}
+        workflows: dict[str, dict[str, ScoredEpisodes]] = {}  # per domain
 
-        async def episode(task: Task, name: str, agent: Agent) -> None:
-            domain = get_domain(task.domain)
-            user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
-            traj = await run_episode(task, domain, agent, user, max_steps=cfg.episode.max_steps)
-            info = await verifiers[task.domain].score(task, traj)
+        async def episode(task: Task, name: str) -> None:
+            traj = await workflows[task.domain][name].run(task, 0)
+            info = traj.reward_info
+            assert info is not None
             if trajectories is not None:
-                traj = traj.model_copy(update={"reward": info.reward, "reward_info": info})
                 trajectories.write(
                     json.dumps({"agent": name, "trajectory": traj.model_dump(mode="json")}) + "\n"
                 )
@@ -89,11 +100,12 @@ async def selfcheck(
             nonlocal no_change
             async with sem:
                 domain = get_domain(task.domain)
-                if task.domain not in verifiers:
-                    verifiers[task.domain] = Verifier(domain, sandbox, vc.components)
+                if task.domain not in workflows:
+                    workflows[task.domain] = _workflows(domain, cfg, Verifier(domain, sandbox, vc.components))
                 no_change += expects_no_change(task, domain.write_tools)
-                agents = _agents(task, domain.write_tools)
-                await asyncio.gather(*(episode(task, n, a) for n, a in agents.items()))
+                near_miss = bool(perturbations(task, domain.write_tools))
+                names = ["oracle", "idle"] + (["perturbed"] if near_miss else [])
+                await asyncio.gather(*(episode(task, n) for n in names))
             bar.update()
 
         await asyncio.gather(*(play_and_tick(t) for t in tasks))

@@ -10,12 +10,14 @@ so it is left out together with its answer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
-from rollout.contracts import Message, Task, Termination, Trajectory
+from rollout.contracts import Message, RewardInfo, Task, Termination, Trajectory
 from rollout.domains.tau2 import to_tau2
 from rollout.domains.tau2._import import tau2_module
+from rollout.workflow import ScoreFn
 
 _TERMINATION = {
     Termination.USER_STOP: "user_stop",
@@ -80,3 +82,14 @@ def tau2_reward(task: Task, traj: Trajectory, domain: str | None = None) -> Any:
         solo_mode=False,
         domain=domain or task.domain,
     )
+
+
+def with_tau2_cross_check(score: ScoreFn) -> ScoreFn:
+    """``score`` that also runs tau²'s own evaluator, its reward as component ``tau2``."""
+
+    async def both(task: Task, traj: Trajectory) -> RewardInfo:
+        info = await score(task, traj)
+        theirs = float((await asyncio.to_thread(tau2_reward, task, traj)).reward)
+        return info.model_copy(update={"components": {**info.components, "tau2": theirs}})
+
+    return both

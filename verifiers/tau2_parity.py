@@ -23,10 +23,10 @@ from rollout.contracts import Action, Task
 from rollout.domain import Domain
 from rollout.domains import get_domain
 from rollout.domains.tau2 import load_tasks
-from rollout.episode import run_episode
 from rollout.gold_replay import GoldScript, gold_parties
+from rollout.workflow import ScoredEpisodes
 from verifiers.reward import Verifier
-from verifiers.tau2_eval import tau2_reward
+from verifiers.tau2_eval import with_tau2_cross_check
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,19 @@ async def check_task(task: Task, domain: Domain, verifier: Verifier) -> list[Par
     for v in variants(task, domain):
         script = GoldScript(task, actions=v.actions, outputs=v.outputs, stop_after=v.stop_after)
         agent, user = gold_parties(script)
-        traj = await run_episode(task, domain, agent, user, max_steps=v.max_steps)
-        ours = await verifier.score(task, traj)
-        theirs = tau2_reward(task, traj)
+        workflow = ScoredEpisodes(
+            domain,
+            agent=lambda t, s, a=agent: a,  # one episode per variant: its own parties
+            user=lambda t, s, u=user: u,
+            score=with_tau2_cross_check(verifier.score),
+            max_steps=v.max_steps,
+        )
+        traj = await workflow.run(task, 0)
+        ours = traj.reward_info
+        assert ours is not None
         out.append(
             ParityResult(
-                task.id, v.name, ours.reward, float(theirs.reward), traj.termination.value, ours.reasons
+                task.id, v.name, ours.reward, ours.components["tau2"], traj.termination.value, ours.reasons
             )
         )
     return out

@@ -13,8 +13,8 @@ from eigen_jax.config import RunConfig
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageDir, base_model, tokenizer
 from rollout.domains import get_domain
-from rollout.lm_runner import LMEpisodes
 from rollout.pool import TaskPool
+from rollout.workflow import lm_episodes
 from verifiers.eval_run import checkpoint_identity, run_trials
 from verifiers.passk import pass_hat_ks
 from verifiers.report import passk_table, plot_passk
@@ -86,7 +86,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
                 max_len=ep.max_len,
                 prefix_cache_mb=ep.prefix_cache_mb,
             )
-            episodes = LMEpisodes(
+            episodes = lm_episodes(
                 domain,
                 engine,
                 tok,
@@ -94,7 +94,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
                 verifier.score,
                 temperature=e.temperature,
                 user_engine=user_engine,
-                user_tokenizer=tok,
+                user_tok=tok,
             )
             outcomes = asyncio.run(
                 run_trials(

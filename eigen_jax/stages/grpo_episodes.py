@@ -32,9 +32,9 @@ from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
 from rollout.domains import get_domain
 from rollout.http_engine import HTTPEngine, rerun_on_engine_error
-from rollout.lm_runner import LMEpisodes
 from rollout.pool import TaskPool
 from rollout.remote import RemoteEpisodes
+from rollout.workflow import EpisodeWorkflow, lm_episodes
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox
 
@@ -84,7 +84,7 @@ def episode_batch(
 class _LocalPolicy:
     """Episodes in this process on the embedded sampler; weight sync is an in-place swap."""
 
-    def __init__(self, sampler: Sampler, episodes: LMEpisodes):
+    def __init__(self, sampler: Sampler, episodes: EpisodeWorkflow):
         self.sampler, self.run = sampler, episodes.run
 
     async def sync(self, learner: Learner, export_dir: Path) -> None:
@@ -256,7 +256,7 @@ def run_grpo_episodes(
                 prefix_cache_mb=ep.prefix_cache_mb,
             )
             verifier = Verifier(get_domain(cfg.domain.name), sb, cfg.verifier.components)
-            episodes = LMEpisodes(
+            episodes = lm_episodes(
                 get_domain(cfg.domain.name),
                 sampler,
                 tok,
@@ -264,7 +264,7 @@ def run_grpo_episodes(
                 verifier.score,
                 temperature=g.temperature,
                 user_engine=user_engine,
-                user_tokenizer=tok,
+                user_tok=tok,
             )
             policy = _LocalPolicy(sampler, episodes)
         groups = _Groups(tasks, policy, g.group_size, cfg.run.seed, get_domain(cfg.domain.name).write_tools)

@@ -54,7 +54,7 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
 
     import numpy as np
 
-    import rollout.lm_runner as lm_runner
+    import rollout.workflow as lm_runner
     from eigen_jax.config import RunConfig
     from eigen_jax.stages.grpo_episodes import run_grpo_episodes
     from rollout.configio import load_config
