@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rollout.contracts import Message, Task, Termination, ToolCall, ToolResult, Trajectory
+from rollout.contracts import Message, RewardInfo, Task, Termination, ToolCall, ToolResult, Trajectory
 
 json_scalars = st.one_of(
     st.none(),
@@ -55,7 +55,7 @@ def trajectories(draw):
         loss_mask=draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n)),
         behaviour_logprobs=draw(st.lists(logprob, min_size=n, max_size=n)),
         versions=draw(st.lists(st.integers(-1, 100), min_size=n, max_size=n)),
-        reward=draw(st.none() | st.floats(0, 1)),
+        reward_info=draw(st.none() | st.builds(RewardInfo, reward=st.floats(0, 1))),
         termination=draw(st.sampled_from(list(Termination))),
         timings={"total": draw(st.floats(0, 1e4))},
     )
@@ -114,3 +114,18 @@ def test_tool_call_argument_parsing():
 def test_tool_result_to_message():
     m = ToolResult(tool_call_id="c1", name="f", content="ok").to_message()
     assert m.role == "tool" and m.tool_call_id == "c1" and m.content == "ok"
+
+
+def test_reward_lives_in_reward_info_and_legacy_records_read():
+    """One home for the reward: ``reward`` reads ``reward_info``; records written with a
+    top-level ``reward`` load into it, and one contradicting its ``reward_info`` is refused."""
+    base = {"task_id": "t", "messages": [], "termination": "user_stop"}
+    assert Trajectory.model_validate(base).reward is None
+    old = Trajectory.model_validate({**base, "reward": 1.0})
+    assert old.reward == 1.0 and old.reward_info == RewardInfo(reward=1.0)
+    both = {**base, "reward": 0.0, "reward_info": {"reward": 0.0, "components": {"db": 0.0}}}
+    assert Trajectory.model_validate(both).reward_info.components == {"db": 0.0}
+    with pytest.raises(ValueError, match="contradicts"):
+        Trajectory.model_validate({**base, "reward": 1.0, "reward_info": {"reward": 0.0}})
+    t = Trajectory(task_id="t", messages=[], termination=Termination.USER_STOP).scored(RewardInfo(reward=1.0))
+    assert t.reward == 1.0 and "reward" not in t.model_dump()

@@ -149,3 +149,19 @@ def test_lm_user_sees_its_view_and_can_stop(shop_tasks, tok):
     second = asyncio.run(user.respond(msgs))
     assert second.content.endswith("###STOP###") and not second.content.endswith(IM_END)
     assert "Done." in tok.decode(engine.prompts[1])
+
+
+def test_agent_refuses_a_conversation_that_does_not_continue_from_its_reply(tok):
+    """The ``Agent`` contract: each call's messages extend the last call's plus its reply. An
+    LMAgent handed anything else refuses rather than splice unsampled tokens into its transcript."""
+    agent = LMAgent(
+        ScriptedEngine(tok, ["Hello there.", "Again."]), tok, SamplingParams(max_new_tokens=32), 4096
+    )
+    opening = [Message(role="system", content="s"), Message(role="user", content="hi")]
+    reply = asyncio.run(agent.act(opening, []))
+    ok = [*opening, reply, Message(role="user", content="more")]
+    forged = [*opening, Message(role="assistant", content="not what it said"), ok[-1]]
+    with pytest.raises(ValueError, match="does not continue"):
+        asyncio.run(agent.act(forged, []))
+    asyncio.run(agent.act(ok, []))  # the real continuation still works
+    assert agent.transcript is not None and sum(agent.transcript.loss_mask) > 0
