@@ -1,10 +1,14 @@
 """Loss functions over a model and a batch, in the ``Learner``'s contract (see learner.py).
 
 Batches are dicts of [N, T] arrays: ``tokens``, ``attn_mask`` (1 on real tokens), ``loss_mask``
-(1 on tokens the trained role produced), and for GRPO ``advantages`` [N], ``behaviour_logp`` and
-``prox_logp`` (per token, aligned with ``tokens``: entry t is the logprob of token t), optionally
-``ref_logp``. Position t's logits predict token t + 1, so every per-token array is used from
-column 1 on.
+(1 on tokens the trained role produced), and for GRPO ``advantages`` [N], ``behaviour_logp``,
+``prox_logp``, optionally ``ref_logp`` and ``fork_mask``.
+
+One alignment convention, from batch building to the loss: every per-token array is [N, T] and
+entry t is about token t (its logprob, its mask, its entropy). Nothing predicts token 0, so
+column 0 of every computed array is 0 and ``target_mask`` never selects it. The shift from the
+model's next-token outputs (position t's logits predict token t + 1) happens once, in
+``token_aligned``.
 """
 
 from __future__ import annotations
@@ -20,26 +24,34 @@ from eigen_jax.model import Decoder, positions_from_mask
 from eigen_jax.ops import next_token_logprobs, token_entropy
 
 
+def token_aligned(next_token: jax.Array) -> jax.Array:
+    """[N, T] from an [N, T-1] array over next-token predictions (entry t about token t + 1):
+    entry t about token t, column 0 zero."""
+    return jnp.pad(next_token, ((0, 0), (1, 0)))
+
+
 def sequence_logprobs(model: Decoder, batch: Batch, temperature: float = 1.0) -> jax.Array:
-    """[N, T-1]: logprob of tokens[:, 1:] under ``model``."""
+    """[N, T]: entry t is the logprob of token t under ``model`` (0 for t = 0)."""
     tokens, attn = batch["tokens"], batch["attn_mask"]
     logits, _ = model(tokens, positions_from_mask(attn), attn)
-    return next_token_logprobs(logits, tokens, temperature)
+    return token_aligned(next_token_logprobs(logits, tokens, temperature))
 
 
 def sequence_logprobs_and_entropy(
     model: Decoder, batch: Batch, temperature: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
-    """[N, T-1] each: ``sequence_logprobs`` and the entropy of each of those next-token
-    distributions (one forward pass; the entropy costs a full softmax over the vocabulary)."""
+    """[N, T] each: ``sequence_logprobs`` and the entropy of the distribution each token was
+    drawn from (one forward pass; the entropy costs a full softmax over the vocabulary)."""
     tokens, attn = batch["tokens"], batch["attn_mask"]
     logits, _ = model(tokens, positions_from_mask(attn), attn)
-    return next_token_logprobs(logits, tokens, temperature), token_entropy(logits[:, :-1], temperature)
+    lp = next_token_logprobs(logits, tokens, temperature)
+    return token_aligned(lp), token_aligned(token_entropy(logits[:, :-1], temperature))
 
 
 def target_mask(batch: Batch) -> jax.Array:
-    """The loss mask aligned with ``sequence_logprobs`` ([N, T-1])."""
-    return batch["loss_mask"][:, 1:] * batch["attn_mask"][:, 1:]
+    """[N, T]: 1 on the tokens a loss trains on (the trained role's real tokens, never token 0)."""
+    m = jnp.asarray(batch["loss_mask"] * batch["attn_mask"])
+    return m * (jnp.arange(m.shape[1]) > 0).astype(m.dtype)
 
 
 class SFTLoss(NamedTuple):
@@ -73,19 +85,19 @@ class GRPOLoss(NamedTuple):
         # without re-weighting the others.
         m = target_mask(batch)
         if "fork_mask" in batch:
-            m = m * batch["fork_mask"][:, 1:]
+            m = m * batch["fork_mask"]
         return L.normaliser(m, self.aggregation)
 
     def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
         lp = sequence_logprobs(model, batch, self.temperature)
         m = target_mask(batch).astype(jnp.float32)
         if "fork_mask" in batch:  # forking-token selection (GRPOSection.top_entropy_frac)
-            m = m * batch["fork_mask"][:, 1:]
+            m = m * batch["fork_mask"]
         adv = L.broadcast_to_tokens(batch["advantages"].astype(jnp.float32), m)
         t = L.decoupled_policy_loss(
             lp,
-            batch["prox_logp"][:, 1:],
-            batch["behaviour_logp"][:, 1:],
+            batch["prox_logp"],
+            batch["behaviour_logp"],
             adv,
             m,
             self.eps_low,
@@ -102,7 +114,7 @@ class GRPOLoss(NamedTuple):
             "ratio_sum": (t.ratio * m).sum(),
         }
         if self.kl_coef > 0:
-            kl = L.kl_k3(lp, batch["ref_logp"][:, 1:])
+            kl = L.kl_k3(lp, batch["ref_logp"])
             loss = loss + self.kl_coef * L.aggregate(kl, m, self.aggregation, denom)
             sums["kl_sum"] = (kl * m).sum()
         return loss, sums

@@ -1,7 +1,6 @@
 """The update step: micro-batches and meshes change nothing but speed; schedules; checkpoints."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -101,7 +100,6 @@ def test_grpo_on_policy_first_step_is_the_policy_gradient():
     from eigen_jax.objectives import sequence_logprobs
 
     lp = jax.jit(sequence_logprobs)(model, batch)
-    lp = jnp.pad(lp, ((0, 0), (1, 0)))
     batch = {**batch, "prox_logp": lp, "behaviour_logp": lp}
     m = learner.update(batch, GRPOLoss().denom(batch))
     assert m["clipped_tokens"] == 0 and m["kept_tokens"] == m["tokens"]
@@ -181,3 +179,22 @@ def test_trimming_trailing_padding_changes_nothing():
     assert m_cut["loss"] == pytest.approx(m_full["loss"], rel=1e-5)
     for k in p_full:
         np.testing.assert_allclose(p_cut[k], p_full[k], rtol=1e-5, atol=1e-6)
+
+
+def test_per_token_arrays_share_one_alignment():
+    """Entry t of every per-token array is about token t: ``sequence_logprobs`` [N, T] holds
+    log p(token t | tokens < t) (column 0 zero) and ``target_mask`` never selects token 0."""
+    from eigen_jax.model import positions_from_mask
+    from eigen_jax.objectives import sequence_logprobs, target_mask
+
+    model, batch = _model(), _batch()
+    batch["loss_mask"][:, 0] = 1
+    lp = np.asarray(sequence_logprobs(model, batch))
+    assert lp.shape == batch["tokens"].shape and not lp[:, 0].any()
+    logits, _ = model(batch["tokens"], positions_from_mask(batch["attn_mask"]), batch["attn_mask"])
+    full = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    r, t = 2, 5
+    assert lp[r, t] == pytest.approx(full[r, t - 1, batch["tokens"][r, t]], abs=1e-5)
+    m = np.asarray(target_mask(batch))
+    assert m.shape == lp.shape and not m[:, 0].any()
+    np.testing.assert_array_equal(m[:, 1:], (batch["loss_mask"] * batch["attn_mask"])[:, 1:])

@@ -125,15 +125,15 @@ class GRPOUpdate:
         if g.top_entropy_frac < 1.0:
             lp, ent = self._logp_ent(learner.state.params, batch)
             fork = L.top_fraction_mask(ent, target_mask(batch), g.top_entropy_frac)
-            batch = {**batch, "fork_mask": jnp.pad(fork.astype(jnp.int32), ((0, 0), (1, 0)))}
+            batch = {**batch, "fork_mask": fork.astype(jnp.int32)}
             tm = target_mask(batch) > 0
             extra["fork_entropy_min"] = float(jnp.min(jnp.where(fork, ent, jnp.inf)))
             extra["entropy_mean"] = float(jnp.sum(jnp.where(tm, ent, 0.0)) / jnp.maximum(tm.sum(), 1))
         else:
             lp = self._logp(learner.state.params, batch)
-        batch = {**batch, "prox_logp": jnp.pad(lp, ((0, 0), (1, 0)))}
+        batch = {**batch, "prox_logp": lp}
         if self.ref_params is not None:
-            batch["ref_logp"] = jnp.pad(self._logp(self.ref_params, batch), ((0, 0), (1, 0)))
+            batch["ref_logp"] = self._logp(self.ref_params, batch)
         rows = len(host["tokens"])
         sums: dict[str, float] | None = None
         per = rows // g.minibatches

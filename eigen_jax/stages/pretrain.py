@@ -18,7 +18,7 @@ import numpy as np
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.metrics import MetricsLogger
-from eigen_jax.objectives import SFTLoss, target_mask
+from eigen_jax.objectives import SFTLoss, target_mask, token_aligned
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from rollout.domains import get_domain
@@ -129,8 +129,8 @@ def _eval_fn(learner: Learner):
         model = nnx.merge(learner.graphdef, params)
         tokens, attn = batch["tokens"], batch["attn_mask"]
         logits, _ = model(tokens, positions_from_mask(attn), attn)
-        lp = next_token_logprobs(logits, tokens)
-        hit = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+        lp = token_aligned(next_token_logprobs(logits, tokens))
+        hit = token_aligned((jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32))
         m = target_mask(batch).astype(jnp.float32)
         return (hit * m).sum() / m.sum(), -(lp * m).sum() / m.sum()
 
