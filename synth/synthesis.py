@@ -8,23 +8,16 @@ domain with arguments its JSON schema accepts, and every id-named argument (``or
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from pydantic import Field
 
 from rollout.contracts import Action, Contract, Provenance, Task, UserScenario
 from synth.context import DomainContext, referenced_ids
 from synth.validate import Rejection
-
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-    "null": (type(None),),
-}
 
 
 class DraftAction(Contract):
@@ -43,39 +36,26 @@ class TaskDraft(Contract):
     """Python source defining ``check(initial_db, final_db, messages)``."""
 
 
-def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
-    types = spec.get("type")
-    if types is None:
-        options = spec.get("anyOf") or spec.get("oneOf")
-        return True if not options else any(_type_ok(value, o) for o in options)
-    wanted = [types] if isinstance(types, str) else list(types)
-    for t in wanted:
-        py = _JSON_TYPES.get(t)
-        if py is None:
-            return True  # a type we do not model: let the tool judge
-        if isinstance(value, bool) and t in ("integer", "number"):
-            continue
-        if isinstance(value, py):
-            return True
-    return False
+@functools.lru_cache(maxsize=512)
+def _validator(params_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(params_json))
 
 
 def schema_errors(arguments: dict[str, Any], params: dict[str, Any]) -> list[str]:
-    """What is wrong with ``arguments`` under a tool's JSON-schema ``parameters``: missing
-    required keys, keys it does not define, values of the wrong JSON type, values outside an
-    ``enum``."""
+    """What is wrong with ``arguments`` under a tool's JSON-schema ``parameters`` (validated by
+    ``jsonschema``, nested objects, arrays and ``$ref``s included): missing required keys, keys it
+    does not define (our tools refuse those even where the schema does not say so), and each
+    value's violations, named by its path."""
     props: dict[str, Any] = params.get("properties", {}) or {}
     errors = [f"missing argument '{k}'" for k in params.get("required", []) if k not in arguments]
-    for k, v in arguments.items():
-        spec = props.get(k)
-        if spec is None:
-            if props or params.get("additionalProperties") is False:
-                errors.append(f"unexpected argument '{k}'")
-            continue
-        if not _type_ok(v, spec):
-            errors.append(f"argument '{k}': {type(v).__name__} is not {spec.get('type', 'the schema type')}")
-        elif "enum" in spec and v not in spec["enum"]:
-            errors.append(f"argument '{k}': {v!r} is not one of {spec['enum']}")
+    if props or params.get("additionalProperties") is False:
+        errors += [f"unexpected argument '{k}'" for k in arguments if k not in props]
+    top = {"required", "additionalProperties"}
+    found = _validator(json.dumps({"type": "object", **params}, sort_keys=True)).iter_errors(arguments)
+    for e in sorted(found, key=lambda e: [str(p) for p in e.absolute_path]):
+        if e.absolute_path or e.validator not in top:
+            where = ".".join(str(p) for p in e.absolute_path) or "arguments"
+            errors.append(f"argument '{where}': {e.message}")
     return errors
 
 

@@ -363,3 +363,48 @@ def test_slow_answers_are_retried_not_rejected(ctx, sandbox):
     )
     rec, _, roles = asyncio.run(_attempt(ctx, sandbox, b, endpoints=ep))
     assert rec.accepted and roles.retries() >= 1
+
+
+def test_schema_errors_check_nested_schemas():
+    """tau²'s tools take nested arguments (lists of objects through ``$ref``): a passenger
+    without a name, or an amount given as text, is refused by path. The hand-written check this
+    replaced looked only at the top-level type and accepted both."""
+    params = {
+        "$defs": {
+            "Passenger": {
+                "type": "object",
+                "properties": {"first_name": {"type": "string"}, "dob": {"type": "string"}},
+                "required": ["first_name", "dob"],
+            },
+            "Payment": {
+                "type": "object",
+                "properties": {"payment_id": {"type": "string"}, "amount": {"type": "integer"}},
+                "required": ["payment_id", "amount"],
+            },
+        },
+        "type": "object",
+        "properties": {
+            "passengers": {"type": "array", "items": {"$ref": "#/$defs/Passenger"}},
+            "payments": {"type": "array", "items": {"$ref": "#/$defs/Payment"}},
+        },
+        "required": ["passengers"],
+    }
+    good = {"passengers": [{"first_name": "Ada", "dob": "1990-01-01"}], "payments": []}
+    assert schema_errors(good, params) == []
+    bad = {"passengers": [{"dob": "1990-01-01"}], "payments": [{"payment_id": "p1", "amount": "ten"}]}
+    errs = schema_errors(bad, params)
+    assert any(e.startswith("argument 'passengers.0'") and "first_name" in e for e in errs), errs
+    assert any(e.startswith("argument 'payments.0.amount'") for e in errs), errs
+
+
+def test_schema_errors_on_a_real_tau2_schema():
+    from rollout.domains import get_domain
+
+    schemas = {
+        s["function"]["name"]: s["function"]["parameters"] for s in get_domain("airline").tool_schemas()
+    }
+    params = schemas["book_reservation"]
+    args = {k: "x" for k in params["required"]}
+    args["passengers"] = ["Ada Lovelace"]  # a list, as the top level wants, but of strings
+    errs = schema_errors(args, params)
+    assert any(e.startswith("argument 'passengers.0'") for e in errs), errs
