@@ -96,8 +96,15 @@ STAGES = {
 }
 
 
+LEARNER_STAGES = ("pretrain", "sft_user", "sft_agent", "grpo")
+"""Stages that run on the stage loop (``eigen_jax.stages.loop``) and mark themselves done."""
+
+
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Run every configured stage; returns (and writes) ``{stage: summary}``."""
+    """Run every configured stage; returns (and writes) ``{stage: summary}``. With ``resume``,
+    a learner stage that finished is not rerun (its summary is read back)."""
+    from eigen_jax.stages.common import StageDir
+
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
@@ -105,7 +112,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     for stage in cfg.run.stages:
         t0 = time.perf_counter()
         print(f"[{cfg.run.name}] stage {stage} ...", file=sys.stderr, flush=True)
-        summary[stage] = STAGES[stage](cfg, resume)
+        done = StageDir(cfg, stage).finished() if resume and stage in LEARNER_STAGES else None
+        summary[stage] = done if done is not None else STAGES[stage](cfg, resume)
         print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

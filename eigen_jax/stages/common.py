@@ -107,8 +107,8 @@ class StageDir:
         self.done = self.root / "done.json"
         self.cfg = cfg
 
-    def checkpointer(self) -> Checkpointer:
-        return Checkpointer(self.root / "checkpoints", keep=self.cfg.checkpoint.keep)
+    def checkpointer(self, keep: int) -> Checkpointer:
+        return Checkpointer(self.root / "checkpoints", keep=keep)
 
     def finish(self, learner: Learner, tok: Tokenizer, summary: dict[str, Any]) -> dict[str, Any]:
         tok_dir = self.root / "tokenizer"

@@ -20,13 +20,14 @@ from flax import nnx
 from eigen_jax import losses as L
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
-from eigen_jax.metrics import MetricsLogger
 from eigen_jax.model import Decoder
 from eigen_jax.objectives import GRPOLoss, sequence_logprobs, sequence_logprobs_and_entropy, target_mask
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import GRPOSection
 from rollout.engine import SamplingParams
+from rollout.tokenizer import Tokenizer
 
 
 class ToyEnv:
@@ -165,32 +166,33 @@ def advantages(rewards: np.ndarray, group_size: int, g: GRPOSection) -> tuple[np
     return adv, keep
 
 
-def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = None) -> dict[str, Any]:
-    """Synchronous GRPO on the toy environment (see ``ToyEnv``)."""
-    g = cfg.grpo
-    sd = StageDir(cfg, "grpo")
-    if resume and (done := sd.finished()):
-        return done
-    tok = tokenizer(cfg)
-    model = base_model(cfg, tok, start=start_from)
-    env = ToyEnv(model.cfg.vocab_size, g.toy_prompt_len, g.toy_classes)
-    update = GRPOUpdate(cfg, model, g.steps)
-    learner = update.learner
-    sampler = Sampler(learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, min_prompt_bucket=8)
-    ckpt = sd.checkpointer()
-    start = ckpt.latest_step() if resume else None
-    if start is not None:
-        learner.state, _ = ckpt.restore(learner.state)
-        sampler.update_weights(learner.state.params)
-    log = MetricsLogger(sd.root, "grpo", g.steps, log_every=g.log_every, resume_step=start)
-    n_rows = g.tasks_per_step * g.group_size
-    length = g.toy_prompt_len + g.max_new_tokens
-    first_pass = last_pass = None
-    while learner.step < g.steps:
-        t0 = time.perf_counter()
-        seed = update.step_seed()
-        rng = np.random.default_rng(seed)
-        tasks = env.prompts(rng, g.tasks_per_step)
+class ToyGRPO(StageProgram):
+    """Synchronous GRPO on ``ToyEnv``: sample groups, score, update, swap the sampler's weights."""
+
+    def __init__(self, cfg: RunConfig, tok: Tokenizer, start_from: str | None):
+        g = self.g = cfg.grpo
+        model = base_model(cfg, tok, start=start_from)
+        self.env = ToyEnv(model.cfg.vocab_size, g.toy_prompt_len, g.toy_classes)
+        self.update = GRPOUpdate(cfg, model, g.steps)
+        self.learner = self.update.learner
+        self.pad_id = tok.pad_id
+        self.sampler = Sampler(
+            self.learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, min_prompt_bucket=8
+        )
+        self.first_pass: float | None = None
+        self.last_pass: float | None = None
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.sampler.update_weights(self.learner.state.params)
+
+    def data_state(self) -> dict[str, Any]:
+        return {"env": "toy"}  # batches are a function of the run's RNG and the step
+
+    def step(self) -> dict[str, Any]:
+        g, sampler, t0 = self.g, self.sampler, time.perf_counter()
+        n_rows = g.tasks_per_step * g.group_size
+        seed = self.update.step_seed()
+        tasks = self.env.prompts(np.random.default_rng(seed), g.tasks_per_step)
         prompts = [p for p in tasks for _ in range(g.group_size)]
         params = [
             SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, seed=seed + i)
@@ -198,7 +200,7 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
         ]
         gens = sampler.generate_batch(prompts, params)
         rewards = np.asarray(
-            [env.reward(p, x.tokens) for p, x in zip(prompts, gens, strict=True)], np.float32
+            [self.env.reward(p, x.tokens) for p, x in zip(prompts, gens, strict=True)], np.float32
         )
         adv, keep = advantages(rewards, g.group_size, g)
         kept = [i for i in range(n_rows) if keep[i]]
@@ -208,25 +210,27 @@ def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = N
             "filtered_group_frac": float(1 - keep.reshape(-1, g.group_size)[:, 0].mean()),
             "staleness_mean": float(np.mean([sampler.version - x.version for x in gens])),
         }
-        first_pass = row["pass_rate"] if first_pass is None else first_pass
-        last_pass = row["pass_rate"]
+        self.first_pass = row["pass_rate"] if self.first_pass is None else self.first_pass
+        self.last_pass = row["pass_rate"]
+        length = g.toy_prompt_len + g.max_new_tokens
         host = (
             build_batch(
-                [prompts[i] for i in kept], [gens[i] for i in kept], adv[kept], length, n_rows, tok.pad_id
+                [prompts[i] for i in kept], [gens[i] for i in kept], adv[kept], length, n_rows, self.pad_id
             )
             if kept
             else None
         )
-        row.update(update(host))
-        sampler.update_weights(learner.state.params)
+        row.update(self.update(host))
+        sampler.update_weights(self.learner.state.params)
         row["tokens_per_s"] = float(sum(len(x.tokens) for x in gens) / (time.perf_counter() - t0))
-        log.log(learner.step, row)
-        if learner.step % cfg.checkpoint.every == 0 or learner.step == g.steps:
-            ckpt.save(learner.state, {"data": {"env": "toy"}})
-    log.close()
-    ckpt.close()
-    return sd.finish(
-        learner,
-        tok,
-        {"steps": g.steps, "env": g.env, "first_pass_rate": first_pass, "last_pass_rate": last_pass},
-    )
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        return {"env": self.g.env, "first_pass_rate": self.first_pass, "last_pass_rate": self.last_pass}
+
+
+def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = None) -> dict[str, Any]:
+    """Synchronous GRPO on the toy environment (see ``ToyEnv``)."""
+    tok = tokenizer(cfg)
+    ls = LoopSettings(cfg.grpo.steps, cfg.grpo.log_every, cfg.checkpoint)
+    return run_stage(ToyGRPO(cfg, tok, start_from), StageDir(cfg, "grpo"), tok, ls, resume=resume)

@@ -11,9 +11,11 @@ reruns the groups that were in flight and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,11 @@ import numpy as np
 
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner
-from eigen_jax.metrics import MetricsLogger
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler, bucket
 from eigen_jax.stages.common import StageDir, base_model, pad_rows, tokenizer
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
+from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from rollout.config import env_secret
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
@@ -34,6 +36,7 @@ from rollout.domains import get_domain
 from rollout.http_engine import HTTPEngine, rerun_on_engine_error
 from rollout.pool import TaskPool
 from rollout.remote import RemoteEpisodes
+from rollout.tokenizer import Tokenizer
 from rollout.workflow import EpisodeWorkflow, lm_episodes
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox
@@ -203,141 +206,151 @@ def _rollout_metrics(groups: list[Group]) -> dict[str, float]:
     return row
 
 
-def run_grpo_episodes(
-    cfg: RunConfig, *, resume: bool = False, start_from: str | None = None, user_from: str | None = None
-) -> dict[str, Any]:
-    """GRPO on the run's domain. ``start_from``: the agent to start from (an HF export);
-    ``user_from``: the user-simulator model's export (required when ``episode.user: model``)."""
-    g, ep = cfg.grpo, cfg.episode
-    if ep.user == "model" and user_from is None:
-        raise ValueError(
-            "episode.user is 'model' but the run has no user-simulator model: add the sft_user "
-            "stage (before grpo) or set episode.user: scripted"
-        )
-    sd = StageDir(cfg, "grpo")
-    if resume and (done := sd.finished()):
-        return done
-    tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.max_tasks]
-    if not tasks:
-        raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
-    tok = tokenizer(cfg)
-    update = GRPOUpdate(cfg, base_model(cfg, tok, start=start_from), g.steps)
-    learner = update.learner
-    user_engine = None
-    if ep.user == "model" and not g.rollout_servers:
-        user_engine = Sampler(
-            base_model(cfg, tok, start=user_from),
-            pad_id=tok.pad_id,
-            min_batch_bucket=8,
-            max_len=ep.max_len,
-            prefix_cache_mb=ep.prefix_cache_mb,
-        )
-    ckpt = sd.checkpointer()
-    start = ckpt.latest_step() if resume else None
-    next_index = 0
-    if start is not None:
-        learner.state, meta = ckpt.restore(learner.state)
-        next_index = meta["data"]["controller"]["next_index"]
-    log = MetricsLogger(sd.root, "grpo", g.steps, log_every=g.log_every, resume_step=start)
-    rows = g.tasks_per_step * g.group_size
-    with Sandbox.from_config(cfg.verifier) as sb:
-        confinement = sb.describe()
-        policy: _LocalPolicy | _RemotePolicy
+class EpisodeGRPO(StageProgram):
+    """GRPO on scored episodes: rollouts under the staleness bound while the learner updates,
+    the engines synced after every update. The data position is the controller's."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tok: Tokenizer,
+        sandbox: Sandbox,
+        start_from: str | None,
+        user_from: str | None,
+    ):
+        g, ep = self.g, self.ep = cfg.grpo, cfg.episode
+        self.tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.max_tasks]
+        if not self.tasks:
+            raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
+        self.update = GRPOUpdate(cfg, base_model(cfg, tok, start=start_from), g.steps)
+        self.learner = self.update.learner
+        self.pad_id, self.rows = tok.pad_id, g.tasks_per_step * g.group_size
+        self.export_dir = StageDir(cfg, "grpo").root / "served_weights"
+        domain = get_domain(cfg.domain.name)
+        self.policy: _LocalPolicy | _RemotePolicy
         if g.rollout_servers:
-            tok_dir = sd.root / "tokenizer"
+            tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
             tok.save(tok_dir)
-            policy = _RemotePolicy(cfg, tok_dir)
+            self.policy = _RemotePolicy(cfg, tok_dir)
         else:
             sampler = Sampler(
-                learner.model(),
+                self.learner.model(),
                 pad_id=tok.pad_id,
                 min_batch_bucket=8,
                 max_len=ep.max_len,
                 prefix_cache_mb=ep.prefix_cache_mb,
             )
-            verifier = Verifier(get_domain(cfg.domain.name), sb, cfg.verifier.components)
+            user_engine = None
+            if ep.user == "model":
+                user_engine = Sampler(
+                    base_model(cfg, tok, start=user_from),
+                    pad_id=tok.pad_id,
+                    min_batch_bucket=8,
+                    max_len=ep.max_len,
+                    prefix_cache_mb=ep.prefix_cache_mb,
+                )
+            verifier = Verifier(domain, sandbox, cfg.verifier.components)
             episodes = lm_episodes(
-                get_domain(cfg.domain.name),
-                sampler,
-                tok,
-                ep,
-                verifier.score,
-                temperature=g.temperature,
-                user_engine=user_engine,
-                user_tok=tok,
-            )
-            policy = _LocalPolicy(sampler, episodes)
-        groups = _Groups(tasks, policy, g.group_size, cfg.run.seed, get_domain(cfg.domain.name).write_tools)
-        controller: RolloutController[Group] = RolloutController(
-            groups,
-            keep=_keep_fn(cfg),
+                domain, sampler, tok, ep, verifier.score,
+                temperature=g.temperature, user_engine=user_engine, user_tok=tok,
+            )  # fmt: skip
+            self.policy = _LocalPolicy(sampler, episodes)
+        self.groups = _Groups(self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools)
+        self.keep = _keep_fn(cfg)
+        self.next_index = 0
+        self.controller: RolloutController[Group] | None = None
+        self.passes: list[float] = []
+        self.confinement = sandbox.describe()
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.next_index = data["controller"]["next_index"]
+
+    def data_state(self) -> dict[str, Any]:
+        assert self.controller is not None
+        return {"controller": self.controller.state_dict()}
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        g = self.g
+        self.controller = RolloutController(
+            self.groups,
+            keep=self.keep,
             batch_groups=g.tasks_per_step,
             max_staleness=g.max_staleness,
             concurrency=g.groups_in_flight,
-            start_index=next_index,
-            version=learner.step,
+            start_index=self.next_index,
+            version=self.learner.step,
         )
-        history = asyncio.run(_loop(cfg, update, policy, controller, groups, log, ckpt, rows, tok.pad_id))
-    log.close()
-    ckpt.close()
-    summary = {
-        "steps": g.steps,
-        "env": g.env,
-        "max_staleness": g.max_staleness,
-        "train_tasks": len(tasks),
-        "first_pass_rate": history[0] if history else None,
-        "last_pass_rate": history[-1] if history else None,
-        "sandbox": confinement,
-    }
-    return sd.finish(learner, tok, summary)
+        try:
+            await self.policy.sync(self.learner, self.export_dir)  # serve exactly the learner's weights
+            self.controller.start()
+            yield
+        finally:
+            await self.controller.stop()
+            await self.policy.close()
+
+    async def step(self) -> dict[str, Any]:
+        g, learner, controller, groups = self.g, self.learner, self.controller, self.groups
+        assert controller is not None
+        t0 = time.perf_counter()
+        batch = await controller.next_batch()
+        waited = time.perf_counter() - t0
+        trajs = [t for grp in batch for t in grp.trajectories]
+        rewards = np.concatenate([grp.rewards for grp in batch])
+        shaped = np.concatenate([grp.train_rewards(g.action_credit) for grp in batch])
+        adv, _ = advantages(shaped, g.group_size, g)
+        length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.ep.max_len)
+        host = episode_batch(trajs, adv, length, self.pad_id)
+        assert len(trajs) == self.rows
+        row = {**_rollout_metrics(groups.finished), **staleness(trajs, learner.step)}
+        row.update(
+            episodes_rerun=float(len(groups.reruns)), request_retries_total=float(self.policy.retries())
+        )
+        groups.finished, groups.reruns = [], []
+        row.update(await asyncio.to_thread(self.update, host))
+        await self.policy.sync(learner, self.export_dir)
+        await controller.set_version(learner.step)
+        elapsed = time.perf_counter() - t0
+        stats = controller.stats
+        row.update(
+            batch_pass_rate=float((rewards >= 1).mean()),
+            train_reward_mean=float(shaped.mean()),
+            filtered_group_frac=stats["dropped"] / max(stats["kept"] + stats["dropped"], 1),
+            step_s=elapsed,
+            learner_idle_frac=waited / elapsed,
+            episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
+        )
+        store = getattr(getattr(self.policy, "sampler", None), "prefix_cache", None)
+        if store is not None:
+            row["prefix_hit_rate"] = store.hit_rate  # share of prompt tokens not prefilled
+            row["prefix_cache_mb"] = store.nbytes / 2**20  # held within episode.prefix_cache_mb
+        if "pass_rate" in row:
+            self.passes.append(row["pass_rate"])
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "env": self.g.env,
+            "max_staleness": self.g.max_staleness,
+            "train_tasks": len(self.tasks),
+            "first_pass_rate": self.passes[0] if self.passes else None,
+            "last_pass_rate": self.passes[-1] if self.passes else None,
+            "sandbox": self.confinement,
+        }
 
 
-async def _loop(cfg, update, policy, controller, groups, log, ckpt, rows, pad_id) -> list[float]:
-    g, learner = cfg.grpo, update.learner
-    export_dir = StageDir(cfg, "grpo").root / "served_weights"
-    passes: list[float] = []
-    await policy.sync(learner, export_dir)  # the engine serves exactly the learner's weights
-    controller.start()
-    try:
-        while learner.step < g.steps:
-            t0 = time.perf_counter()
-            batch = await controller.next_batch()
-            waited = time.perf_counter() - t0
-            trajs = [t for grp in batch for t in grp.trajectories]
-            rewards = np.concatenate([grp.rewards for grp in batch])
-            shaped = np.concatenate([grp.train_rewards(g.action_credit) for grp in batch])
-            adv, _ = advantages(shaped, g.group_size, g)
-            length = min(bucket(max(len(t.tokens) for t in trajs), 256), cfg.episode.max_len)
-            host = episode_batch(trajs, adv, length, pad_id)
-            assert len(trajs) == rows
-            row = {**_rollout_metrics(groups.finished), **staleness(trajs, learner.step)}
-            row.update(
-                episodes_rerun=float(len(groups.reruns)), request_retries_total=float(policy.retries())
-            )
-            groups.finished, groups.reruns = [], []
-            row.update(await asyncio.to_thread(update, host))
-            await policy.sync(learner, export_dir)
-            await controller.set_version(learner.step)
-            elapsed = time.perf_counter() - t0
-            stats = controller.stats
-            row.update(
-                batch_pass_rate=float((rewards >= 1).mean()),
-                train_reward_mean=float(shaped.mean()),
-                filtered_group_frac=stats["dropped"] / max(stats["kept"] + stats["dropped"], 1),
-                step_s=elapsed,
-                learner_idle_frac=waited / elapsed,
-                episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
-            )
-            store = getattr(getattr(policy, "sampler", None), "prefix_cache", None)
-            if store is not None:
-                row["prefix_hit_rate"] = store.hit_rate  # share of prompt tokens not prefilled
-                row["prefix_cache_mb"] = store.nbytes / 2**20  # held within episode.prefix_cache_mb
-            if "pass_rate" in row:
-                passes.append(row["pass_rate"])
-            log.log(learner.step, row)
-            if learner.step % cfg.checkpoint.every == 0 or learner.step == g.steps:
-                ckpt.save(learner.state, {"data": {"controller": controller.state_dict()}})
-    finally:
-        await controller.stop()
-        await policy.close()
-    return passes
+def run_grpo_episodes(
+    cfg: RunConfig, *, resume: bool = False, start_from: str | None = None, user_from: str | None = None
+) -> dict[str, Any]:
+    """GRPO on the run's domain. ``start_from``: the agent to start from (an HF export);
+    ``user_from``: the user-simulator model's export (required when ``episode.user: model``)."""
+    if cfg.episode.user == "model" and user_from is None:
+        raise ValueError(
+            "episode.user is 'model' but the run has no user-simulator model: add the sft_user "
+            "stage (before grpo) or set episode.user: scripted"
+        )
+    tok = tokenizer(cfg)
+    ls = LoopSettings(cfg.grpo.steps, cfg.grpo.log_every, cfg.checkpoint)
+    with Sandbox.from_config(cfg.verifier) as sb:
+        program = EpisodeGRPO(cfg, tok, sb, start_from, user_from)
+        return run_stage(program, StageDir(cfg, "grpo"), tok, ls, resume=resume)

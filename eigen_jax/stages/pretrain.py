@@ -17,10 +17,10 @@ import numpy as np
 
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
-from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import SFTLoss, target_mask, token_aligned
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from rollout.domains import get_domain
 from rollout.pool import TaskPool
 from rollout.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -47,64 +47,62 @@ def plain_ids(tok: Tokenizer, vocab: int) -> np.ndarray:
     return np.asarray([i for i in range(min(vocab, tok.vocab_size)) if i not in special], np.int32)
 
 
+class Pretrain(StageProgram):
+    """Copy sequences and domain text, a pure function of ``(run.seed, step)`` per batch."""
+
+    def __init__(self, cfg: RunConfig, tok: Tokenizer):
+        p = self.p = cfg.pretrain
+        stream = text_stream(cfg, tok)
+        cut = int(len(stream) * (1 - HELD_OUT_SHARE))
+        if cut <= p.seq_len or len(stream) - cut <= p.seq_len:
+            raise ValueError(
+                f"pretrain.seq_len: {p.seq_len} tokens is too long for the domain text ({len(stream)} tokens)"
+            )
+        self.seed, self.text_tokens, self.train_text = cfg.run.seed, len(stream), stream[:cut]
+        model = base_model(cfg, tok)
+        self.ids = plain_ids(tok, model.embed_tokens[...].shape[0])
+        self.loss_fn = SFTLoss()
+        self.learner = Learner(
+            model, make_optimizer(p.optim, p.steps), self.loss_fn, mesh=model_mesh(model), seed=cfg.run.seed
+        )
+        self.held = _held_out(cfg, self.ids, stream[cut:])
+        self._evaluate = _eval_fn(self.learner)
+        self.last: dict[str, tuple[float, float]] = {}
+
+    def step(self) -> dict[str, Any]:
+        p, step = self.p, self.learner.step
+        rng = np.random.default_rng([self.seed, step])
+        frac = 1.0 if step < p.copy_only_steps else p.copy_fraction
+        batch = self.learner.put(mixed_batch(rng, self.train_text, p.batch_size, p.seq_len, frac, self.ids))
+        m = self.learner.update(batch, self.loss_fn.denom(batch))
+        return {"loss": m["loss"], "grad_norm": m["grad_norm"], "copy_share": frac}
+
+    def evaluate(self) -> dict[str, Any]:
+        self.last = {name: self._evaluate(b) for name, b in self.held.items()}
+        return {
+            "copy_accuracy": self.last["copy"][0],
+            "copy_nll": self.last["copy"][1],
+            "text_nll": self.last["text"][1],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "text_tokens": self.text_tokens,
+            "copy_accuracy": self.last["copy"][0],
+            "copy_nll": self.last["copy"][1],
+            "held_out_text_nll": self.last["text"][1],
+        }
+
+
 def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
-    p = cfg.pretrain
-    sd = StageDir(cfg, "pretrain")
-    if resume and (done := sd.finished()):
-        return done
     if cfg.model.hf_dir is not None:
         raise ValueError(
             "pretrain: model.hf_dir is set; pretraining is for from-scratch models (drop the stage)"
         )
     tok = tokenizer(cfg)
-    stream = text_stream(cfg, tok)
-    cut = int(len(stream) * (1 - HELD_OUT_SHARE))
-    if cut <= p.seq_len or len(stream) - cut <= p.seq_len:
-        raise ValueError(
-            f"pretrain.seq_len: {p.seq_len} tokens is too long for the domain text ({len(stream)} tokens)"
-        )
-    train_text, held_text = stream[:cut], stream[cut:]
-    model = base_model(cfg, tok)
-    ids = plain_ids(tok, model.embed_tokens[...].shape[0])
-    loss_fn = SFTLoss()
-    learner = Learner(
-        model, make_optimizer(p.optim, p.steps), loss_fn, mesh=model_mesh(model), seed=cfg.run.seed
-    )
-    ckpt = sd.checkpointer()
-    start = ckpt.latest_step() if resume else None
-    if start is not None:
-        learner.state, _ = ckpt.restore(learner.state)
-    log = MetricsLogger(sd.root, "pretrain", p.steps, log_every=p.log_every, console=True, resume_step=start)
-    held = _held_out(cfg, ids, held_text)
-    evaluate = _eval_fn(learner)
-    last: dict[str, float] = {}
-    while learner.step < p.steps:
-        step = learner.step
-        rng = np.random.default_rng([cfg.run.seed, step])
-        frac = 1.0 if step < p.copy_only_steps else p.copy_fraction
-        batch = learner.put(mixed_batch(rng, train_text, p.batch_size, p.seq_len, frac, ids))
-        m = learner.update(batch, loss_fn.denom(batch))
-        row = {"loss": m["loss"], "grad_norm": m["grad_norm"], "copy_share": frac}
-        if learner.step % p.eval_every == 0 or learner.step == p.steps:
-            last = {name: evaluate(b) for name, b in held.items()}
-            row |= {
-                "copy_accuracy": last["copy"][0],
-                "copy_nll": last["copy"][1],
-                "text_nll": last["text"][1],
-            }
-        log.log(learner.step, row)
-        if learner.step % cfg.checkpoint.every == 0 or learner.step == p.steps:
-            ckpt.save(learner.state, {})
-    log.close()
-    ckpt.close()
-    summary = {
-        "steps": p.steps,
-        "text_tokens": len(stream),
-        "copy_accuracy": last["copy"][0],
-        "copy_nll": last["copy"][1],
-        "held_out_text_nll": last["text"][1],
-    }
-    return sd.finish(learner, tok, summary)
+    p = cfg.pretrain
+    ls = LoopSettings(p.steps, p.log_every, cfg.checkpoint, eval_every=p.eval_every)
+    return run_stage(Pretrain(cfg, tok), StageDir(cfg, "pretrain"), tok, ls, resume=resume)
 
 
 def _held_out(cfg: RunConfig, ids: np.ndarray, held_text: np.ndarray) -> dict[str, dict[str, np.ndarray]]:

@@ -16,9 +16,9 @@ import numpy as np
 
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
-from eigen_jax.metrics import MetricsLogger
 from eigen_jax.objectives import SFTLoss
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, tokenizer, trim_padding
+from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
 from rollout.chat_format import ChatFormat
@@ -76,80 +76,85 @@ def to_arrays(
     return pad_rows([{"tokens": ids, "loss_mask": mask} for ids, mask in examples], max_len, pad_id)
 
 
+class SFT(StageProgram):
+    """Shuffled epochs of the pool's scripted dialogues (grain; its iterator is the data
+    position), the loss on ``role``'s turns, the held-out loss on the test split."""
+
+    def __init__(self, cfg: RunConfig, stage: str, role: Role, tok: Tokenizer, start_from: str | None):
+        scfg = self.scfg = getattr(cfg, stage)
+        pool = TaskPool(cfg.pool.dir)
+        fmt, (_, tools) = ChatFormat(), agent_context(get_domain(cfg.domain.name), cfg.episode.prompt)
+        self.data: dict[str, dict[str, np.ndarray]] = {}
+        self.role, self.truncated = role, 0
+        for split in ("train", "test"):
+            tasks = list(pool.tasks(split))
+            if not tasks:
+                raise ValueError(
+                    f"{stage}: the pool at {cfg.pool.dir} has no {split!r} tasks (run 'generate')"
+                )
+            trajs = asyncio.run(scripted_dialogues(tasks, cfg.domain.name, cfg))
+            examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
+            self.truncated += sum(len(ids) > scfg.max_len for ids, _ in examples)
+            self.data[split] = to_arrays(examples, scfg.max_len, tok.pad_id)
+            if not self.data[split]["loss_mask"].any():
+                longest = max(len(ids) for ids, _ in examples)
+                raise ValueError(
+                    f"{stage}.max_len: {scfg.max_len} tokens cut every {split} dialogue before the first "
+                    f"{role} turn (dialogues run up to {longest} tokens); raise it"
+                )
+
+        import grain
+
+        model = base_model(cfg, tok, start=start_from)
+        self.loss_fn = SFTLoss(scfg.aggregation)
+        self.learner = Learner(
+            model,
+            make_optimizer(scfg.optim, scfg.steps),
+            self.loss_fn,
+            micro_batches=scfg.micro_batches,
+            mesh=model_mesh(model),
+            seed=cfg.run.seed,
+        )
+        n_train = len(self.data["train"]["tokens"])
+        batches = grain.MapDataset.range(n_train).shuffle(seed=cfg.run.seed).repeat().batch(scfg.batch_size)
+        self.it = iter(batches)
+        self._eval = _eval_fn(self.learner, self.loss_fn)
+        self.last_eval: float | None = None
+
+    def step(self) -> dict[str, Any]:
+        rows = np.asarray(next(self.it))
+        batch = self.learner.put(trim_padding({k: v[rows] for k, v in self.data["train"].items()}))
+        m = self.learner.update(batch, self.loss_fn.denom(batch))
+        return {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
+
+    def evaluate(self) -> dict[str, Any]:
+        self.last_eval = self._eval(self.data["test"], self.scfg.batch_size * self.scfg.eval_batches)
+        return {"eval_loss": self.last_eval}
+
+    def data_state(self) -> dict[str, Any]:
+        return self.it.get_state()
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.it.set_state(data)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "train_dialogues": len(self.data["train"]["tokens"]),
+            "test_dialogues": len(self.data["test"]["tokens"]),
+            "truncated_dialogues": self.truncated,
+            "final_eval_loss": self.last_eval,
+        }
+
+
 def run_sft(
     cfg: RunConfig, stage: str, role: Role, *, resume: bool = False, start_from: str | None = None
 ) -> dict[str, Any]:
     """SFT ``role`` from ``start_from`` (the pretrain stage's export) or the run's base model."""
     scfg: SFTSection = getattr(cfg, stage)
-    sd = StageDir(cfg, stage)
-    if resume and (done := sd.finished()):
-        return done
-    pool = TaskPool(cfg.pool.dir)
     tok = tokenizer(cfg)
-    fmt, (_, tools) = ChatFormat(), agent_context(get_domain(cfg.domain.name), cfg.episode.prompt)
-    data: dict[str, dict[str, np.ndarray]] = {}
-    truncated = 0
-    for split in ("train", "test"):
-        tasks = list(pool.tasks(split))
-        if not tasks:
-            raise ValueError(f"{stage}: the pool at {cfg.pool.dir} has no {split!r} tasks (run 'generate')")
-        trajs = asyncio.run(scripted_dialogues(tasks, cfg.domain.name, cfg))
-        examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
-        truncated += sum(len(ids) > scfg.max_len for ids, _ in examples)
-        data[split] = to_arrays(examples, scfg.max_len, tok.pad_id)
-        if not data[split]["loss_mask"].any():
-            longest = max(len(ids) for ids, _ in examples)
-            raise ValueError(
-                f"{stage}.max_len: {scfg.max_len} tokens cut every {split} dialogue before the first "
-                f"{role} turn (dialogues run up to {longest} tokens); raise it"
-            )
-
-    import grain
-
-    model = base_model(cfg, tok, start=start_from)
-    loss_fn = SFTLoss(scfg.aggregation)
-    learner = Learner(
-        model,
-        make_optimizer(scfg.optim, scfg.steps),
-        loss_fn,
-        micro_batches=scfg.micro_batches,
-        mesh=model_mesh(model),
-        seed=cfg.run.seed,
-    )
-    n_train = len(data["train"]["tokens"])
-    batches = grain.MapDataset.range(n_train).shuffle(seed=cfg.run.seed).repeat().batch(scfg.batch_size)
-    it = iter(batches)
-    ckpt = sd.checkpointer()
-    start = ckpt.latest_step() if resume else None
-    if start is not None:
-        learner.state, meta = ckpt.restore(learner.state)
-        it.set_state(meta["data"])
-    log = MetricsLogger(sd.root, stage, scfg.steps, log_every=scfg.log_every, console=True, resume_step=start)
-    eval_fn = _eval_fn(learner, loss_fn)
-    last_eval = None
-    while learner.step < scfg.steps:
-        rows = np.asarray(next(it))
-        batch = learner.put(trim_padding({k: v[rows] for k, v in data["train"].items()}))
-        m = learner.update(batch, loss_fn.denom(batch))
-        step = learner.step
-        row = {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
-        if step % scfg.eval_every == 0 or step == scfg.steps:
-            last_eval = eval_fn(data["test"], scfg.batch_size * scfg.eval_batches)
-            row["eval_loss"] = last_eval
-        log.log(step, row)
-        if step % cfg.checkpoint.every == 0 or step == scfg.steps:
-            ckpt.save(learner.state, {"data": it.get_state()})
-    log.close()
-    ckpt.close()
-    summary = {
-        "steps": scfg.steps,
-        "role": role,
-        "train_dialogues": n_train,
-        "test_dialogues": len(data["test"]["tokens"]),
-        "truncated_dialogues": truncated,
-        "final_eval_loss": last_eval,
-    }
-    return sd.finish(learner, tok, summary)
+    ls = LoopSettings(scfg.steps, scfg.log_every, cfg.checkpoint, eval_every=scfg.eval_every)
+    return run_stage(SFT(cfg, stage, role, tok, start_from), StageDir(cfg, stage), tok, ls, resume=resume)
 
 
 def _eval_fn(learner: Learner, loss_fn: SFTLoss):
