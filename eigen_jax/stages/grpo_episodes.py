@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import shutil
 import time
 from collections import Counter
@@ -133,13 +135,23 @@ class _RemotePolicy:
 
 
 class _Groups:
-    """``run_group`` for the controller, plus what every finished group says (for the metrics)."""
+    """``run_group`` for the controller, plus what every finished group says (for the metrics).
+
+    Every finished group is also appended to ``record`` (``grpo/groups.jsonl``: index, task,
+    rewards, a digest of each episode's tokens), and each start of the stage (first run or
+    resume) as ``{"session": ...}``, so what ran, and what a resumed run reran, can be read back."""
 
     def __init__(
-        self, tasks: list[Task], episodes: Any, group_size: int, seed: int, write_tools: frozenset[str]
+        self,
+        tasks: list[Task],
+        episodes: Any,
+        group_size: int,
+        seed: int,
+        write_tools: frozenset[str],
+        record: Path,
     ):
         self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
-        self.write_tools = write_tools
+        self.write_tools, self.record = write_tools, record
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
         self.finished: list[Group] = []  # drained by the logger
         self.reruns: list[str] = []  # episodes rerun after an engine failed for good (drained too)
@@ -157,7 +169,13 @@ class _Groups:
         credit = [action_credit(task.gold_actions, t, self.write_tools) for t in trajs]
         group = Group(index, task.id, list(trajs), credit)
         self.finished.append(group)
+        digests = [hashlib.sha256(np.asarray(t.tokens, np.int64).tobytes()).hexdigest()[:16] for t in trajs]
+        self.note({"index": index, "task_id": task.id, "rewards": group.rewards.tolist(), "tokens": digests})
         return group
+
+    def note(self, entry: dict[str, Any]) -> None:
+        with self.record.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def _keep_fn(cfg: RunConfig):
@@ -255,7 +273,9 @@ class EpisodeGRPO(StageProgram):
                 temperature=g.temperature, user_engine=user_engine, user_tok=tok,
             )  # fmt: skip
             self.policy = _LocalPolicy(sampler, episodes)
-        self.groups = _Groups(self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools)
+        record = StageDir(cfg, "grpo").root / "groups.jsonl"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        self.groups = _Groups(self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools, record)
         self.keep = _keep_fn(cfg)
         self.next_index = 0
         self.controller: RolloutController[Group] | None = None
@@ -281,6 +301,7 @@ class EpisodeGRPO(StageProgram):
             start_index=self.next_index,
             version=self.learner.step,
         )
+        self.groups.note({"session": {"step": self.learner.step, "next_index": self.next_index}})
         try:
             await self.policy.sync(self.learner, self.export_dir)  # serve exactly the learner's weights
             self.controller.start()
@@ -302,7 +323,8 @@ class EpisodeGRPO(StageProgram):
         length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.ep.max_len)
         host = episode_batch(trajs, adv, length, self.pad_id)
         assert len(trajs) == self.rows
-        row = {**_rollout_metrics(groups.finished), **staleness(trajs, learner.step)}
+        row: dict[str, Any] = {"groups": [grp.index for grp in batch]}  # what this update trains on
+        row.update(_rollout_metrics(groups.finished), **staleness(trajs, learner.step))
         row.update(
             episodes_rerun=float(len(groups.reruns)), request_retries_total=float(self.policy.retries())
         )
