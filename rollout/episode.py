@@ -62,6 +62,74 @@ class _Clock:
             self.totals[party] += time.perf_counter() - t0
 
 
+class _Run:
+    """One episode's state: the conversation, the tool environment, the step count, the clock."""
+
+    def __init__(self, task: Task, domain: Domain, user: UserSimulator, max_steps: int, system: str):
+        self.domain, self.user, self.max_steps = domain, user, max_steps
+        self.env = domain.make_env(task)
+        self.messages: list[Message] = [Message(role="system", content=system)]
+        self.steps = 0
+        self.clock = _Clock()
+
+    async def run_calls(self, calls: list[ToolCall]) -> bool:
+        """Execute calls in order, append their results; True if a terminal tool succeeded."""
+        t0 = time.perf_counter()
+        ended = False
+        for call in calls:
+            result = self.env.call(call)
+            if inspect.isawaitable(result):  # remote tools (MCP, services) are async
+                result = await result
+            self.messages.append(result.to_message())
+            terminal = call.requestor == "assistant" and call.name in self.domain.terminal_tools
+            ended |= terminal and not result.error
+        self.clock.totals["env"] += time.perf_counter() - t0
+        return ended
+
+    async def user_turn(self) -> bool:
+        """The user's next message; True if it ends the episode. A user with tools of their own
+        (tau² telecom's phone) may call them first; the results go back to the user, who speaks
+        again. Each such round counts as a step."""
+        while True:
+            reply = await self.clock.timed("user", self.user.respond(self.messages))
+            if reply.role != "user":
+                raise ValueError(f"user simulator returned a {reply.role!r} message")
+            if reply.tool_calls:
+                calls = [c.model_copy(update={"requestor": "user"}) for c in reply.tool_calls]
+                reply = reply.model_copy(update={"tool_calls": calls})
+            self.messages.append(reply)
+            if not reply.tool_calls or is_stop(reply):
+                return is_stop(reply)
+            await self.run_calls(reply.tool_calls)
+            self.steps += 1
+            if self.steps >= self.max_steps:
+                raise _OutOfSteps
+
+    async def agent_turn(self, agent: Agent, tools: list[dict[str, Any]]) -> Message:
+        msg = await self.clock.timed("agent", agent.act(agent_view(self.messages), tools))
+        if msg.role != "assistant":
+            raise ValueError(f"agent returned a {msg.role!r} message")
+        if any(c.requestor != "assistant" for c in msg.tool_calls or []):
+            calls = [c.model_copy(update={"requestor": "assistant"}) for c in msg.tool_calls or []]
+            msg = msg.model_copy(update={"tool_calls": calls})
+        self.messages.append(msg)
+        self.steps += 1
+        return msg
+
+    async def play(self, agent: Agent, tools: list[dict[str, Any]]) -> Termination:
+        if await self.user_turn():
+            return Termination.USER_STOP
+        while self.steps < self.max_steps:
+            msg = await self.agent_turn(agent, tools)
+            if msg.tool_calls:
+                if await self.run_calls(msg.tool_calls):
+                    return Termination.AGENT_STOP
+                continue
+            if await self.user_turn():
+                return Termination.USER_STOP
+        return Termination.MAX_STEPS
+
+
 async def run_episode(
     task: Task,
     domain: Domain,
@@ -82,82 +150,25 @@ async def run_episode(
     ``prompt`` chooses the agent's context (``agent_context``); the tools work either way.
     """
     t_start = time.perf_counter()
-    clock = _Clock()
-    env = domain.make_env(task)
     system, tools = agent_context(domain, prompt)
-    messages: list[Message] = [Message(role="system", content=system)]
-    termination, error = Termination.MAX_STEPS, None
-
-    async def run_calls(calls: list[ToolCall]) -> bool:
-        """Execute calls in order, append their results; True if a terminal tool succeeded."""
-        t0 = time.perf_counter()
-        ended = False
-        for call in calls:
-            result = env.call(call)
-            if inspect.isawaitable(result):  # remote tools (MCP, services) are async
-                result = await result
-            messages.append(result.to_message())
-            ended |= call.requestor == "assistant" and call.name in domain.terminal_tools and not result.error
-        clock.totals["env"] += time.perf_counter() - t0
-        return ended
-
-    async def user_turn() -> bool:
-        # A user with tools of their own (tau² telecom's phone) may call them first; the results
-        # go back to the user, who speaks again. Each such round counts as a step.
-        nonlocal steps
-        while True:
-            reply = await clock.timed("user", user.respond(messages))
-            if reply.role != "user":
-                raise ValueError(f"user simulator returned a {reply.role!r} message")
-            if reply.tool_calls:
-                calls = [c.model_copy(update={"requestor": "user"}) for c in reply.tool_calls]
-                reply = reply.model_copy(update={"tool_calls": calls})
-            messages.append(reply)
-            if not reply.tool_calls or is_stop(reply):
-                return is_stop(reply)
-            await run_calls(reply.tool_calls)
-            steps += 1
-            if steps >= max_steps:
-                raise _OutOfSteps
-
-    steps = 0
+    run = _Run(task, domain, user, max_steps, system)
+    error = None
     try:
-        if await user_turn():
-            termination = Termination.USER_STOP
-        else:
-            while steps < max_steps:
-                msg = await clock.timed("agent", agent.act(agent_view(messages), tools))
-                if msg.role != "assistant":
-                    raise ValueError(f"agent returned a {msg.role!r} message")
-                if any(c.requestor != "assistant" for c in msg.tool_calls or []):
-                    calls = [c.model_copy(update={"requestor": "assistant"}) for c in msg.tool_calls]
-                    msg = msg.model_copy(update={"tool_calls": calls})
-                messages.append(msg)
-                steps += 1
-                if msg.tool_calls:
-                    if await run_calls(msg.tool_calls):
-                        termination = Termination.AGENT_STOP
-                        break
-                    continue
-                if await user_turn():
-                    termination = Termination.USER_STOP
-                    break
+        termination = await run.play(agent, tools)
     except _OutOfSteps:
         termination = Termination.MAX_STEPS
     except ContextOverflow as e:
         termination, error = Termination.CONTEXT_OVERFLOW, str(e)
     except Exception as e:  # any failure of a party ends only this episode
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
-
-    timings = dict(clock.totals, total=time.perf_counter() - t_start)
     arrays = agent.transcript.arrays() if agent.transcript is not None else {}
     return Trajectory(
         task_id=task.id,
         group_id=group_id,
         sample_index=sample_index,
-        messages=messages,
+        messages=run.messages,
         **arrays,
         termination=termination,
         error=error,
-        timings=timings,
+        timings=dict(run.clock.totals, total=time.perf_counter() - t_start),
     )

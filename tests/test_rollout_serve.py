@@ -2,6 +2,7 @@
 runs through launched servers (policy on ``eigen_jax.serve``) while one of them is killed."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -135,10 +136,8 @@ def _wait_health(url, proc, timeout=180):
     raise TimeoutError(url)
 
 
-@pytest.mark.slow
-def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
-    """Also through 20% injected faults of every kind in front of the policy engine (episodes and
-    weight sync) and of each rollout server (rollout.fault_proxy)."""
+def _pool_and_agent(tmp_path):
+    """A pool, the run's tokenizer (in tmp/tok) and a random tiny agent (tmp/agent)."""
     cfg = load_config(
         RunConfig,
         ROOT / "configs/quickstart.yaml",
@@ -161,6 +160,12 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
         tmp_path / "agent",
         tokenizer_dir=tmp_path / "tok",
     )
+
+
+@contextlib.contextmanager
+def _topology(tmp_path):
+    """A policy engine and two rollout servers, each behind a fault proxy injecting 20% faults
+    of every kind; yields the processes and their ports."""
     logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2", "fe", "f1", "f2")}
     ep, p1, p2 = free_port(), free_port(), free_port()
     fe, f1, f2 = free_port(), free_port(), free_port()  # fault proxies in front of each
@@ -178,25 +183,39 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
     for name, port in (("r1", p1), ("r2", p2)):
         procs[name] = _launch(
             [
-                "rollout.serve",
-                f"server.port={port}",
-                f"agent.url=http://127.0.0.1:{fe}",
-                "agent.timeout_s=30",
-                "agent.max_retries=6",
-                "agent.model=agent",
+                "rollout.serve", f"server.port={port}", f"agent.url=http://127.0.0.1:{fe}",
+                "agent.timeout_s=30", "agent.max_retries=6", "agent.model=agent",
                 f"agent.tokenizer={tmp_path / 'tok'}",
-                "episode.user=scripted",
-                "episode.turn_tokens=16",
-                "episode.max_steps=3",
-                "episode.max_len=1024",
-                "server.progress_every=1",
+                "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",
+                "episode.max_len=1024", "server.progress_every=1",
             ],
             logs[name],
-        )
+        )  # fmt: skip
     try:
         _wait_health(f"http://127.0.0.1:{ep}", procs["engine"])
         for port, name in ((p1, "r1"), (p2, "r2"), (fe, "fe"), (f1, "f1"), (f2, "f2")):
             _wait_health(f"http://127.0.0.1:{port}", procs[name])  # (a proxy: until one gets through)
+        yield procs, {"engine": ep, "r1": p1, "r2": p2, "fe": fe, "f1": f1, "f2": f2}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
+
+
+@pytest.mark.slow
+def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
+    """Also through 20% injected faults of every kind in front of the policy engine (episodes and
+    weight sync) and of each rollout server (rollout.fault_proxy)."""
+    _pool_and_agent(tmp_path)
+    with _topology(tmp_path) as (procs, ports):
+        fe, f1, f2, p1 = ports["fe"], ports["f1"], ports["f2"], ports["r1"]
         cfg = load_config(
             RunConfig,
             ROOT / "configs/quickstart.yaml",
@@ -248,15 +267,4 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
         assert rows[-1]["request_retries_total"] > 0
         served = sorted(p.name for p in (tmp_path / "run/grpo/served_weights").iterdir())
         assert served == ["v3", "v4"]
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
     assert os.path.exists(tmp_path / "r1.log")

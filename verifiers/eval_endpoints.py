@@ -20,7 +20,7 @@ from rollout.http_engine import HTTPEngine
 from rollout.pool import TaskPool
 from rollout.workflow import ScoredEpisodes, scripted_user
 from verifiers.eval_config import EvalRunConfig, PartySection
-from verifiers.eval_run import checkpoint_identity, read_trials, run_trials, trials_key
+from verifiers.eval_run import RunFn, checkpoint_identity, read_trials, run_trials, trials_key
 from verifiers.passk import is_success, pass_hat_ks
 from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
@@ -87,6 +87,27 @@ def trial_settings(cfg: EvalRunConfig) -> dict[str, Any]:
     }
 
 
+def _recorded(workflow: ScoredEpisodes, traj_file: Path) -> RunFn:
+    """``workflow.run`` that appends each trajectory to ``traj_file`` and raises ``ParityError``
+    where tau²'s cross-checked reward disagrees with ours."""
+
+    async def run(task: Task, seed: int, group_id: str, sample_index: int) -> Trajectory:
+        traj = await workflow.run(task, seed, group_id, sample_index)
+        with traj_file.open("a") as f:
+            f.write(traj.model_dump_json() + "\n")
+        info = traj.reward_info
+        assert info is not None
+        theirs = info.components.get("tau2")
+        if theirs is not None and theirs != info.reward:
+            raise ParityError(
+                f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "
+                f"(ours: {info.reasons}); the trajectory is in {traj_file}"
+            )
+        return traj
+
+    return run
+
+
 async def evaluate(
     cfg: EvalRunConfig, agent_url: str | None = None, user_url: str | None = None
 ) -> dict[str, Any]:
@@ -121,21 +142,7 @@ async def evaluate(
             max_steps=cfg.run.max_steps,
             prompt=cfg.run.prompt,
         )
-
-        async def run(task: Task, seed: int, group_id: str, sample_index: int) -> Trajectory:
-            traj = await workflow.run(task, seed, group_id, sample_index)
-            with traj_file.open("a") as f:
-                f.write(traj.model_dump_json() + "\n")
-            info = traj.reward_info
-            assert info is not None
-            theirs = info.components.get("tau2")
-            if theirs is not None and theirs != info.reward:
-                raise ParityError(
-                    f"task {task.id} trial {sample_index}: our reward {info.reward} != tau²'s {theirs} "
-                    f"(ours: {info.reasons}); the trajectory is in {traj_file}"
-                )
-            return traj
-
+        run = _recorded(workflow, traj_file)
         try:
             outcomes = await run_trials(
                 tasks,

@@ -140,42 +140,55 @@ class _Ids:
                 return i
 
 
-def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
-    """Task ``index`` of the stream defined by ``cfg`` (pure function of cfg and index)."""
-    rng = random.Random(f"{GENERATOR}:{cfg.seed}:{index}")
-    ids = _Ids(rng)
-    products = {
-        ids.new("P", 3): (name, rng.randrange(5, 200) * 100 + rng.choice([0, 49, 50, 99]))
-        for name in rng.sample(_PRODUCTS, 6)
-    }
-    customers: dict[str, dict[str, Any]] = {}
-    orders: dict[str, dict[str, Any]] = {}
+class _World:
+    """The task's database as it is drawn: products, customers and their orders."""
 
-    def new_customer() -> str:
-        cid = ids.new("C", cfg.id_digits)
-        customers[cid] = {
+    def __init__(self, rng: random.Random, id_digits: int):
+        self.rng, self.ids, self.id_digits = rng, _Ids(rng), id_digits
+        self.products = {
+            self.ids.new("P", 3): (name, rng.randrange(5, 200) * 100 + rng.choice([0, 49, 50, 99]))
+            for name in rng.sample(_PRODUCTS, 6)
+        }
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.orders: dict[str, dict[str, Any]] = {}
+
+    def new_customer(self) -> str:
+        rng, cid = self.rng, self.ids.new("C", self.id_digits)
+        self.customers[cid] = {
             "customer_id": cid,
             "name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
             "email": "",
             "order_ids": [],
         }
-        first, last = customers[cid]["name"].lower().split()
-        customers[cid]["email"] = f"{first}.{last}{rng.randrange(10, 99)}@example.com"
+        first, last = self.customers[cid]["name"].lower().split()
+        self.customers[cid]["email"] = f"{first}.{last}{rng.randrange(10, 99)}@example.com"
         return cid
 
-    def new_order(owner: str, status: str) -> str:
-        oid = ids.new("O", cfg.id_digits + 1)
-        items = rng.sample(sorted(products), rng.randint(1, 3))
-        total = sum(products[p][1] for p in items)
-        orders[oid] = {
+    def new_order(self, owner: str, status: str) -> str:
+        rng, oid = self.rng, self.ids.new("O", self.id_digits + 1)
+        items = rng.sample(sorted(self.products), rng.randint(1, 3))
+        total = sum(self.products[p][1] for p in items)
+        self.orders[oid] = {
             "order_id": oid,
             "customer_id": owner,
             "product_ids": items,
             "status": status,
             "refund_cents": total if status in ("cancelled", "returned") else 0,
         }
-        customers[owner]["order_ids"].append(oid)
+        self.customers[owner]["order_ids"].append(oid)
         return oid
+
+    def db(self) -> dict[str, Any]:
+        products = {p: {"product_id": p, "name": n, "price_cents": c} for p, (n, c) in self.products.items()}
+        return {"customers": self.customers, "orders": self.orders, "products": products}
+
+
+def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
+    """Task ``index`` of the stream defined by ``cfg`` (pure function of cfg and index)."""
+    rng = random.Random(f"{GENERATOR}:{cfg.seed}:{index}")
+    world = _World(rng, cfg.id_digits)
+    products, customers, orders = world.products, world.customers, world.orders
+    new_customer, new_order = world.new_customer, world.new_order
 
     user = new_customer()
     others = [new_customer() for _ in range(cfg.distractor_customers)]
@@ -213,11 +226,7 @@ def generate_shop_task(cfg: ProceduralConfig, index: int) -> Task:
 
     request = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     task_id = f"shop-s{cfg.seed}-{index:07d}"
-    db = {
-        "customers": customers,
-        "orders": orders,
-        "products": {p: {"product_id": p, "name": n, "price_cents": c} for p, (n, c) in products.items()},
-    }
+    db = world.db()
     return Task(
         id=task_id,
         domain="shop",
