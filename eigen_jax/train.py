@@ -70,7 +70,7 @@ def _export_of(cfg: RunConfig, stage: str) -> str | None:
 
 def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     start = _export_of(cfg, "sft_agent")
-    if cfg.grpo.env == "toy":
+    if cfg.grpo.source == "toy":
         from eigen_jax.stages.grpo import run_grpo
 
         return run_grpo(cfg, resume=resume, start_from=start)
@@ -144,7 +144,7 @@ def _print_table(summary: dict[str, Any]) -> None:
             print(f"{stage}: {s['steps']} steps, held-out loss {s['final_eval_loss']:.3f} -> {s['hf_dir']}")
     if "grpo" in summary:
         s = summary["grpo"]
-        print(f"grpo ({s['env']}): pass rate {s['first_pass_rate']:.3f} -> {s['last_pass_rate']:.3f}")
+        print(f"grpo ({s['source']}): pass rate {s['first_pass_rate']:.3f} -> {s['last_pass_rate']:.3f}")
     if "eval" in summary:
         from verifiers.report import passk_table
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rollout.configio import Section
 
@@ -116,22 +116,84 @@ class PretrainSection(Section):
     """Console progress line every this many steps (metrics files get every step)."""
 
 
+class GRPOEpisodesSection(Section):
+    """GRPO on episodes (``grpo.source: episodes``): which tasks, shaping, the asynchronous
+    controller."""
+
+    max_tasks: int | None = Field(None, ge=1)
+    """Train on the train split's first this many tasks (None: all). A small set that every
+    step revisits is the check that RL can fit the tasks it trains on at all."""
+    action_credit: float = Field(0.0, ge=0, le=1)
+    """Reward shaping for training only. A failed episode earns this times its partial credit
+    (``verifiers.reward.action_credit``: the share of the task's gold write actions it
+    performed, minus 1 if it made a write no gold action matches) instead of 0, so a right
+    decision is credited even when a later turn fails, and a wrong write is penalised. Successes
+    earn 1; pass rates and evaluation stay binary. 0: the recipe's binary reward."""
+    max_staleness: int = Field(2, ge=0)
+    """eta, how many policy versions a group may start before the update that consumes it
+    (AReaL's admission control; 0 is synchronous GRPO, and the only setting whose runs are
+    reproducible today)."""
+    groups_in_flight: int = Field(8, ge=1)
+    """Most groups running at once (their requests batch in the engine)."""
+    max_filtered_in_a_row: int = Field(64, ge=1)
+    """Stop with an error after this many consecutive groups were all-equal (dynamic filtering
+    finds no learning signal: the policy solves every task or none)."""
+
+
+class RemoteRolloutsSection(Section):
+    """Where episodes run when not in this process: rollout servers against a policy engine."""
+
+    servers: list[str] = Field(default_factory=list)
+    """Rollout server URLs (``python -m rollout.serve``). Empty: episodes run in this process on
+    the embedded sampler. Set: they run on those servers against ``agent_url``, and every update
+    is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
+    agent_url: str | None = None
+    """The policy engine the servers use (the learner syncs it)."""
+    agent_model: str = "policy"
+    """The policy engine's served model name."""
+    api_key_env: str = ""
+    """Environment variable holding the bearer token that the policy engine and the rollout
+    servers require (their ``--api-key`` / ``server.api_key_env``); empty: none."""
+
+
+class GRPOToySection(Section):
+    """The single-turn token task (``grpo.source: toy``)."""
+
+    max_new_tokens: int = Field(1, ge=1)
+    """Tokens generated per sample (the task scores the first)."""
+    classes: int = Field(4, ge=2)
+    """Answer classes (a random policy's pass rate is 1 / classes)."""
+    prompt_len: int = Field(8, ge=2)
+    """Prompt length in tokens."""
+
+
+_MOVED = {
+    "env": "grpo.source",
+    **{k: f"grpo.episodes.{k}" for k in GRPOEpisodesSection.model_fields},
+    "rollout_servers": "grpo.remote.servers",
+    **{k: f"grpo.remote.{k}" for k in ("agent_url", "agent_model", "api_key_env")},
+    "max_new_tokens": "grpo.toy.max_new_tokens",
+    "toy_classes": "grpo.toy.classes",
+    "toy_prompt_len": "grpo.toy.prompt_len",
+}
+"""Keys that lived directly under ``grpo`` before its sub-sections: named in the error."""
+
+
 class GRPOSection(Section):
-    env: Literal["episodes", "toy"] = "episodes"
+    """GRPO: the update (shared by every source of groups) and where groups come from."""
+
+    source: Literal["episodes", "toy"] = "episodes"
     """Where groups come from. ``episodes``: multi-turn episodes of the run's domain on the pool's
     train split (agent ⇄ tools ⇄ user simulator, ``episode`` section), scored by the verifier,
-    under the asynchronous controller. ``toy``: a single-turn token task (reward 1 when the first
-    generated token is in the class the prompt's instruction token names), synchronous, that
-    exercises the sample -> reward -> update -> weight-swap path in seconds."""
+    under the asynchronous controller (``grpo.episodes``, ``grpo.remote``). ``toy``: a
+    single-turn token task (``grpo.toy``), synchronous, that exercises the sample -> reward ->
+    update -> weight-swap path in seconds."""
     steps: int = Field(40, ge=1)
     """Optimiser steps."""
     tasks_per_step: int = Field(8, ge=1)
     """Tasks (groups) sampled per step."""
     group_size: int = Field(8, ge=2)
     """Samples per task (G); advantages are relative to the group."""
-    max_tasks: int | None = Field(None, ge=1)
-    """episodes: train on the train split's first this many tasks (None: all). A small set that
-    every step revisits is the check that RL can fit the tasks it trains on at all."""
     micro_batches: int = Field(1, ge=1)
     """Gradient-accumulation micro-batches per update (must divide the batch)."""
     minibatches: int = Field(1, ge=1)
@@ -149,12 +211,6 @@ class GRPOSection(Section):
     """Weight of a k3 KL penalty to the initial policy (the recipe: 0, off)."""
     filter_groups: bool = True
     """Dynamic filtering: drop groups whose rewards are all equal (no learning signal)."""
-    action_credit: float = Field(0.0, ge=0, le=1)
-    """episodes: reward shaping for training only. A failed episode earns this times its partial
-    credit (``verifiers.reward.action_credit``: the share of the task's gold write actions it
-    performed, minus 1 if it made a write no gold action matches) instead of 0, so a right
-    decision is credited even when a later turn fails, and a wrong write is penalised. Successes
-    earn 1; pass rates and evaluation stay binary. 0: the recipe's binary reward."""
     scale_by_std: bool = True
     """Divide advantages by the group's reward std (False: Dr. GRPO's R - mean)."""
     adv_eps: float = Field(1e-6, gt=0)
@@ -165,37 +221,25 @@ class GRPOSection(Section):
     """Forking-token selection: train only on this fraction of each batch's policy tokens, those
     where the (proximal) policy's entropy is highest (Wang et al. 2025: 0.2 matches or beats all
     tokens). 1 trains on every token."""
-    max_staleness: int = Field(2, ge=0)
-    """episodes: eta, how many policy versions a group may start before the update that
-    consumes it (AReaL's admission control; 0 is synchronous GRPO)."""
-    groups_in_flight: int = Field(8, ge=1)
-    """episodes: most groups running at once (their requests batch in the engine)."""
-    rollout_servers: list[str] = Field(default_factory=list)
-    """episodes: rollout server URLs (``python -m rollout.serve``). Empty: episodes run in this
-    process on the embedded sampler. Set: they run on those servers against ``agent_url``, and
-    every update is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
-    agent_url: str | None = None
-    """episodes with rollout servers: the policy engine the servers use (the learner syncs it)."""
-    agent_model: str = "policy"
-    """The policy engine's served model name."""
-    api_key_env: str = ""
-    """episodes with rollout servers: environment variable holding the bearer token that the
-    policy engine and the rollout servers require (their ``--api-key`` / ``server.api_key_env``);
-    empty: none."""
-    max_filtered_in_a_row: int = Field(64, ge=1)
-    """episodes: stop with an error after this many consecutive groups were all-equal (dynamic
-    filtering finds no learning signal: the policy solves every task or none)."""
-    max_new_tokens: int = Field(1, ge=1)
-    """toy: tokens generated per sample (the task scores the first). Episodes use
-    ``episode.turn_tokens`` per turn."""
-    toy_classes: int = Field(4, ge=2)
-    """Toy env: number of answer classes (a random policy's pass rate is 1 / classes)."""
-    toy_prompt_len: int = Field(8, ge=2)
-    """Toy env: prompt length in tokens."""
+    episodes: GRPOEpisodesSection = GRPOEpisodesSection()
+    """``source: episodes``: tasks, shaping and the asynchronous controller."""
+    remote: RemoteRolloutsSection = RemoteRolloutsSection()
+    """``source: episodes``: rollout servers and the policy engine, when episodes run remotely."""
+    toy: GRPOToySection = GRPOToySection()
+    """``source: toy``: the token task."""
     optim: OptimSection = OptimSection()
     """Optimiser of this stage."""
     log_every: int = Field(5, ge=1)
     """Console progress line every this many steps."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [k for k in data if k in _MOVED]
+            if old:
+                raise ValueError("; ".join(f"{k} is now {_MOVED[k]}" for k in old))
+        return data
 
 
 class CheckpointSection(Section):

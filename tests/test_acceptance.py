@@ -163,6 +163,6 @@ def test_quickstart_stage_list_runs_end_to_end_in_miniature(tmp_path):
         "grpo",
         "eval",
     ]
-    assert summary["grpo"]["env"] == "episodes" and summary["eval"]["user"] == "model"
+    assert summary["grpo"]["source"] == "episodes" and summary["eval"]["user"] == "model"
     assert set(summary["eval"]["pass_hat_k"]) == {"base", "sft", "rl"}
     assert "pass^2" in out.stdout and (tmp_path / "eval/passk.png").exists()

@@ -1,7 +1,7 @@
 import typing
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from eigen_jax.config import RunConfig
 from rollout.configio import KNOWN_SECTIONS, ConfigError, Section, dump_config, load_config, parse_override
@@ -148,3 +148,15 @@ def test_shipped_configs_load():
             else RunConfig
         )
         load_config(model, path)
+
+
+def test_grpo_keys_that_moved_into_sub_sections_say_where():
+    """One vocabulary: an old flat ``grpo`` key is refused with its new place, not accepted."""
+    from eigen_jax.config import RunConfig
+
+    with pytest.raises(ValidationError, match=r"max_staleness is now grpo\.episodes\.max_staleness"):
+        RunConfig.model_validate({"grpo": {"max_staleness": 1}})
+    with pytest.raises(ValidationError, match=r"rollout_servers is now grpo\.remote\.servers"):
+        RunConfig.model_validate({"grpo": {"rollout_servers": ["http://x"]}})
+    cfg = RunConfig.model_validate({"grpo": {"source": "toy", "toy": {"classes": 3}}})
+    assert cfg.grpo.toy.classes == 3 and cfg.grpo.episodes.max_staleness == 2

@@ -56,7 +56,7 @@ def test_task_order_visits_every_task_once_per_epoch_and_seeds_differ():
 
 
 def test_filtering_drops_uninformative_groups_and_gives_up_after_a_streak():
-    cfg = RunConfig.model_validate({"grpo": {"max_filtered_in_a_row": 3}})
+    cfg = RunConfig.model_validate({"grpo": {"episodes": {"max_filtered_in_a_row": 3}}})
     keep = _keep_fn(cfg)
     same = Group(0, "t", [_traj([1], [0], [0.0], 0.0)] * 2)
     mixed = Group(1, "t", [_traj([1], [0], [0.0], 0.0), _traj([1], [0], [0.0], 1.0)])
@@ -73,7 +73,7 @@ def test_action_credit_shapes_training_rewards_only():
     assert group.train_rewards(0.0).tolist() == [0.0, 0.0, 1.0]
     assert group.train_rewards(0.5).tolist() == [-0.5, 0.25, 1.0]
     # two failures with different credit carry signal once shaping is on
-    cfg = RunConfig.model_validate({"grpo": {"action_credit": 0.5}})
+    cfg = RunConfig.model_validate({"grpo": {"episodes": {"action_credit": 0.5}}})
     assert _keep_fn(cfg)(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
     assert not _keep_fn(RunConfig())(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
 
@@ -101,7 +101,11 @@ def _cfg(tmp: Path, *overrides: str) -> RunConfig:
 def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
     """A random agent (rewards mostly 0, so no filtering here): the whole async loop runs, every
     token carries a version no newer than the learner, staleness stays within eta."""
-    overrides = ("grpo.max_staleness=1", "grpo.action_credit=0.5", "grpo.max_tasks=3")
+    overrides = (
+        "grpo.episodes.max_staleness=1",
+        "grpo.episodes.action_credit=0.5",
+        "grpo.episodes.max_tasks=3",
+    )
     summary = run(_cfg(tmp_path, *overrides))["grpo"]
     rows = [json.loads(x) for x in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -109,7 +113,7 @@ def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
     for key in (*keys, "train_reward_mean", "prefix_hit_rate"):
         assert key in rows[0], key
     assert max(r["staleness_max"] for r in rows) <= 1  # eta: batches are consumed in start order
-    assert summary["env"] == "episodes" and summary["max_staleness"] == 1
+    assert summary["source"] == "episodes" and summary["max_staleness"] == 1
     assert summary["train_tasks"] == 3  # grpo.max_tasks: the train split's first 3
     from eigen_jax.checkpoint import Checkpointer
 
@@ -148,7 +152,8 @@ def _coin_cmd(out: Path, *extra: str) -> list[str]:
         f"run.out_dir={out}", f"pool.dir={out}/pool", "run.progress=false", "procedural.num_tasks=40",
         "run.stages=[generate,grpo]", "episode.user=scripted", "episode.turn_tokens=24",
         "episode.max_len=512", "episode.max_steps=4", "grpo.steps=6", "grpo.tasks_per_step=2",
-        "grpo.group_size=4", "grpo.filter_groups=false", "grpo.max_staleness=0", "checkpoint.every=1",
+        "grpo.group_size=4", "grpo.filter_groups=false", "grpo.episodes.max_staleness=0",
+        "checkpoint.every=1",
     ]  # fmt: skip
     return [sys.executable, "tests/coin_reward.py", "--config", "configs/quickstart.yaml", *args, *extra]
 

@@ -231,9 +231,9 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
                 "grpo.tasks_per_step=2",
                 "grpo.group_size=4",
                 "grpo.filter_groups=false",
-                f"grpo.rollout_servers=[http://127.0.0.1:{f1},http://127.0.0.1:{f2}]",
-                f"grpo.agent_url=http://127.0.0.1:{fe}",
-                "grpo.agent_model=agent",
+                f"grpo.remote.servers=[http://127.0.0.1:{f1},http://127.0.0.1:{f2}]",
+                f"grpo.remote.agent_url=http://127.0.0.1:{fe}",
+                "grpo.remote.agent_model=agent",
             ],
         )
         metrics = tmp_path / "run/grpo/metrics.jsonl"

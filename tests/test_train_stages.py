@@ -19,11 +19,11 @@ TOY_GRPO = (
     # The default tiny arch (16-dim heads), not the quickstart's 32: the toy's learning rate and
     # step count are calibrated on it.
     "model.arch.head_dim=16",
-    "grpo.env=toy",
+    "grpo.source=toy",
     "grpo.steps=40",
     "grpo.tasks_per_step=8",
     "grpo.group_size=8",
-    "grpo.max_new_tokens=1",
+    "grpo.toy.max_new_tokens=1",
     "grpo.optim.lr=0.01",
     "grpo.filter_groups=false",
 )
@@ -52,7 +52,7 @@ def test_sft_user_and_grpo_write_metrics_checkpoints_and_hf(tmp_path):
         "run.stages=[generate,sft_user,grpo]",
         "sft_user.steps=4",
         "sft_user.eval_every=2",
-        "grpo.env=toy",
+        "grpo.source=toy",
         "grpo.steps=3",
         "grpo.tasks_per_step=2",
         "checkpoint.every=2",

@@ -2,8 +2,8 @@
 
 ``GRPOUpdate`` turns one sampled batch (tokens, loss mask, behaviour logprobs, advantages) into
 optimiser updates: the learner recomputes the proximal policy's logprobs (decoupled PPO), then
-runs ``minibatches`` updates. ``run_grpo`` on ``env: toy`` is synchronous GRPO on a token task
-through the real sampler -> reward -> update -> weight swap path; ``env: episodes`` (multi-turn,
+runs ``minibatches`` updates. ``run_grpo`` on ``source: toy`` is synchronous GRPO on a token task
+through the real sampler -> reward -> update -> weight swap path; ``source: episodes`` (multi-turn,
 asynchronous) lives in ``grpo_episodes``.
 """
 
@@ -172,7 +172,7 @@ class ToyGRPO(StageProgram):
     def __init__(self, cfg: RunConfig, tok: Tokenizer, start_from: str | None):
         g = self.g = cfg.grpo
         model = base_model(cfg, tok, start=start_from)
-        self.env = ToyEnv(model.cfg.vocab_size, g.toy_prompt_len, g.toy_classes)
+        self.env = ToyEnv(model.cfg.vocab_size, g.toy.prompt_len, g.toy.classes)
         self.update = GRPOUpdate(cfg, model, g.steps)
         self.learner = self.update.learner
         self.pad_id = tok.pad_id
@@ -195,7 +195,7 @@ class ToyGRPO(StageProgram):
         tasks = self.env.prompts(np.random.default_rng(seed), g.tasks_per_step)
         prompts = [p for p in tasks for _ in range(g.group_size)]
         params = [
-            SamplingParams(temperature=g.temperature, max_new_tokens=g.max_new_tokens, seed=seed + i)
+            SamplingParams(temperature=g.temperature, max_new_tokens=g.toy.max_new_tokens, seed=seed + i)
             for i in range(n_rows)
         ]
         gens = sampler.generate_batch(prompts, params)
@@ -212,7 +212,7 @@ class ToyGRPO(StageProgram):
         }
         self.first_pass = row["pass_rate"] if self.first_pass is None else self.first_pass
         self.last_pass = row["pass_rate"]
-        length = g.toy_prompt_len + g.max_new_tokens
+        length = g.toy.prompt_len + g.toy.max_new_tokens
         host = (
             build_batch(
                 [prompts[i] for i in kept], [gens[i] for i in kept], adv[kept], length, n_rows, self.pad_id
@@ -226,7 +226,7 @@ class ToyGRPO(StageProgram):
         return row
 
     def summary(self) -> dict[str, Any]:
-        return {"env": self.g.env, "first_pass_rate": self.first_pass, "last_pass_rate": self.last_pass}
+        return {"source": self.g.source, "first_pass_rate": self.first_pass, "last_pass_rate": self.last_pass}
 
 
 def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = None) -> dict[str, Any]:

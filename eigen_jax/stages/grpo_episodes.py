@@ -1,4 +1,4 @@
-"""Asynchronous GRPO on multi-turn episodes (``grpo.env: episodes``).
+"""Asynchronous GRPO on multi-turn episodes (``grpo.source: episodes``).
 
 Group ``i`` is G scored episodes of one train task (the policy in the in-process sampler, the user
 scripted or the SFT'd user-simulator model, rewards from the verifier). The ``RolloutController``
@@ -69,7 +69,7 @@ class Group:
 
     def train_rewards(self, weight: float) -> np.ndarray:
         """What advantages and filtering use: the binary reward, where a failure earns
-        ``weight`` times its partial credit instead of 0 (``grpo.action_credit``)."""
+        ``weight`` times its partial credit instead of 0 (``grpo.episodes.action_credit``)."""
         r = self.rewards
         if not weight or self.credit is None:
             return r
@@ -108,12 +108,14 @@ class _RemotePolicy:
     resumes (so their tokens carry it)."""
 
     def __init__(self, cfg: RunConfig, tok_dir: Path):
-        g = cfg.grpo
-        if not g.agent_url:
-            raise ValueError("grpo.rollout_servers is set but grpo.agent_url (the policy engine) is not")
-        key = env_secret(g.api_key_env, "grpo.api_key_env")
-        self.remote = RemoteEpisodes(g.rollout_servers, temperature=g.temperature, api_key=key)
-        self.engine = HTTPEngine(g.agent_url, g.agent_model, timeout_s=600, api_key=key)
+        r = cfg.grpo.remote
+        if not r.agent_url:
+            raise ValueError(
+                "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
+            )
+        key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
+        self.remote = RemoteEpisodes(r.servers, temperature=cfg.grpo.temperature, api_key=key)
+        self.engine = HTTPEngine(r.agent_url, r.agent_model, timeout_s=600, api_key=key)
         self.run, self.tok_dir = self.remote.run, tok_dir
 
     async def sync(self, learner: Learner, export_dir: Path) -> None:
@@ -180,15 +182,15 @@ class _Groups:
 
 def _keep_fn(cfg: RunConfig):
     state = {"in_a_row": 0}
-    limit = cfg.grpo.max_filtered_in_a_row
+    limit = cfg.grpo.episodes.max_filtered_in_a_row
 
     def keep(group: Group) -> bool:
-        r = group.train_rewards(cfg.grpo.action_credit)
+        r = group.train_rewards(cfg.grpo.episodes.action_credit)
         informative = not cfg.grpo.filter_groups or bool(r.max() > r.min())
         state["in_a_row"] = 0 if informative else state["in_a_row"] + 1
         if state["in_a_row"] >= limit:
             raise RuntimeError(
-                f"dynamic filtering dropped {limit} groups in a row (grpo.max_filtered_in_a_row): "
+                f"dynamic filtering dropped {limit} groups in a row (grpo.episodes.max_filtered_in_a_row): "
                 f"every sample of every task got the same reward (last: {r[0]}), so the policy has "
                 "no learning signal. Start from a stronger agent (more SFT) or easier tasks."
             )
@@ -237,7 +239,7 @@ class EpisodeGRPO(StageProgram):
         user_from: str | None,
     ):
         g, ep = self.g, self.ep = cfg.grpo, cfg.episode
-        self.tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.max_tasks]
+        self.tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.episodes.max_tasks]
         if not self.tasks:
             raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
         self.update = GRPOUpdate(cfg, base_model(cfg, tok, start=start_from), g.steps)
@@ -246,7 +248,7 @@ class EpisodeGRPO(StageProgram):
         self.export_dir = StageDir(cfg, "grpo").root / "served_weights"
         domain = get_domain(cfg.domain.name)
         self.policy: _LocalPolicy | _RemotePolicy
-        if g.rollout_servers:
+        if g.remote.servers:
             tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
             tok.save(tok_dir)
             self.policy = _RemotePolicy(cfg, tok_dir)
@@ -296,8 +298,8 @@ class EpisodeGRPO(StageProgram):
             self.groups,
             keep=self.keep,
             batch_groups=g.tasks_per_step,
-            max_staleness=g.max_staleness,
-            concurrency=g.groups_in_flight,
+            max_staleness=g.episodes.max_staleness,
+            concurrency=g.episodes.groups_in_flight,
             start_index=self.next_index,
             version=self.learner.step,
         )
@@ -318,7 +320,7 @@ class EpisodeGRPO(StageProgram):
         waited = time.perf_counter() - t0
         trajs = [t for grp in batch for t in grp.trajectories]
         rewards = np.concatenate([grp.rewards for grp in batch])
-        shaped = np.concatenate([grp.train_rewards(g.action_credit) for grp in batch])
+        shaped = np.concatenate([grp.train_rewards(g.episodes.action_credit) for grp in batch])
         adv, _ = advantages(shaped, g.group_size, g)
         length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.ep.max_len)
         host = episode_batch(trajs, adv, length, self.pad_id)
@@ -352,8 +354,8 @@ class EpisodeGRPO(StageProgram):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "env": self.g.env,
-            "max_staleness": self.g.max_staleness,
+            "source": self.g.source,
+            "max_staleness": self.g.episodes.max_staleness,
             "train_tasks": len(self.tasks),
             "first_pass_rate": self.passes[0] if self.passes else None,
             "last_pass_rate": self.passes[-1] if self.passes else None,

@@ -5,7 +5,7 @@ latencies: wall time per step, learner idle fraction, episodes/s.
                                         [--tool-latency 0.3] [--sft-steps 60]
 
 The quickstart's pieces, end to end: procedural shop tasks, a short SFT of the agent (so episodes
-have realistic lengths: several tool calls and user turns), then ``grpo.env: episodes`` with the
+have realistic lengths: several tool calls and user turns), then ``grpo.source: episodes`` with the
 scripted user, once per eta, from the same SFT checkpoint. Latency stands in for what is remote in
 a real deployment: every user-simulator turn waits a log-normal delay (mean ``--user-latency`` s,
 an LLM call), and every tool call ``--tool-latency`` s (a service call) before the agent's next
@@ -89,10 +89,10 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
             f"run.out_dir={out}/eta{eta}",
             "grpo.filter_groups=false",  # every group counts: the same work per step for both etas
             f"grpo.steps={steps}",
-            f"grpo.max_staleness={eta}",
+            f"grpo.episodes.max_staleness={eta}",
             "grpo.tasks_per_step=4",
             "grpo.group_size=8",
-            f"grpo.groups_in_flight={4 * (eta + 1)}",
+            f"grpo.episodes.groups_in_flight={4 * (eta + 1)}",
         ],
     )
     (out / f"eta{eta}").mkdir(exist_ok=True)
