@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,21 +24,18 @@ from typing import Any
 import numpy as np
 
 from eigen_jax.config import RunConfig
-from eigen_jax.learner import Learner
-from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler, bucket
 from eigen_jax.stages.common import StageDir, base_model, pad_rows, tokenizer
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
-from rollout.config import env_secret
+from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
 from rollout.domains import get_domain
-from rollout.http_engine import HTTPEngine, rerun_on_engine_error
+from rollout.http_engine import rerun_on_engine_error
 from rollout.pool import TaskPool
-from rollout.remote import RemoteEpisodes
 from rollout.tokenizer import Tokenizer
-from rollout.workflow import EpisodeWorkflow, lm_episodes
+from rollout.workflow import lm_episodes
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox
 
@@ -86,57 +82,7 @@ def episode_batch(
     return {**pad_rows(rows, length, pad_id), "advantages": np.asarray(adv, np.float32)}
 
 
-class _LocalPolicy:
-    """Episodes in this process on the embedded sampler; weight sync is an in-place swap."""
-
-    def __init__(self, sampler: Sampler, episodes: EpisodeWorkflow):
-        self.sampler, self.run = sampler, episodes.run
-
-    async def sync(self, learner: Learner, export_dir: Path) -> None:
-        self.sampler.update_weights(learner.state.params, version=learner.step)
-
-    def retries(self) -> int:
-        return 0  # no network in between
-
-    async def close(self) -> None:
-        pass
-
-
-class _RemotePolicy:
-    """Episodes on rollout servers against an HTTP policy engine; weight sync exports the update
-    and has the engine reload it, announcing the version to the rollout servers before the engine
-    resumes (so their tokens carry it)."""
-
-    def __init__(self, cfg: RunConfig, tok_dir: Path):
-        r = cfg.grpo.remote
-        if not r.agent_url:
-            raise ValueError(
-                "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
-            )
-        key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
-        self.remote = RemoteEpisodes(r.servers, temperature=cfg.grpo.temperature, api_key=key)
-        self.engine = HTTPEngine(r.agent_url, r.agent_model, timeout_s=600, api_key=key)
-        self.run, self.tok_dir = self.remote.run, tok_dir
-
-    async def sync(self, learner: Learner, export_dir: Path) -> None:
-        step = learner.step
-        target = export_dir / f"v{step}"
-        await asyncio.to_thread(save_hf, learner.model(), target, tokenizer_dir=self.tok_dir)
-        await self.engine.sync_weights(str(target.resolve()), step, lambda: self.remote.set_version(step))
-        for old in export_dir.glob("v*"):  # keep the served weights and the previous ones
-            if old.name not in (f"v{step}", f"v{step - 1}"):
-                shutil.rmtree(old, ignore_errors=True)
-
-    def retries(self) -> int:
-        """Requests retried so far: to the policy engine, and episodes rerun on another server."""
-        return self.engine.retries + sum(self.remote.failures.values())
-
-    async def close(self) -> None:
-        await self.remote.close()
-        await self.engine.close()
-
-
-class _Groups:
+class GroupRunner:
     """``run_group`` for the controller, plus what every finished group says (for the metrics).
 
     Every finished group is also appended to ``record`` (``grpo/groups.jsonl``: index, task,
@@ -247,11 +193,11 @@ class EpisodeGRPO(StageProgram):
         self.pad_id, self.rows = tok.pad_id, g.tasks_per_step * g.group_size
         self.export_dir = StageDir(cfg, "grpo").root / "served_weights"
         domain = get_domain(cfg.domain.name)
-        self.policy: _LocalPolicy | _RemotePolicy
+        self.policy: Rollouts
         if g.remote.servers:
             tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
             tok.save(tok_dir)
-            self.policy = _RemotePolicy(cfg, tok_dir)
+            self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir)
         else:
             sampler = Sampler(
                 self.learner.model(),
@@ -274,10 +220,12 @@ class EpisodeGRPO(StageProgram):
                 domain, sampler, tok, ep, verifier.score,
                 temperature=g.temperature, user_engine=user_engine, user_tok=tok,
             )  # fmt: skip
-            self.policy = _LocalPolicy(sampler, episodes)
+            self.policy = InProcessRollouts(sampler, episodes)
         record = StageDir(cfg, "grpo").root / "groups.jsonl"
         record.parent.mkdir(parents=True, exist_ok=True)
-        self.groups = _Groups(self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools, record)
+        self.groups = GroupRunner(
+            self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools, record
+        )
         self.keep = _keep_fn(cfg)
         self.next_index = 0
         self.controller: RolloutController[Group] | None = None
@@ -344,10 +292,7 @@ class EpisodeGRPO(StageProgram):
             learner_idle_frac=waited / elapsed,
             episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
         )
-        store = getattr(getattr(self.policy, "sampler", None), "prefix_cache", None)
-        if store is not None:
-            row["prefix_hit_rate"] = store.hit_rate  # share of prompt tokens not prefilled
-            row["prefix_cache_mb"] = store.nbytes / 2**20  # held within episode.prefix_cache_mb
+        row.update(self.policy.engine_metrics())
         if "pass_rate" in row:
             self.passes.append(row["pass_rate"])
         return row

@@ -1,0 +1,106 @@
+"""Where GRPO's episodes run, seen from the learner: a ``Rollouts`` runs scored episodes and
+takes each update's weights (``sync``), in this process or on rollout servers."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from eigen_jax.learner import Learner
+from eigen_jax.model.hf import save_hf
+from eigen_jax.sampler import Sampler
+from eigen_jax.train_config import RemoteRolloutsSection
+from rollout.config import env_secret
+from rollout.contracts import Task, Trajectory
+from rollout.http_engine import HTTPEngine
+from rollout.remote import RemoteEpisodes
+from rollout.workflow import EpisodeWorkflow
+
+
+class Rollouts(Protocol):
+    """Scored episodes for GRPO, and the engines that serve the policy being trained."""
+
+    async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
+        """One scored episode (``rollout.workflow.EpisodeWorkflow``)."""
+        ...
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        """Serve the learner's current weights as version ``learner.step`` from now on."""
+        ...
+
+    def retries(self) -> int:
+        """Requests retried so far (0 where there is no network in between)."""
+        ...
+
+    def engine_metrics(self) -> dict[str, float]:
+        """What the policy's engine reports, for the step's metrics (may be empty)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessRollouts(Rollouts):
+    """Episodes in this process on the embedded sampler; weight sync is an in-place swap."""
+
+    def __init__(self, sampler: Sampler, episodes: EpisodeWorkflow):
+        self.sampler, self.episodes = sampler, episodes
+
+    async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
+        return await self.episodes.run(task, seed, group_id, sample_index)
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        self.sampler.update_weights(learner.state.params, version=learner.step)
+
+    def retries(self) -> int:
+        return 0  # no network in between
+
+    def engine_metrics(self) -> dict[str, float]:
+        store = self.sampler.prefix_cache
+        if store is None:
+            return {}
+        # share of prompt tokens not prefilled; bytes held within episode.prefix_cache_mb
+        return {"prefix_hit_rate": store.hit_rate, "prefix_cache_mb": store.nbytes / 2**20}
+
+    async def close(self) -> None:
+        pass
+
+
+class RemoteRollouts(Rollouts):
+    """Episodes on rollout servers against an HTTP policy engine; weight sync exports the update
+    and has the engine reload it, announcing the version to the rollout servers before the engine
+    resumes (so their tokens carry it)."""
+
+    def __init__(self, r: RemoteRolloutsSection, temperature: float, tok_dir: Path):
+        if not r.agent_url:
+            raise ValueError(
+                "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
+            )
+        key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
+        self.remote = RemoteEpisodes(r.servers, temperature=temperature, api_key=key)
+        self.engine = HTTPEngine(r.agent_url, r.agent_model, timeout_s=600, api_key=key)
+        self.tok_dir = tok_dir
+
+    async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
+        return await self.remote.run(task, seed, group_id, sample_index)
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        step = learner.step
+        target = export_dir / f"v{step}"
+        await asyncio.to_thread(save_hf, learner.model(), target, tokenizer_dir=self.tok_dir)
+        await self.engine.sync_weights(str(target.resolve()), step, lambda: self.remote.set_version(step))
+        for old in export_dir.glob("v*"):  # keep the served weights and the previous ones
+            if old.name not in (f"v{step}", f"v{step - 1}"):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def retries(self) -> int:
+        """Requests retried so far: to the policy engine, and episodes rerun on another server."""
+        return self.engine.retries + sum(self.remote.failures.values())
+
+    def engine_metrics(self) -> dict[str, float]:
+        return {}  # the engine's own metrics endpoint reports them
+
+    async def close(self) -> None:
+        await self.remote.close()
+        await self.engine.close()
