@@ -2,6 +2,10 @@
 eigen-jax's clients use, so a laptop runs the "separate inference servers" topology without vLLM.
 
     python -m eigen_jax.serve --model runs/quickstart/sft_agent/hf [--port 8000]
+    python -m eigen_jax.serve --config serve.yaml [served.dir=... server.port=...]
+
+Its config has two sections, ``server`` (where it listens) and ``served`` (the checkpoint); each
+flag is an alias of one of their keys (``FLAGS``).
 
 Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_token_ids``;
 ``logprobs``), ``POST /v1/chat/completions`` (messages + tools, Qwen/Hermes tool calls parsed into
@@ -11,7 +15,7 @@ Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_
 (drops the prefix cache) and ``/resume``. Logprobs are those of softmax(logits / temperature),
 what the learner recomputes. ``n`` and ``stream`` are implemented; any other request field we do
 not implement is refused by name (``serve_protocol``). Bound beyond loopback it needs an API key
-(``--api-key`` or ``$EIGEN_API_KEY``), which every route but ``/health`` then requires.
+(``--api-key``, ``server.api_key_env`` or ``$EIGEN_API_KEY``), which every route but ``/health`` then requires.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax.numpy as jnp
 from aiohttp import web
+from pydantic import Field
 
 from eigen_jax.model.hf import load_hf
 from eigen_jax.sampler import ContextOverflow, Sampler
 from eigen_jax.serve_protocol import BadRequest, check_fields, sse_events
 from rollout.chat_format import ChatFormat
+from rollout.config import ServerSection, env_secret
+from rollout.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
 from rollout.engine import SamplingParams
 from rollout.http_auth import API_KEY_ENV, bearer_auth, server_token
 from rollout.openai_format import from_openai, to_openai
@@ -300,62 +307,97 @@ async def _progress(server: Server, every_s: float) -> None:
         last = (served, generated, now)
 
 
+class ServedModelSection(Section):
+    """The checkpoint ``eigen_jax.serve`` serves and how."""
+
+    dir: str = ""
+    """HF directory (config.json + safetensors); required."""
+    tokenizer: str = ""
+    """Directory with tokenizer.json; empty: ``dir``."""
+    name: str = ""
+    """The served model name clients ask for; empty: the directory's name."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter and compute dtype."""
+    max_len: int | None = Field(None, ge=16)
+    """Longest prompt + completion served; None: the model's."""
+    prefix_cache_mb: float = Field(1024.0, ge=0)
+    """Host memory for the KV of served sequences (multi-turn prompts prefill only their new
+    tokens); 0: off."""
+    empty_think: bool = False
+    """Qwen3 chat turns open with an empty <think> block."""
+
+
+class ServeConfig(Section):
+    """What ``python -m eigen_jax.serve`` reads."""
+
+    server: ServerSection = ServerSection(port=8000)
+    """Where it listens."""
+    served: ServedModelSection = ServedModelSection()
+    """What it serves."""
+
+
+FLAGS = {
+    "--model": ("served.dir", str),
+    "--tokenizer": ("served.tokenizer", str),
+    "--served-model-name": ("served.name", str),
+    "--dtype": ("served.dtype", str),
+    "--max-len": ("served.max_len", int),
+    "--prefix-cache-mb": ("served.prefix_cache_mb", float),
+    "--empty-think": ("served.empty_think", bool),
+    "--host": ("server.host", str),
+    "--port": ("server.port", int),
+    "--progress-every": ("server.progress_every", float),
+}
+"""Flags kept from before the config (each is an alias of its key)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m eigen_jax.serve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="HF directory (config.json + safetensors)")
-    ap.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
-    ap.add_argument("--served-model-name", default=None)
-    ap.add_argument("--host", default="127.0.0.1", help="interface (not loopback: needs an API key)")
+    add_config_args(ap)
+    add_flag_aliases(ap, FLAGS)
     ap.add_argument(
         "--api-key",
         default=None,
-        help=f"bearer token every request but /health must send (default: ${API_KEY_ENV}); required "
-        "when --host is not a loopback address",
+        help=f"bearer token every request but /health must send (default: server.api_key_env, else "
+        f"${API_KEY_ENV}); required when the host is not a loopback address",
     )
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    ap.add_argument("--max-len", type=int, default=None, help="longest prompt + completion served")
-    ap.add_argument(
-        "--prefix-cache-mb",
-        type=float,
-        default=1024.0,
-        help="host memory for the KV of served sequences (multi-turn prompts prefill only their new "
-        "tokens); 0: off",
-    )
-    ap.add_argument("--empty-think", action="store_true", help="Qwen3 chat turns open with an empty <think>")
-    ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     args = ap.parse_args(argv)
-    model_dir = Path(args.model)
+    cfg = config_from_args(ServeConfig, args, alias_overrides(args, FLAGS), foreign_sections=())
+    sv, m = cfg.server, cfg.served
+    if not m.dir:
+        sys.exit("eigen_jax.serve: served.dir (--model): the HF directory to serve is required")
+    model_dir = Path(m.dir)
     try:
-        api_key = server_token(args.host, args.api_key, "--api-key")
+        given = args.api_key or env_secret(sv.api_key_env, "server.api_key_env")
+        api_key = server_token(sv.host, given, "--api-key / server.api_key_env")
     except ValueError as e:
         sys.exit(f"eigen_jax.serve: {e}")
     if not (model_dir / "config.json").exists():
-        sys.exit(f"--model {model_dir}: no config.json (expected an HF model directory)")
-    tok = Tokenizer.from_dir(args.tokenizer or model_dir)
-    dtype = DTYPES[args.dtype]
+        sys.exit(f"served.dir {model_dir}: no config.json (expected an HF model directory)")
+    tok = Tokenizer.from_dir(m.tokenizer or model_dir)
+    dtype = DTYPES[m.dtype]
     sampler = Sampler(
         load_hf(model_dir, dtype=dtype, param_dtype=dtype),
         pad_id=tok.pad_id,
-        max_len=args.max_len,
-        prefix_cache_mb=args.prefix_cache_mb,
+        max_len=m.max_len,
+        prefix_cache_mb=m.prefix_cache_mb,
     )
     server = Server(
         sampler,
         tok,
-        args.served_model_name or model_dir.name,
+        m.name or model_dir.name,
         dtype=dtype,
-        fmt=ChatFormat(empty_think=args.empty_think),
+        fmt=ChatFormat(empty_think=m.empty_think),
     )
 
     async def start(app: web.Application) -> None:
-        app["progress"] = asyncio.create_task(_progress(server, args.progress_every))
+        app["progress"] = asyncio.create_task(_progress(server, sv.progress_every))
 
     app = server.app(api_key)
     app.on_startup.append(start)
     auth = ", API key required" if api_key else ""
-    print(f"[serve] {model_dir} on http://{args.host}:{args.port} as {server.name!r}{auth}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    print(f"[serve] {model_dir} on http://{sv.host}:{sv.port} as {server.name!r}{auth}", flush=True)
+    web.run_app(app, host=sv.host, port=sv.port, print=None)
 
 
 if __name__ == "__main__":

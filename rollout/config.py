@@ -108,3 +108,17 @@ class EpisodeConfig(Section):
     (in ``eigen_jax.train``: the ``sft_user`` stage's export)."""
     user_temperature: float = Field(0.0, ge=0)
     """Sampling temperature of the user-simulator model (0: greedy, tau²'s default)."""
+
+
+class ServerSection(Section):
+    """Where a server listens (``eigen_jax.serve``, ``rollout.serve``)."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on. Any but a loopback address needs an API key (``api_key_env``)."""
+    api_key_env: str = ""
+    """Environment variable holding the bearer token every request but /health must send;
+    empty: ``$EIGEN_API_KEY`` if set, else none (allowed on loopback only)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port to listen on."""
+    progress_every: float = Field(10.0, gt=0)
+    """Seconds between progress lines."""

@@ -218,6 +218,26 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None)
     )
 
 
+def add_flag_aliases(parser: argparse.ArgumentParser, aliases: dict[str, tuple[str, type]]) -> None:
+    """Flags that stand for config keys (``{"--port": ("server.port", int)}``): each sets its key
+    after the positional overrides, so a command's familiar flags and its config are one thing."""
+    for flag, (key, kind) in aliases.items():
+        if kind is bool:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=f"{key}=true")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"same as {key}=...")
+
+
+def alias_overrides(args: argparse.Namespace, aliases: dict[str, tuple[str, type]]) -> list[str]:
+    """The ``key=value`` overrides of the alias flags given on the command line."""
+    out = []
+    for flag, (key, _) in aliases.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def config_from_args(
     root: type[M],
     args: argparse.Namespace,

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection, env_secret
+from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection, ServerSection, env_secret
 from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
@@ -45,22 +45,10 @@ class EndpointSection(HTTPEndpointSection):
     """Most requests in flight to this server."""
 
 
-class ServerSection(Section):
-    host: str = "127.0.0.1"
-    """Interface to listen on. Any but a loopback address needs an API key (``api_key_env``)."""
-    api_key_env: str = ""
-    """Environment variable holding the bearer token every request but /health must send;
-    empty: ``$EIGEN_API_KEY`` if set, else none (allowed on loopback only)."""
-    port: int = Field(8100, ge=1, le=65535)
-    """Port to listen on."""
-    progress_every: float = Field(10.0, gt=0)
-    """Seconds between progress lines."""
-
-
 class RolloutServerConfig(Section):
     """A rollout server: which domain, how episodes run, who serves the agent and the user."""
 
-    server: ServerSection = ServerSection()
+    server: ServerSection = ServerSection(port=8100)
     """Where this server listens."""
     domain: DomainConfig = DomainConfig()
     """The tool domain its episodes run in."""

@@ -1,6 +1,7 @@
 import typing
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from eigen_jax.config import RunConfig
@@ -160,3 +161,21 @@ def test_grpo_keys_that_moved_into_sub_sections_say_where():
         RunConfig.model_validate({"grpo": {"rollout_servers": ["http://x"]}})
     cfg = RunConfig.model_validate({"grpo": {"source": "toy", "toy": {"classes": 3}}})
     assert cfg.grpo.toy.classes == 3 and cfg.grpo.episodes.max_staleness == 2
+
+
+def test_serve_flags_are_aliases_of_config_keys(tmp_path):
+    """eigen_jax.serve takes --config like every command; its old flags set the same keys and win
+    over the file (they apply after it)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "serve.yaml").write_text("server: {port: 8123}\nserved: {dir: /x, name: from-file}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "eigen_jax.serve", "--config", str(tmp_path / "serve.yaml"), "--print-config",
+         "--served-model-name", "policy", "--empty-think", "--max-len", "512"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["server"]["port"] == 8123 and cfg["served"]["dir"] == "/x"
+    assert cfg["served"]["name"] == "policy" and cfg["served"]["empty_think"] is True
+    assert cfg["served"]["max_len"] == 512
