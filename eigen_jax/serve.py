@@ -15,7 +15,8 @@ Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_
 (drops the prefix cache) and ``/resume``. Logprobs are those of softmax(logits / temperature),
 what the learner recomputes. ``n`` and ``stream`` are implemented; any other request field we do
 not implement is refused by name (``serve_protocol``). Bound beyond loopback it needs an API key
-(``--api-key``, ``server.api_key_env`` or ``$EIGEN_API_KEY``), which every route but ``/health`` then requires.
+(``--api-key``, ``server.api_key_env`` or ``$EIGEN_API_KEY``), which every route but ``/health``
+then requires.
 """
 
 from __future__ import annotations
