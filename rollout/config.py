@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -108,6 +108,14 @@ class EpisodeConfig(Section):
     (in ``eigen_jax.train``: the ``sft_user`` stage's export)."""
     user_temperature: float = Field(0.0, ge=0)
     """Sampling temperature of the user-simulator model (0: greedy, tau²'s default)."""
+
+    SPEED_ONLY: ClassVar[frozenset[str]] = frozenset({"concurrency", "prefix_cache_mb"})
+    """Keys that change only how fast episodes run, not what they are."""
+
+    def decisive(self) -> dict[str, Any]:
+        """Every setting that decides what an episode is (all but ``SPEED_ONLY``): what eval
+        records are keyed by, and what a learner and its rollout servers must agree on."""
+        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY))
 
 
 class ServerSection(Section):

@@ -9,8 +9,10 @@ fails only when no server answers for ``max_attempts`` tries.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 
@@ -28,6 +30,8 @@ class RemoteEpisodes:
         cooldown_s: how long a failed server is skipped.
         max_attempts: tries per episode (each on the best live server).
         api_key: bearer token the servers require (``server.api_key_env`` on their side).
+        settings: what decides the learner's episodes (``RolloutServer.settings``); a server
+            whose own differ is refused at first contact with ``SettingsMismatch``.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class RemoteEpisodes:
         cooldown_s: float = 10.0,
         max_attempts: int = 4,
         api_key: str | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         if not urls:
             raise ValueError("RemoteEpisodes needs at least one rollout server URL")
@@ -52,6 +57,8 @@ class RemoteEpisodes:
         self.version = 0
         """The policy version last announced (sent with every episode too, so a server that
         restarted or missed an announcement labels tokens no older than it)."""
+        self.settings = settings
+        self._checked: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -87,6 +94,8 @@ class RemoteEpisodes:
                 url = self._pick() or self.urls[0]
             self.in_flight[url] += 1
             try:
+                if self.settings is not None and url not in self._checked:
+                    await self._check(url)
                 timeout = aiohttp.ClientTimeout(total=self.timeout_s)
                 async with self._client().post(url + "/episode", json=body, timeout=timeout) as resp:
                     text = await resp.text()
@@ -98,6 +107,8 @@ class RemoteEpisodes:
                     errors.append(f"{url}: HTTP {resp.status}: {text[:200]}")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
                 errors.append(f"{url}: {type(e).__name__}: {e}")
+            except SettingsMismatch:
+                raise  # the server works; it runs the wrong episodes: no other try helps
             except ValueError as e:  # a truncated or garbled answer (pydantic's error is one too)
                 errors.append(f"{url}: malformed answer: {str(e)[:200]}")
             finally:
@@ -107,6 +118,26 @@ class RemoteEpisodes:
         raise EngineError(
             f"episode of task {task.id} failed on every attempt: {'; '.join(errors)}", transient=True
         )
+
+    async def _check(self, url: str) -> None:
+        """Refuse a server whose episodes would not be the learner's (a different domain or
+        episode setting would train on episodes nobody configured)."""
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with self._client().get(url + "/health", timeout=timeout) as resp:
+            text = await resp.text()
+        if resp.status != 200:
+            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=text[:200])
+        body = json.loads(text)  # a garbled answer: ValueError, a failure of this try
+        theirs = body.get("settings") if isinstance(body, dict) else None
+        if not isinstance(theirs, dict):
+            raise ValueError(f"/health names no episode settings: {text[:200]}")
+        diff = settings_diff(self.settings or {}, theirs)
+        if diff:
+            raise SettingsMismatch(
+                f"rollout server {url} runs other episodes than this learner: {'; '.join(diff)}. "
+                "Start it with the learner's domain and episode settings."
+            )
+        self._checked.add(url)
 
     async def set_version(self, version: int) -> None:
         """Tell every server which policy version the agent engine serves from now on."""
@@ -121,3 +152,19 @@ class RemoteEpisodes:
                 self.down_until[url] = time.monotonic() + self.cooldown_s
 
         await asyncio.gather(*(one(u) for u in self.urls))
+
+
+class SettingsMismatch(ValueError):
+    """A rollout server's episode settings differ from the learner's (never retried)."""
+
+
+def settings_diff(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key (learner X, server Y)`` for every leaf where two settings trees differ."""
+    out = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key, "<unset>"), theirs.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} (learner {a!r}, server {b!r})")
+    return out

@@ -83,6 +83,10 @@ class RolloutServer:
         )
         self.episodes, self.in_flight = 0, 0
 
+    def settings(self) -> dict[str, Any]:
+        """What decides this server's episodes; a learner refuses servers that differ from it."""
+        return {"domain": self.cfg.domain.name, "episode": self.cfg.episode.decisive()}
+
     async def episode(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             task = Task.model_validate(body["task"])
@@ -136,6 +140,7 @@ class RolloutServer:
                     "episodes": self.episodes,
                     "in_flight": self.in_flight,
                     "version": self.agent.version,
+                    "settings": self.settings(),
                 }
             )
 

@@ -24,7 +24,7 @@ from eigen_jax.train_config import TINY_ARCH
 from rollout.configio import load_config
 from rollout.contracts import Termination, Trajectory
 from rollout.http_engine import EngineError
-from rollout.remote import RemoteEpisodes
+from rollout.remote import RemoteEpisodes, SettingsMismatch
 from rollout.serve import RolloutServer, RolloutServerConfig
 from rollout.tokenizer import build_small_tokenizer
 from rollout.vllm_server import free_port
@@ -226,7 +226,10 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
                 "run.stages=[grpo]",
                 f"model.hf_dir={tmp_path / 'agent'}",
                 f"model.tokenizer={tmp_path / 'tok'}",
-                "episode.user=scripted",
+                "episode.user=scripted",  # the rollout servers' episode settings (checked)
+                "episode.turn_tokens=16",
+                "episode.max_steps=3",
+                "episode.prompt=full",
                 "grpo.steps=4",
                 "grpo.tasks_per_step=2",
                 "grpo.group_size=4",
@@ -268,3 +271,40 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
         served = sorted(p.name for p in (tmp_path / "run/grpo/served_weights").iterdir())
         assert served == ["v3", "v4"]
     assert os.path.exists(tmp_path / "r1.log")
+
+
+def test_a_learner_refuses_a_server_with_other_episode_settings(shop_tasks, tmp_path):
+    """At first contact the client compares the server's domain and episode settings with the
+    learner's, and refuses naming every key that differs (speed-only keys may differ)."""
+    from rollout.config import EpisodeConfig
+
+    tok = build_small_tokenizer(["hello world"], 300)
+    tok.save(tmp_path / "tok")
+    server_ep = {"user": "scripted", "max_steps": 20, "prompt": "brief", "concurrency": 4}
+    cfg = RolloutServerConfig.model_validate(
+        {"agent": {"tokenizer": str(tmp_path / "tok")}, "episode": server_ep}
+    )
+    learner = EpisodeConfig(user="scripted", max_steps=10, prompt="full", concurrency=64)
+
+    async def main():
+        with Sandbox(1, 2.0, 256) as sb:
+            server = TestServer(RolloutServer(cfg, sb).app())
+            await server.start_server()
+            url = str(server.make_url("")).rstrip("/")
+            try:
+                mine = {"domain": "shop", "episode": learner.decisive()}
+                remote = RemoteEpisodes([url], settings=mine, max_attempts=1)
+                with pytest.raises(SettingsMismatch) as e:
+                    await remote.run(shop_tasks[0], 0)
+                assert "episode.max_steps (learner 10, server 20)" in str(e.value)
+                assert "episode.prompt (learner 'full', server 'brief')" in str(e.value)
+                assert "concurrency" not in str(e.value) and remote.failures[url] == 0
+                await remote.close()
+                agree = {"domain": "shop", "episode": cfg.episode.decisive()}
+                remote = RemoteEpisodes([url], settings=agree, max_attempts=1)
+                await remote._check(url)  # the same settings pass
+                await remote.close()
+            finally:
+                await server.close()
+
+    asyncio.run(main())

@@ -50,7 +50,7 @@ def trial_settings(cfg: RunConfig, source: str | None, user_from: str | None) ->
         "temperature": cfg.eval.temperature,
         "user_model": checkpoint_identity(user_from),
         # every episode knob but those that only change speed
-        "episode": ep.model_dump(mode="json", exclude={"concurrency", "prefix_cache_mb"}),
+        "episode": ep.decisive(),
     }
 
 

@@ -197,7 +197,8 @@ class EpisodeGRPO(StageProgram):
         if g.remote.servers:
             tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
             tok.save(tok_dir)
-            self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir)
+            settings = {"domain": cfg.domain.name, "episode": ep.decisive()}
+            self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir, settings)
         else:
             sampler = Sampler(
                 self.learner.model(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from eigen_jax.learner import Learner
 from eigen_jax.model.hf import save_hf
@@ -72,13 +72,13 @@ class RemoteRollouts(Rollouts):
     and has the engine reload it, announcing the version to the rollout servers before the engine
     resumes (so their tokens carry it)."""
 
-    def __init__(self, r: RemoteRolloutsSection, temperature: float, tok_dir: Path):
+    def __init__(self, r: RemoteRolloutsSection, temperature: float, tok_dir: Path, settings: dict[str, Any]):
         if not r.agent_url:
             raise ValueError(
                 "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
             )
         key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
-        self.remote = RemoteEpisodes(r.servers, temperature=temperature, api_key=key)
+        self.remote = RemoteEpisodes(r.servers, temperature=temperature, api_key=key, settings=settings)
         self.engine = HTTPEngine(r.agent_url, r.agent_model, timeout_s=600, api_key=key)
         self.tok_dir = tok_dir
 
