@@ -25,6 +25,7 @@ from flax import nnx
 from eigen_jax.model.decoder import Decoder, LayerCache, positions_from_mask
 from eigen_jax.prefix_cache import CachedPrefix, PrefixStore
 from rollout.engine import ContextOverflow, Generation, SamplingParams
+from rollout.version import PolicyVersion
 
 __all__ = ["ContextOverflow", "Sampler", "bucket"]
 
@@ -191,6 +192,8 @@ class Sampler:
             multi-turn transcript prefills only its new tokens; 0 turns prefix caching off.
         max_len: longest prompt + completion served (default: the model's
             ``max_position_embeddings``); longer requests raise ``ContextOverflow``.
+        policy_version: the process's ``PolicyVersion``, set by every weight swap (default: its
+            own).
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class Sampler:
         seed: int = 0,
         max_len: int | None = None,
         prefix_cache_mb: float = 0.0,
+        policy_version: PolicyVersion | None = None,
     ):
         self.graphdef, state = nnx.split(model)
         self.cfg = model.cfg
@@ -218,7 +222,9 @@ class Sampler:
         )
         # Weights and their version change together (one attribute), so a batch that starts
         # while another thread swaps weights labels its tokens with the version that made them.
-        self._served: tuple[nnx.State, int] = (state, 0)
+        self.policy_version = policy_version or PolicyVersion()
+        """The process's policy version: written here, when weights are swapped."""
+        self._served: tuple[nnx.State, int] = (state, self.policy_version.value)
         # Counts weight swaps (the public version may repeat): what prefix-cache entries are
         # tagged with, so KV computed by other weights is never reused.
         self._weights_id = 0
@@ -248,6 +254,7 @@ class Sampler:
         self._weights_id += 1
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
+        self.policy_version.set(new_version)
         return new_version
 
     def generate_batch(

@@ -16,7 +16,8 @@ GRPO, exactly. Episodes may still span a weight swap when ``eta > 0``; each toke
 own version.
 
 The controller owns no model and no learner: it calls ``run_group(task, index)`` and hands kept
-groups to whoever awaits ``next_batch``; the trainer calls ``set_version`` after each weight sync.
+groups to whoever awaits ``next_batch``. It reads the learner's version from the process's
+``PolicyVersion`` (which the weight swap writes) and is woken when it changes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
+
+from rollout.version import PolicyVersion
 
 G = TypeVar("G")
 
@@ -57,16 +60,17 @@ class RolloutController(Generic[G]):
         max_staleness: int = 2,
         concurrency: int = 8,
         start_index: int = 0,
-        version: int = 0,
+        version: PolicyVersion | None = None,
     ):
         if batch_groups < 1 or max_staleness < 0 or concurrency < 1:
             raise ValueError("batch_groups >= 1, max_staleness >= 0 and concurrency >= 1 are required")
         self.run_group, self.keep = run_group, keep
         self.batch_groups, self.max_staleness, self.concurrency = batch_groups, max_staleness, concurrency
-        self.version = version
+        self.policy_version = version or PolicyVersion()
         # Counters relative to the learner's version at construction, so a resumed run admits
         # the same groups for the same updates.
-        self._base_version = version
+        self._base_version = self.policy_version.value
+        self._unsubscribe: Callable[[], None] | None = None
         self.next_index = start_index
         self._in_flight: dict[int, asyncio.Task] = {}
         self._ready: dict[int, G] = {}
@@ -79,13 +83,29 @@ class RolloutController(Generic[G]):
         """Groups started / kept / dropped since construction (the admission rule counts them)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.policy_version.value
+
     def start(self) -> None:
         """Begin producing (call inside the running event loop)."""
         self._changed = asyncio.Condition()
         self._producer = asyncio.create_task(self._produce())
+        loop = asyncio.get_running_loop()
+        # A weight swap may run in another thread: wake the producer in the loop's own.
+        self._unsubscribe = self.policy_version.on_change(
+            lambda _: loop.call_soon_threadsafe(lambda: loop.create_task(self._wake()))
+        )
+
+    async def _wake(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
 
     async def stop(self) -> None:
         """Cancel in-flight groups and the producer."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         tasks = [self._producer, *self._in_flight.values()] if self._producer else []
         for t in tasks:
             t.cancel()
@@ -158,13 +178,6 @@ class RolloutController(Generic[G]):
                 else:
                     batch.append(self._ready.pop(i))
         return batch
-
-    async def set_version(self, version: int) -> None:
-        """The learner's policy version after a weight sync: admits the next groups."""
-        assert self._changed is not None
-        async with self._changed:
-            self.version = version
-            self._changed.notify_all()
 
     def state_dict(self) -> dict[str, Any]:
         """Where to resume: the first group not yet consumed (every later one reruns)."""

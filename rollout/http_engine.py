@@ -37,6 +37,7 @@ import aiohttp
 from asyncio_throttle import Throttler
 
 from rollout.engine import ContextOverflow, Generation, SamplingParams
+from rollout.version import PolicyVersion
 
 
 class EngineError(RuntimeError):
@@ -88,6 +89,8 @@ class HTTPEngine:
         api_key: sent as a bearer token when set.
         failure_budget: most share of failed attempts (any fault, retried or not) among the last
             ``budget_window`` before ``FailureBudgetExceeded``; 1 disables it.
+        policy_version: the process's ``PolicyVersion`` (shared with whoever reads it; default:
+            its own).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class HTTPEngine:
         api_key: str | None = None,
         failure_budget: float = 0.5,
         budget_window: int = 100,
+        policy_version: PolicyVersion | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -113,7 +117,8 @@ class HTTPEngine:
         self._throttle = Throttler(rate_limit=max(1, round(rate_per_s)), period=1.0) if rate_per_s else None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: aiohttp.ClientSession | None = None
-        self._version = 0
+        self.policy_version = policy_version or PolicyVersion()
+        """Labels the tokens of this engine's answers; ``sync_weights`` writes it."""
         self.retries = 0
         """Requests retried so far (a health signal for progress lines)."""
         self.failure_budget = failure_budget
@@ -121,7 +126,7 @@ class HTTPEngine:
 
     @property
     def version(self) -> int:
-        return self._version
+        return self.policy_version.value
 
     async def close(self) -> None:
         if self._session is not None:
@@ -195,7 +200,7 @@ class HTTPEngine:
         raise AssertionError("unreachable")
 
     async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
-        version = self._version  # sync_weights drains in-flight requests before bumping it
+        version = self.version  # sync_weights drains in-flight requests before bumping it
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": list(prompt_tokens),
@@ -233,7 +238,7 @@ class HTTPEngine:
                 {"method": "reload_weights", "kwargs": {"weights_path": weights_dir}},
             )
             await self.request("POST", "/reset_prefix_cache")
-            self._version = version
+            self.policy_version.set(version)
             if before_resume is not None:
                 await before_resume()
         finally:

@@ -18,6 +18,7 @@ import aiohttp
 
 from rollout.contracts import Task, Trajectory
 from rollout.http_engine import EngineError
+from rollout.version import PolicyVersion
 
 
 class RemoteEpisodes:
@@ -32,6 +33,7 @@ class RemoteEpisodes:
         api_key: bearer token the servers require (``server.api_key_env`` on their side).
         settings: what decides the learner's episodes (``RolloutServer.settings``); a server
             whose own differ is refused at first contact with ``SettingsMismatch``.
+        policy_version: the learner's ``PolicyVersion`` (the policy engine's weight sync writes it).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class RemoteEpisodes:
         max_attempts: int = 4,
         api_key: str | None = None,
         settings: dict[str, Any] | None = None,
+        policy_version: PolicyVersion | None = None,
     ):
         if not urls:
             raise ValueError("RemoteEpisodes needs at least one rollout server URL")
@@ -54,9 +57,9 @@ class RemoteEpisodes:
         self.down_until = dict.fromkeys(self.urls, 0.0)
         self.failures = dict.fromkeys(self.urls, 0)
         """Failed requests per server (episodes rerun elsewhere)."""
-        self.version = 0
-        """The policy version last announced (sent with every episode too, so a server that
-        restarted or missed an announcement labels tokens no older than it)."""
+        self.policy_version = policy_version or PolicyVersion()
+        """Read, never written here: sent with every episode (so a server that restarted or
+        missed an announcement labels tokens no older than it) and by ``announce``."""
         self.settings = settings
         self._checked: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -84,7 +87,7 @@ class RemoteEpisodes:
             "group_id": group_id,
             "sample_index": sample_index,
             "temperature": self.temperature,
-            "version": self.version,
+            "version": self.policy_version.value,
         }
         errors: list[str] = []
         for _ in range(self.max_attempts):
@@ -139,9 +142,9 @@ class RemoteEpisodes:
             )
         self._checked.add(url)
 
-    async def set_version(self, version: int) -> None:
+    async def announce(self) -> None:
         """Tell every server which policy version the agent engine serves from now on."""
-        self.version = version
+        version = self.policy_version.value
 
         async def one(url: str) -> None:
             try:

@@ -30,6 +30,7 @@ from rollout.domains import get_domain
 from rollout.http_auth import bearer_auth, server_token
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.tokenizer import Tokenizer
+from rollout.version import PolicyVersion
 from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
@@ -62,8 +63,8 @@ class RolloutServerConfig(Section):
     """The user-simulator model's engine (needed when ``episode.user: model``)."""
 
 
-def _engine(e: EndpointSection) -> HTTPEngine:
-    return HTTPEngine(e.url, e.model, **e.client_options())
+def _engine(e: EndpointSection, version: PolicyVersion | None = None) -> HTTPEngine:
+    return HTTPEngine(e.url, e.model, **e.client_options(), policy_version=version)
 
 
 class RolloutServer:
@@ -75,7 +76,9 @@ class RolloutServer:
         self.cfg = cfg
         self.domain = get_domain(cfg.domain.name)
         self.verifier = Verifier(self.domain, sandbox, cfg.verifier.components)
-        self.agent = _engine(cfg.agent)
+        self.version = PolicyVersion()
+        """What the policy engine serves, as the learner announces it (labels the tokens)."""
+        self.agent = _engine(cfg.agent, self.version)
         self.user = _engine(cfg.user) if cfg.user is not None and cfg.episode.user == "model" else None
         self.tok = Tokenizer.from_dir(cfg.agent.tokenizer)
         self.user_tok = (
@@ -94,9 +97,10 @@ class RolloutServer:
             group_id, sample_index = str(body.get("group_id", "")), int(body.get("sample_index", 0))
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0, not {temperature}")
-            self.agent._version = max(self.agent.version, int(body.get("version", 0)))
+            announced = int(body.get("version", 0))
         except (KeyError, TypeError, ValueError, OverflowError, ValidationError) as e:
             raise web.HTTPBadRequest(text=f"bad episode request: {e}") from None
+        self.version.raise_to(announced)
         runner = lm_episodes(
             self.domain,
             self.agent,
@@ -128,10 +132,10 @@ class RolloutServer:
         async def version(request: web.Request) -> web.Response:
             body = await _json_object(request)
             try:
-                self.agent._version = int(body["version"])  # labels the tokens of requests from now on
+                self.version.set(int(body["version"]))  # labels the tokens of requests from now on
             except (KeyError, TypeError, ValueError) as e:
                 raise web.HTTPBadRequest(text=f"bad version request: {e!r}") from None
-            return web.json_response({"version": self.agent.version})
+            return web.json_response({"version": self.version.value})
 
         async def health(_: web.Request) -> web.Response:
             return web.json_response(
@@ -139,7 +143,7 @@ class RolloutServer:
                     "ok": True,
                     "episodes": self.episodes,
                     "in_flight": self.in_flight,
-                    "version": self.agent.version,
+                    "version": self.version.value,
                     "settings": self.settings(),
                 }
             )

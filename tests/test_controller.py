@@ -6,6 +6,7 @@ import random
 import pytest
 
 from rollout.controller import RolloutController, may_start
+from rollout.version import PolicyVersion
 
 
 def test_admission_rule_by_hand():
@@ -30,8 +31,9 @@ def _train(eta, steps=5, b=3, keep=lambda g: True, concurrency=16, jitter=0.004,
             await asyncio.sleep(rng.random() * jitter)
             return {"index": index, "started_at": started_at}
 
+        pv = PolicyVersion()  # the weight swap writes it; the controller reads it
         ctl = RolloutController(
-            run_group, keep=keep, batch_groups=b, max_staleness=eta, concurrency=concurrency
+            run_group, keep=keep, batch_groups=b, max_staleness=eta, concurrency=concurrency, version=pv
         )
         ctl.start()
         out = []
@@ -39,7 +41,7 @@ def _train(eta, steps=5, b=3, keep=lambda g: True, concurrency=16, jitter=0.004,
             batch = await ctl.next_batch()
             out.append((v, batch))
             await asyncio.sleep(0.01)  # the update
-            await ctl.set_version(v + 1)
+            pv.set(v + 1)
         state = ctl.state_dict()
         await ctl.stop()
         return out, state, ctl.stats
@@ -98,12 +100,13 @@ def test_resume_state_points_at_the_oldest_unconsumed_group():
                 await gate.wait()  # group 4 is still running when the state is saved
             return index
 
+        pv = PolicyVersion()  # the weight swap writes it; the controller reads it
         ctl = RolloutController(
-            run_group, keep=lambda g: True, batch_groups=2, max_staleness=2, concurrency=8
+            run_group, keep=lambda g: True, batch_groups=2, max_staleness=2, concurrency=8, version=pv
         )
         ctl.start()
         assert await ctl.next_batch() == [0, 1]
-        await ctl.set_version(1)
+        pv.set(1)
         assert await ctl.next_batch() == [2, 3]
         await asyncio.sleep(0.01)
         state = ctl.state_dict()
@@ -131,17 +134,38 @@ def test_a_straggler_is_waited_for_not_overtaken(eta):
             await asyncio.sleep(0.2 if index == 1 else 0.001)
             return {"index": index, "started_at": started_at}
 
+        pv = PolicyVersion()  # the weight swap writes it; the controller reads it
         ctl = RolloutController(
-            run_group, keep=lambda g: True, batch_groups=2, max_staleness=eta, concurrency=16
+            run_group, keep=lambda g: True, batch_groups=2, max_staleness=eta, concurrency=16, version=pv
         )
         ctl.start()
         out = []
         for v in range(5):
             out.append((v, await ctl.next_batch()))
-            await ctl.set_version(v + 1)
+            pv.set(v + 1)
         await ctl.stop()
         return out
 
     out = asyncio.run(main())
     assert [g["index"] for _, b in out for g in b] == list(range(10))
     assert max(v - g["started_at"] for v, b in out for g in b) <= eta
+
+
+def test_one_policy_version_read_by_all_written_by_the_swap():
+    """The process's PolicyVersion is the only holder: an HTTP engine's labels, the rollout
+    client's requests and the controller all read the one object the weight swap writes."""
+    from rollout.http_engine import HTTPEngine
+    from rollout.remote import RemoteEpisodes
+
+    pv = PolicyVersion(3)
+    engine = HTTPEngine("http://127.0.0.1:9", "m", policy_version=pv)
+    remote = RemoteEpisodes(["http://127.0.0.1:9"], policy_version=pv)
+    ctl = RolloutController(lambda i: None, keep=bool, batch_groups=1, version=pv)
+    seen = []
+    unsubscribe = pv.on_change(seen.append)
+    pv.set(7)
+    assert engine.version == remote.policy_version.value == ctl.version == 7 and seen == [7]
+    pv.raise_to(5)  # never backwards by an older announcement
+    unsubscribe()
+    pv.set(2)  # a resumed learner is the authority: it may set an older version
+    assert engine.version == 2 and seen == [7]

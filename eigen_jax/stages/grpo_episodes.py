@@ -243,22 +243,23 @@ class EpisodeGRPO(StageProgram):
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         g = self.g
-        self.controller = RolloutController(
-            self.groups,
-            keep=self.keep,
-            batch_groups=g.tasks_per_step,
-            max_staleness=g.episodes.max_staleness,
-            concurrency=g.episodes.groups_in_flight,
-            start_index=self.next_index,
-            version=self.learner.step,
-        )
         self.groups.note({"session": {"step": self.learner.step, "next_index": self.next_index}})
         try:
             await self.policy.sync(self.learner, self.export_dir)  # serve exactly the learner's weights
+            self.controller = RolloutController(
+                self.groups,
+                keep=self.keep,
+                batch_groups=g.tasks_per_step,
+                max_staleness=g.episodes.max_staleness,
+                concurrency=g.episodes.groups_in_flight,
+                start_index=self.next_index,
+                version=self.policy.policy_version,  # at the learner's step now; sync writes it
+            )
             self.controller.start()
             yield
         finally:
-            await self.controller.stop()
+            if self.controller is not None:
+                await self.controller.stop()
             await self.policy.close()
 
     async def step(self) -> dict[str, Any]:
@@ -281,8 +282,7 @@ class EpisodeGRPO(StageProgram):
         )
         groups.finished, groups.reruns = [], []
         row.update(await asyncio.to_thread(self.update, host))
-        await self.policy.sync(learner, self.export_dir)
-        await controller.set_version(learner.step)
+        await self.policy.sync(learner, self.export_dir)  # the new version admits the next groups
         elapsed = time.perf_counter() - t0
         stats = controller.stats
         row.update(

@@ -16,11 +16,16 @@ from rollout.config import env_secret
 from rollout.contracts import Task, Trajectory
 from rollout.http_engine import HTTPEngine
 from rollout.remote import RemoteEpisodes
+from rollout.version import PolicyVersion
 from rollout.workflow import EpisodeWorkflow
 
 
 class Rollouts(Protocol):
     """Scored episodes for GRPO, and the engines that serve the policy being trained."""
+
+    policy_version: PolicyVersion
+    """The one holder of the served policy's version: ``sync`` writes it (by the weight swap),
+    the controller and the engines read it."""
 
     async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
         """One scored episode (``rollout.workflow.EpisodeWorkflow``)."""
@@ -46,6 +51,7 @@ class InProcessRollouts(Rollouts):
 
     def __init__(self, sampler: Sampler, episodes: EpisodeWorkflow):
         self.sampler, self.episodes = sampler, episodes
+        self.policy_version = sampler.policy_version
 
     async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
         return await self.episodes.run(task, seed, group_id, sample_index)
@@ -78,8 +84,17 @@ class RemoteRollouts(Rollouts):
                 "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
             )
         key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
-        self.remote = RemoteEpisodes(r.servers, temperature=temperature, api_key=key, settings=settings)
-        self.engine = HTTPEngine(r.agent_url, r.agent_model, timeout_s=600, api_key=key)
+        self.policy_version = PolicyVersion()
+        self.remote = RemoteEpisodes(
+            r.servers,
+            temperature=temperature,
+            api_key=key,
+            settings=settings,
+            policy_version=self.policy_version,
+        )
+        self.engine = HTTPEngine(
+            r.agent_url, r.agent_model, timeout_s=600, api_key=key, policy_version=self.policy_version
+        )
         self.tok_dir = tok_dir
 
     async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
@@ -89,7 +104,7 @@ class RemoteRollouts(Rollouts):
         step = learner.step
         target = export_dir / f"v{step}"
         await asyncio.to_thread(save_hf, learner.model(), target, tokenizer_dir=self.tok_dir)
-        await self.engine.sync_weights(str(target.resolve()), step, lambda: self.remote.set_version(step))
+        await self.engine.sync_weights(str(target.resolve()), step, self.remote.announce)
         for old in export_dir.glob("v*"):  # keep the served weights and the previous ones
             if old.name not in (f"v{step}", f"v{step - 1}"):
                 shutil.rmtree(old, ignore_errors=True)
