@@ -16,6 +16,8 @@ from eigen_jax.learner import Learner
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import load_hf, save_hf
 from eigen_jax.model.sharding import make_mesh, shard_model
+from eigen_jax.sampler import Sampler
+from rollout.config import EpisodeConfig
 from rollout.domains import get_domain
 from rollout.pool import TaskPool
 from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
@@ -96,6 +98,18 @@ def base_model(cfg: RunConfig, tok: Tokenizer, start: str | Path | None = None) 
     vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
     arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
     return shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
+
+
+def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True) -> Sampler:
+    """The embedded engine of an episode party (the policy or the user model): batches of 8 and
+    up, the episode's prefix cache, and (``capped``) its ``max_len``."""
+    return Sampler(
+        model,
+        pad_id=pad_id,
+        min_batch_bucket=8,
+        max_len=ep.max_len if capped else None,
+        prefix_cache_mb=ep.prefix_cache_mb,
+    )
 
 
 class StageDir:

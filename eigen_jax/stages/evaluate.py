@@ -10,8 +10,7 @@ import sys
 from typing import Any
 
 from eigen_jax.config import RunConfig
-from eigen_jax.sampler import Sampler
-from eigen_jax.stages.common import StageDir, base_model, tokenizer
+from eigen_jax.stages.common import StageDir, base_model, episode_engine, tokenizer
 from rollout.domains import get_domain
 from rollout.pool import TaskPool
 from rollout.workflow import lm_episodes
@@ -66,12 +65,8 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
     domain = get_domain(cfg.domain.name)
     user_engine = None
     if ep.user == "model":
-        user_engine = Sampler(
-            base_model(cfg, tok, start=user_from),
-            pad_id=tok.pad_id,
-            min_batch_bucket=8,
-            prefix_cache_mb=ep.prefix_cache_mb,
-        )
+        # (uncapped, as it always was: LMUser keeps its prompts within episode.max_len itself)
+        user_engine = episode_engine(base_model(cfg, tok, start=user_from), tok.pad_id, ep, capped=False)
     results: dict[str, dict[int, float]] = {}
     details: dict[str, Any] = {}
     v = cfg.verifier
@@ -79,13 +74,7 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
         confinement = sb.describe()
         verifier = Verifier(domain, sb, v.components)
         for name, source in agent_sources(cfg, base_from).items():
-            engine = Sampler(
-                base_model(cfg, tok, start=source),
-                pad_id=tok.pad_id,
-                min_batch_bucket=8,
-                max_len=ep.max_len,
-                prefix_cache_mb=ep.prefix_cache_mb,
-            )
+            engine = episode_engine(base_model(cfg, tok, start=source), tok.pad_id, ep)
             episodes = lm_episodes(
                 domain,
                 engine,

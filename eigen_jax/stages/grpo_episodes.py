@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from eigen_jax.config import RunConfig
-from eigen_jax.sampler import Sampler, bucket
-from eigen_jax.stages.common import StageDir, base_model, pad_rows, tokenizer
+from eigen_jax.sampler import bucket
+from eigen_jax.stages.common import StageDir, base_model, episode_engine, pad_rows, tokenizer
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
@@ -200,22 +200,10 @@ class EpisodeGRPO(StageProgram):
             settings = {"domain": cfg.domain.name, "episode": ep.decisive()}
             self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir, settings)
         else:
-            sampler = Sampler(
-                self.learner.model(),
-                pad_id=tok.pad_id,
-                min_batch_bucket=8,
-                max_len=ep.max_len,
-                prefix_cache_mb=ep.prefix_cache_mb,
-            )
+            sampler = episode_engine(self.learner.model(), tok.pad_id, ep)
             user_engine = None
             if ep.user == "model":
-                user_engine = Sampler(
-                    base_model(cfg, tok, start=user_from),
-                    pad_id=tok.pad_id,
-                    min_batch_bucket=8,
-                    max_len=ep.max_len,
-                    prefix_cache_mb=ep.prefix_cache_mb,
-                )
+                user_engine = episode_engine(base_model(cfg, tok, start=user_from), tok.pad_id, ep)
             verifier = Verifier(domain, sandbox, cfg.verifier.components)
             episodes = lm_episodes(
                 domain, sampler, tok, ep, verifier.score,
