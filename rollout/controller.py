@@ -92,10 +92,14 @@ class RolloutController(Generic[G]):
         self._changed = asyncio.Condition()
         self._producer = asyncio.create_task(self._produce())
         loop = asyncio.get_running_loop()
-        # A weight swap may run in another thread: wake the producer in the loop's own.
-        self._unsubscribe = self.policy_version.on_change(
-            lambda _: loop.call_soon_threadsafe(lambda: loop.create_task(self._wake()))
-        )
+
+        def wake(_: int) -> None:
+            # A weight swap may run in another thread: wake the producer in the loop's own (a
+            # closed loop has no producer left to wake).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._wake()))
+
+        self._unsubscribe = self.policy_version.on_change(wake)
 
     async def _wake(self) -> None:
         assert self._changed is not None

@@ -270,6 +270,7 @@ class EpisodeGRPO(StageProgram):
         )
         groups.finished, groups.reruns = [], []
         row.update(await asyncio.to_thread(self.update, host))
+        engine = self.policy.engine_metrics()  # before the swap, which empties the prefix cache
         await self.policy.sync(learner, self.export_dir)  # the new version admits the next groups
         elapsed = time.perf_counter() - t0
         stats = controller.stats
@@ -281,7 +282,7 @@ class EpisodeGRPO(StageProgram):
             learner_idle_frac=waited / elapsed,
             episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,
         )
-        row.update(self.policy.engine_metrics())
+        row.update(engine)
         if "pass_rate" in row:
             self.passes.append(row["pass_rate"])
         return row
