@@ -118,6 +118,12 @@ class EpisodeConfig(Section):
         return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY))
 
 
+def episode_settings(domain: str, episode: EpisodeConfig) -> dict[str, Any]:
+    """What decides a run's episodes: the domain and ``episode.decisive()``. A rollout server
+    reports it on ``/health``; its learner refuses one whose settings differ from its own."""
+    return {"domain": domain, "episode": episode.decisive()}
+
+
 class ServerSection(Section):
     """Where a server listens (``eigen_jax.serve``, ``rollout.serve``)."""
 

@@ -23,7 +23,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from rollout.config import DomainConfig, EpisodeConfig, HTTPEndpointSection, ServerSection, env_secret
+from rollout.config import (
+    DomainConfig,
+    EpisodeConfig,
+    HTTPEndpointSection,
+    ServerSection,
+    env_secret,
+    episode_settings,
+)
 from rollout.configio import Section, add_config_args, config_from_args
 from rollout.contracts import Task
 from rollout.domains import get_domain
@@ -88,7 +95,7 @@ class RolloutServer:
 
     def settings(self) -> dict[str, Any]:
         """What decides this server's episodes; a learner refuses servers that differ from it."""
-        return {"domain": self.cfg.domain.name, "episode": self.cfg.episode.decisive()}
+        return episode_settings(self.cfg.domain.name, self.cfg.episode)
 
     async def episode(self, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -276,7 +276,7 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
 def test_a_learner_refuses_a_server_with_other_episode_settings(shop_tasks, tmp_path):
     """At first contact the client compares the server's domain and episode settings with the
     learner's, and refuses naming every key that differs (speed-only keys may differ)."""
-    from rollout.config import EpisodeConfig
+    from rollout.config import EpisodeConfig, episode_settings
 
     tok = build_small_tokenizer(["hello world"], 300)
     tok.save(tmp_path / "tok")
@@ -292,7 +292,7 @@ def test_a_learner_refuses_a_server_with_other_episode_settings(shop_tasks, tmp_
             await server.start_server()
             url = str(server.make_url("")).rstrip("/")
             try:
-                mine = {"domain": "shop", "episode": learner.decisive()}
+                mine = episode_settings("shop", learner)
                 remote = RemoteEpisodes([url], settings=mine, max_attempts=1)
                 with pytest.raises(SettingsMismatch) as e:
                     await remote.run(shop_tasks[0], 0)
@@ -300,7 +300,7 @@ def test_a_learner_refuses_a_server_with_other_episode_settings(shop_tasks, tmp_
                 assert "episode.prompt (learner 'full', server 'brief')" in str(e.value)
                 assert "concurrency" not in str(e.value) and remote.failures[url] == 0
                 await remote.close()
-                agree = {"domain": "shop", "episode": cfg.episode.decisive()}
+                agree = episode_settings("shop", cfg.episode)
                 remote = RemoteEpisodes([url], settings=agree, max_attempts=1)
                 await remote._check(url)  # the same settings pass
                 await remote.close()

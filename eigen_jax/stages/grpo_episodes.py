@@ -29,6 +29,7 @@ from eigen_jax.stages.common import StageDir, base_model, episode_engine, pad_ro
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
+from rollout.config import episode_settings
 from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
 from rollout.domains import get_domain
@@ -197,7 +198,7 @@ class EpisodeGRPO(StageProgram):
         if g.remote.servers:
             tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
             tok.save(tok_dir)
-            settings = {"domain": cfg.domain.name, "episode": ep.decisive()}
+            settings = episode_settings(cfg.domain.name, ep)
             self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir, settings)
         else:
             sampler = episode_engine(self.learner.model(), tok.pad_id, ep)

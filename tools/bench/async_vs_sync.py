@@ -54,7 +54,7 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
 
     import numpy as np
 
-    import rollout.workflow as lm_runner
+    import rollout.workflow as workflow
     from eigen_jax.config import RunConfig
     from eigen_jax.stages.grpo_episodes import run_grpo_episodes
     from rollout.configio import load_config
@@ -63,12 +63,12 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
     sigma = 0.5  # log-normal spread: a heavy-ish tail, as LLM calls have
     mu = np.log(user_latency) - sigma**2 / 2  # mean = user_latency
 
-    class SlowUser(lm_runner.ScriptedUser):
+    class SlowUser(workflow.ScriptedUser):
         async def respond(self, messages):
             await asyncio.sleep(float(rng.lognormal(mu, sigma)))
             return await super().respond(messages)
 
-    class SlowToolsAgent(lm_runner.LMAgent):
+    class SlowToolsAgent(workflow.LMAgent):
         async def act(self, messages, tools):
             # Tool results since the agent's last turn: their calls' latency is paid now.
             calls = 0
@@ -79,8 +79,8 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
             await asyncio.sleep(calls * tool_latency)
             return await super().act(messages, tools)
 
-    lm_runner.ScriptedUser = SlowUser
-    lm_runner.LMAgent = SlowToolsAgent
+    workflow.ScriptedUser = SlowUser
+    workflow.LMAgent = SlowToolsAgent
     cfg = load_config(
         RunConfig,
         ROOT / "configs/quickstart.yaml",
