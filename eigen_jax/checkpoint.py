@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from eigen_core.crashpoints import crash_point
 from eigen_jax.learner import TrainState
-from rollout.crashpoints import crash_point
 
 
 class CheckpointError(RuntimeError):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from eigen_core.configio import Section
 from eigen_jax.train_config import (
     CheckpointSection,
     EvalSection,
@@ -19,7 +20,6 @@ from eigen_jax.train_config import (
     SFTSection,
 )
 from rollout.config import DomainConfig, EpisodeConfig
-from rollout.configio import Section
 from synth.config import PoolConfig, ProceduralConfig
 from verifiers.config import VerifierConfig
 

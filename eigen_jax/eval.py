@@ -2,7 +2,7 @@
 
 A standalone pass^k eval: the agent and the user simulator are OpenAI-compatible chat endpoints
 (vLLM, ``python -m eigen_jax.serve``, a hosted API) or local HF checkpoints, which this command
-serves itself with the embedded engine on a free local port. See ``verifiers.eval_endpoints`` for
+serves itself with the embedded engine on a free local port. See ``eigen_apps.eval.endpoints`` for
 what it writes; an interrupted run resumes where it stopped.
 """
 
@@ -15,8 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
-from rollout.configio import add_config_args, config_from_args
-from verifiers.eval_config import EvalRunConfig, PartySection
+from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_core.configio import add_config_args, config_from_args
 
 
 def _free_port() -> int:
@@ -30,10 +30,10 @@ async def serve_checkpoint(party: PartySection, what: str):
     """Serve ``party.checkpoint`` with ``eigen_jax.serve`` in this process; yields its URL."""
     from aiohttp import web
 
+    from eigen_core.tokenizer import Tokenizer
     from eigen_jax.model.hf import load_hf
     from eigen_jax.sampler import Sampler
     from eigen_jax.serve import Server
-    from rollout.tokenizer import Tokenizer
 
     model_dir = Path(party.checkpoint)
     if not (model_dir / "config.json").exists():
@@ -52,7 +52,7 @@ async def serve_checkpoint(party: PartySection, what: str):
 
 
 async def _main(cfg: EvalRunConfig) -> dict:
-    from verifiers.eval_endpoints import evaluate
+    from eigen_apps.eval.endpoints import evaluate
 
     async with contextlib.AsyncExitStack() as stack:
         urls: dict[str, str | None] = {"agent": None, "user": None}

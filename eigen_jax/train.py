@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eigen_core.configio import add_config_args, config_from_args, dump_config
+from eigen_core.pool import TaskPool
 from eigen_jax.config import RunConfig
-from rollout.configio import add_config_args, config_from_args, dump_config
-from rollout.pool import TaskPool
 
 
 def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _stage_selfcheck(cfg: RunConfig) -> dict[str, Any]:
-    from verifiers.selfcheck import SelfcheckConfig, selfcheck
+    from eigen_apps.selfcheck import SelfcheckConfig, selfcheck
 
     tasks = list(TaskPool(cfg.pool.dir).tasks())
     sc = SelfcheckConfig(episode=cfg.episode, verifier=cfg.verifier)
@@ -146,7 +146,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         s = summary["grpo"]
         print(f"grpo ({s['source']}): pass rate {s['first_pass_rate']:.3f} -> {s['last_pass_rate']:.3f}")
     if "eval" in summary:
-        from verifiers.report import passk_table
+        from eigen_apps.eval.report import passk_table
 
         e = summary["eval"]
         pk = {a: {int(k): x for k, x in r.items()} for a, r in e["pass_hat_k"].items()}

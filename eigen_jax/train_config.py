@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rollout.configio import Section
+from eigen_core.configio import Section
 
 TINY_ARCH: dict[str, Any] = {
     "model_type": "qwen3",
@@ -144,7 +144,7 @@ class RemoteRolloutsSection(Section):
     """Where episodes run when not in this process: rollout servers against a policy engine."""
 
     servers: list[str] = Field(default_factory=list)
-    """Rollout server URLs (``python -m rollout.serve``). Empty: episodes run in this process on
+    """Rollout server URLs (``python -m eigen_apps.rollout_server``). Empty: episodes run in this process on
     the embedded sampler. Set: they run on those servers against ``agent_url``, and every update
     is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
     agent_url: str | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from rollout.contracts import Action, Message, Task, ToolCall
+from eigen_core.contracts import Action, Message, Task, ToolCall
 
 
 class TokenTranscript:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eigen_core.contracts import Message, Task, UserScenario
+from eigen_core.domain import Domain
 from rollout.agents import Agent
-from rollout.contracts import Message, Task, UserScenario
-from rollout.domain import Domain
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.openai_format import from_openai, to_openai
 from rollout.user_sim import user_system_prompt

@@ -7,17 +7,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from rollout.configio import Section
+from eigen_core.configio import Section
 
 
 class DomainConfig(Section):
     name: str = "shop"
-    """Registered domain name (``rollout.domains.available_domains()``); ``shop`` is built in."""
+    """Registered domain name (``eigen_core.domains.available_domains()``); ``shop`` is built in."""
 
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from rollout.domains import available_domains  # domains import configs, not the reverse
+        from eigen_core.domains import available_domains  # domains import configs, not the reverse
 
         if name not in available_domains():
             raise ValueError(f"unknown domain; available: {', '.join(available_domains())}")
@@ -125,7 +125,7 @@ def episode_settings(domain: str, episode: EpisodeConfig) -> dict[str, Any]:
 
 
 class ServerSection(Section):
-    """Where a server listens (``eigen_jax.serve``, ``rollout.serve``)."""
+    """Where a server listens (``eigen_jax.serve``, ``eigen_apps.rollout_server``)."""
 
     host: str = "127.0.0.1"
     """Interface to listen on. Any but a loopback address needs an API key (``api_key_env``)."""

@@ -10,7 +10,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
-from rollout.contracts import Contract
+from eigen_core.contracts import Contract
 
 
 class ContextOverflow(ValueError):

@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from eigen_core.contracts import Message, Task, Termination, ToolCall, Trajectory
+from eigen_core.domain import Domain
 from rollout.agents import Agent
-from rollout.contracts import Message, Task, Termination, ToolCall, Trajectory
-from rollout.domain import Domain
 from rollout.engine import ContextOverflow
 from rollout.user_sim import UserSimulator, is_stop
 

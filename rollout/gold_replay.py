@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from eigen_core.contracts import Action, Message, Task, ToolCall
 from rollout.agents import Agent
-from rollout.contracts import Action, Message, Task, ToolCall
 from rollout.user_sim import STOP_TOKENS
 
 

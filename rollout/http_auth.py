@@ -1,4 +1,4 @@
-"""Bearer-token access for our HTTP servers (``eigen_jax.serve``, ``rollout.serve``).
+"""Bearer-token access for our HTTP servers (``eigen_jax.serve``, ``eigen_apps.rollout_server``).
 
 Both bind 127.0.0.1 by default. Bound to any other address they serve the network, so they
 refuse to start without a token; with one, every route but ``/health`` needs

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from eigen_core.chat_format import IM_END, ChatFormat
+from eigen_core.contracts import Message, UserScenario
+from eigen_core.tokenizer import Tokenizer
 from rollout.agents import Agent, TokenTranscript
-from rollout.chat_format import IM_END, ChatFormat
-from rollout.contracts import Message, UserScenario
 from rollout.engine import ContextOverflow, InferenceEngine, SamplingParams
-from rollout.tokenizer import Tokenizer
 from rollout.user_sim import user_view
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rollout.contracts import Message, ToolCall
+from eigen_core.contracts import Message, ToolCall
 
 
 def to_openai(m: Message) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The learner's client for rollout servers (``python -m rollout.serve``): scored episodes by URL.
+"""The learner's client for rollout servers (``python -m eigen_apps.rollout_server``): scored episodes by URL.
 
 Each episode goes to the live server with the fewest episodes in flight. A server that fails
 (connection refused or reset, timeout, 5xx) is set aside for ``cooldown_s`` and the episode is
@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from rollout.contracts import Task, Trajectory
+from eigen_core.contracts import Task, Trajectory
 from rollout.http_engine import EngineError
 from rollout.version import PolicyVersion
 

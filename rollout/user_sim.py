@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Protocol, runtime_checkable
 
-from rollout.contracts import Message, UserScenario
+from eigen_core.contracts import Message, UserScenario
 
 STOP_TOKENS = ("###STOP###", "###TRANSFER###", "###OUT-OF-SCOPE###")
 """Tokens by which a user simulator ends the conversation (tau²'s)."""

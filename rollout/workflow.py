@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from eigen_core.contracts import RewardInfo, Task, Trajectory
+from eigen_core.domain import Domain
+from eigen_core.tokenizer import Tokenizer
 from rollout.agents import Agent
 from rollout.config import EpisodeConfig
-from rollout.contracts import RewardInfo, Task, Trajectory
-from rollout.domain import Domain
 from rollout.engine import InferenceEngine, SamplingParams
 from rollout.episode import run_episode
 from rollout.lm_agents import LMAgent, LMUser
-from rollout.tokenizer import Tokenizer
 from rollout.user_sim import ScriptedUser, UserSimulator
 
 ScoreFn = Callable[[Task, Trajectory], Awaitable[RewardInfo]]

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from eigen_core.configio import Section
 from rollout.config import ChatEndpointSection
-from rollout.configio import Section
 
 
 class ProceduralConfig(Section):

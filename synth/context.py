@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.contracts import InitialState, Task, UserScenario
-from rollout.domain import Domain
-from rollout.domains import get_domain
+from eigen_core.contracts import InitialState, Task, UserScenario
+from eigen_core.domain import Domain
+from eigen_core.domains import get_domain
 
 ID_KEY = re.compile(r"(^id$|_id$|_ids$|_number$)")
 """Argument and field names that hold entity ids (``order_id``, ``flight_number``...)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.contracts import Provenance, Task
+from eigen_core.contracts import Provenance, Task
 from synth.config import CurriculumConfig, ProceduralConfig
 from synth.context import DomainContext
 from synth.plans import EvaluationPlan, PlanPair, SynthesisPlan

@@ -12,8 +12,8 @@ import itertools
 import re
 from collections import defaultdict
 
-from rollout.contracts import Task
-from rollout.domain import canonical_json
+from eigen_core.contracts import Task
+from eigen_core.domain import canonical_json
 
 
 def task_features(task: Task) -> frozenset[str]:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from rollout.contracts import Task
-from rollout.pool import PoolError, PoolWriter, TaskPool
+from eigen_core.contracts import Task
+from eigen_core.pool import PoolError, PoolWriter, TaskPool
 from synth.dedupe import Deduper
 from synth.llm import Budget, BudgetExhausted
 from synth.plans import PlanPair

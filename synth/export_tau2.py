@@ -18,11 +18,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rollout.contracts import Task
-from rollout.domains import get_domain
+from eigen_core.contracts import Task
+from eigen_core.domains import get_domain
+from eigen_core.pool import PoolError, TaskPool
 from rollout.episode import run_episode
 from rollout.gold_replay import GoldScript, gold_parties
-from rollout.pool import PoolError, TaskPool
 
 TAU2_DOMAINS = ("airline", "retail", "telecom")
 
@@ -35,7 +35,7 @@ def for_tau2(task: Task) -> Task:
 
 def export_task(task: Task) -> dict[str, Any]:
     """One task as tau²'s ``Task`` JSON."""
-    from rollout.domains.tau2 import to_tau2
+    from eigen_core.domains.tau2 import to_tau2
 
     return to_tau2(for_tau2(task)).model_dump(mode="json")
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from rollout.contracts import Message
+from eigen_core.contracts import Message
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.openai_format import to_openai
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from rollout.contracts import Contract
+from eigen_core.contracts import Contract
 
 Tier = Literal["easy", "medium", "hard"]
 Fault = Literal["task", "trajectory"]

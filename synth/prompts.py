@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rollout.contracts import Contract, Task, Trajectory
+from eigen_core.contracts import Contract, Task, Trajectory
 from synth.plans import EvaluationPlan, Fault, PlanPair, SynthesisPlan, WorkerPrompts
 from synth.synthesis import TaskDraft
 

@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from eigen_core.contracts import Task
 from rollout.agents import Agent, OracleAgent
 from rollout.chat_agents import ChatAgent, ChatUser
-from rollout.contracts import Task
 from rollout.user_sim import ScriptedUser, UserSimulator
 from synth.config import EndpointConfig, EndpointsConfig
 from synth.llm import Budget, MeteredEngine, RoleClient

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rollout.crashpoints import crash_point
-from rollout.pool import _atomic_write
+from eigen_core.crashpoints import crash_point
+from eigen_core.pool import _atomic_write
 from synth.plans import PlanPair
 from synth.worker import AttemptRecord
 

@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import Field
 
-from rollout.contracts import Action, Contract, Provenance, Task, UserScenario
+from eigen_core.contracts import Action, Contract, Provenance, Task, UserScenario
 from synth.context import DomainContext, referenced_ids
 from synth.validate import Rejection
 

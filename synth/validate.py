@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollout.contracts import Action, Message, Task
-from rollout.domain import Domain, action_to_call, hash_state, replay
+from eigen_core.contracts import Action, Message, Task
+from eigen_core.domain import Domain, action_to_call, hash_state, replay
 from verifiers.perturb import perturbations
 from verifiers.sandbox import Sandbox
 

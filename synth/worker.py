@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from eigen_core.contracts import Contract, Provenance, RewardInfo, Task, Termination, Trajectory
 from rollout.agents import Agent
-from rollout.contracts import Contract, Provenance, RewardInfo, Task, Termination, Trajectory
 from rollout.http_engine import EngineError
 from rollout.user_sim import UserSimulator
 from rollout.workflow import ScoredEpisodes

@@ -9,7 +9,7 @@ mechanics (resume, which groups rerun) get non-zero losses without training a re
 import sys
 
 import verifiers.reward as reward
-from rollout.contracts import RewardInfo, Task, Trajectory
+from eigen_core.contracts import RewardInfo, Task, Trajectory
 
 
 async def coin(self: reward.Verifier, task: Task, traj: Trajectory) -> RewardInfo:

@@ -5,7 +5,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import pytest
 
-from rollout.domains import get_domain
+from eigen_core.domains import get_domain
 from synth.config import ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from verifiers.sandbox import Sandbox

@@ -3,7 +3,7 @@
 Rounds go on until ``kills`` kills have landed (at most three times as many rounds): each either
 kills at a seeded random time, between ``startup_s`` and ``startup_s + window_s`` after start (so
 every round makes a little progress and the run outlasts the kills), or arms one of the named
-crash points (``rollout.crashpoints``: between a shard's write and its publication,
+crash points (``eigen_core.crashpoints``: between a shard's write and its publication,
 inside a checkpoint save, halfway through a journal line) at a random hit count. Used by
 tests/test_kill_resume.py and tools/bench/kills.py.
 """

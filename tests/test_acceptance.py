@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.pool import TaskPool
+from eigen_core.pool import TaskPool
 
 ROOT = Path(__file__).parents[1]
 
@@ -30,7 +30,7 @@ def _generate_and_check(tmp_path, config, n):
     )
     assert gen["accepted"] == n and gen["rejected"] == 0, gen
     assert len(TaskPool(pool)) == n
-    check = _cli("verifiers.selfcheck", "--config", config, "--pool", str(pool), "--no-progress")
+    check = _cli("eigen_apps.selfcheck", "--config", config, "--pool", str(pool), "--no-progress")
     assert check["tasks"] == n
     return gen, check
 
@@ -96,8 +96,8 @@ def test_print_config_is_complete_and_loadable(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     (tmp_path / "resolved.yaml").write_text(out.stdout)
+    from eigen_core.configio import load_config
     from eigen_jax.config import RunConfig
-    from rollout.configio import load_config
 
     cfg = load_config(RunConfig, tmp_path / "resolved.yaml")
     assert cfg.episode.max_steps == 9 and cfg.verifier.sandbox_workers == 2
@@ -107,8 +107,8 @@ def test_selfcheck_writes_scored_trajectories(tmp_path):
     pool = tmp_path / "pool"
     _cli("synth.procedural", "--num-tasks", "5", "--out", str(pool), "--no-progress")
     out = tmp_path / "traj.jsonl"
-    check = _cli("verifiers.selfcheck", "--pool", str(pool), "--trajectories", str(out), "--no-progress")
-    from rollout.contracts import Trajectory
+    check = _cli("eigen_apps.selfcheck", "--pool", str(pool), "--trajectories", str(out), "--no-progress")
+    from eigen_core.contracts import Trajectory
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 15 and {r["agent"] for r in rows} == {"oracle", "idle", "perturbed"}
@@ -118,7 +118,7 @@ def test_selfcheck_writes_scored_trajectories(tmp_path):
         expected = {"oracle": 1.0, "perturbed": 0.0}.get(r["agent"], traj.reward_info.components["db"])
         assert traj.reward == expected, r["agent"]
     assert check["oracle_pass"] == 1.0
-    missing = _proc("verifiers.selfcheck", "--pool", str(tmp_path / "none"))
+    missing = _proc("eigen_apps.selfcheck", "--pool", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no manifest.json" in missing.stderr
 
 

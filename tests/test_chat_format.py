@@ -1,10 +1,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-from rollout.chat_format import ChatFormat
-from rollout.contracts import Message, ToolCall
-from rollout.domains import get_domain
-from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
+from eigen_core.chat_format import ChatFormat
+from eigen_core.contracts import Message, ToolCall
+from eigen_core.domains import get_domain
+from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 
 TOOLS = get_domain("shop").tool_schemas()
 
@@ -92,7 +92,7 @@ def test_segments_cut_the_render_at_generated_turns(qwen_dir, empty_think):
 
 
 def test_user_view_flips_roles_and_hides_tools():
-    from rollout.contracts import UserScenario
+    from eigen_core.contracts import UserScenario
     from rollout.user_sim import STOP_TOKENS, user_view
 
     sc = UserScenario(

@@ -4,10 +4,10 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from eigen_apps.selfcheck import SelfcheckConfig
+from eigen_core.configio import KNOWN_SECTIONS, ConfigError, Section, dump_config, load_config, parse_override
 from eigen_jax.config import RunConfig
-from rollout.configio import KNOWN_SECTIONS, ConfigError, Section, dump_config, load_config, parse_override
 from synth.procedural.__main__ import ProceduralCommandConfig
-from verifiers.selfcheck import SelfcheckConfig
 
 GOOD = """\
 run:
@@ -115,8 +115,8 @@ def _sections(model: type[BaseModel], seen: set) -> None:
 
 
 def test_every_config_field_is_documented():
-    from rollout.serve import RolloutServerConfig
-    from verifiers.eval_config import EvalRunConfig
+    from eigen_apps.eval.config import EvalRunConfig
+    from eigen_apps.rollout_server import RolloutServerConfig
 
     seen: set = set()
     _sections(RunConfig, seen)
@@ -133,9 +133,9 @@ def test_every_config_field_is_documented():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from rollout.serve import RolloutServerConfig
+    from eigen_apps.eval.config import EvalRunConfig
+    from eigen_apps.rollout_server import RolloutServerConfig
     from synth.run import SynthRunConfig
-    from verifiers.eval_config import EvalRunConfig
 
     root = Path(__file__).parents[1] / "configs"
     for path in root.glob("*.yaml"):

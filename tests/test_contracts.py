@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rollout.contracts import Message, RewardInfo, Task, Termination, ToolCall, ToolResult, Trajectory
+from eigen_core.contracts import Message, RewardInfo, Task, Termination, ToolCall, ToolResult, Trajectory
 
 json_scalars = st.one_of(
     st.none(),

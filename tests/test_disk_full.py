@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from rollout.pool import PoolError, PoolWriter, TaskPool
+from eigen_core.pool import PoolError, PoolWriter, TaskPool
 
 
 @pytest.fixture

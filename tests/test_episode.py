@@ -1,7 +1,7 @@
 import asyncio
 
+from eigen_core.contracts import Message, Termination, ToolCall, UserScenario
 from rollout.agents import Agent, IdleAgent, OracleAgent
-from rollout.contracts import Message, Termination, ToolCall, UserScenario
 from rollout.episode import run_episode
 from rollout.user_sim import ScriptedUser, is_stop
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
+from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_core.chat_format import ChatFormat
+from eigen_core.configio import ConfigError, load_config
+from eigen_core.contracts import Message
+from eigen_core.domains import get_domain
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.eval import _main, serve_checkpoint
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import save_hf
 from eigen_jax.train_config import TINY_ARCH
-from rollout.chat_format import ChatFormat
-from rollout.configio import ConfigError, load_config
-from rollout.contracts import Message
-from rollout.domains import get_domain
-from rollout.tokenizer import build_small_tokenizer
-from verifiers.eval_config import EvalRunConfig, PartySection
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -140,7 +140,7 @@ def test_telecom_with_a_model_user_that_has_phone_tools(tiny_checkpoint, tmp_pat
 def test_endpoint_agent_over_http(tiny_checkpoint, tmp_path):
     """The agent as a plain OpenAI-compatible endpoint (here our own server) on the shop domain's
     tasks from a pool: no tau² involved."""
-    from rollout.pool import PoolWriter
+    from eigen_core.pool import PoolWriter
     from synth.config import ProceduralConfig
     from synth.procedural.shop import generate_shop_task
 
@@ -201,9 +201,9 @@ def test_chat_user_calls_its_phone_tools_through_the_endpoint():
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
+    from eigen_core.domains.tau2 import load_tasks
     from rollout.agents import IdleAgent
     from rollout.chat_agents import ChatUser
-    from rollout.domains.tau2 import load_tasks
     from rollout.episode import agent_view, run_episode
     from rollout.http_engine import HTTPEngine
 
@@ -273,7 +273,7 @@ def test_a_disagreement_with_tau2_stops_the_run_and_keeps_the_trajectory(tmp_pat
     from aiohttp.test_utils import TestServer
 
     import verifiers.tau2_eval
-    from verifiers.eval_endpoints import ParityError
+    from eigen_apps.eval.endpoints import ParityError
 
     async def chat(request):
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Sorry."}}]})

@@ -12,13 +12,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from http_helpers import SeededSampler
 
+from eigen_core.contracts import Termination, Trajectory
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.serve import Server
-from rollout.contracts import Termination, Trajectory
 from rollout.engine import SamplingParams
 from rollout.fault_proxy import FAULTS, FaultProxy
 from rollout.http_engine import EngineError, FailureBudgetExceeded, HTTPEngine, rerun_on_engine_error
 from rollout.remote import RemoteEpisodes
-from rollout.tokenizer import build_small_tokenizer
 
 ROOT = Path(__file__).parents[1]
 
@@ -151,7 +151,7 @@ def test_rollout_clients_rerun_episodes_through_faults(shop_tasks):
 
 
 def _shop_pool(root, n=3):
-    from rollout.pool import PoolWriter
+    from eigen_core.pool import PoolWriter
     from synth.config import ProceduralConfig
     from synth.procedural.shop import generate_shop_task
 
@@ -162,9 +162,9 @@ def _shop_pool(root, n=3):
 
 
 def test_an_endpoint_eval_through_faults_gives_the_same_results(tmp_path):
+    from eigen_apps.eval.config import EvalRunConfig
+    from eigen_core.configio import load_config
     from eigen_jax.eval import _main
-    from rollout.configio import load_config
-    from verifiers.eval_config import EvalRunConfig
 
     _shop_pool(tmp_path / "pool")
     tok = build_small_tokenizer(["hello, I will look up your order now", "get_order cancel_order"], 300)
@@ -210,8 +210,8 @@ def test_an_endpoint_eval_through_faults_gives_the_same_results(tmp_path):
 
 
 def test_a_synth_round_through_faults_completes_and_counts_its_retries(tmp_path):
-    from rollout.configio import load_config
-    from rollout.pool import TaskPool
+    from eigen_core.configio import load_config
+    from eigen_core.pool import TaskPool
     from synth.run import SynthRunConfig, run_synth
     from synth.scripted import ScriptedEndpoint
 

@@ -16,14 +16,14 @@ from fuzzing import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eigen_apps.rollout_server import RolloutServer, RolloutServerConfig
+from eigen_core.chat_format import ChatFormat
+from eigen_core.configio import ConfigError, load_config
+from eigen_core.contracts import Message, ToolCall
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.serve import Server
-from rollout.chat_format import ChatFormat
-from rollout.configio import ConfigError, load_config
-from rollout.contracts import Message, ToolCall
 from rollout.engine import Generation
 from rollout.openai_format import from_openai
-from rollout.serve import RolloutServer, RolloutServerConfig
-from rollout.tokenizer import build_small_tokenizer
 from verifiers.sandbox import Sandbox
 
 json_values = st.recursive(
@@ -85,8 +85,8 @@ def test_openai_message_reader_raises_only_value_errors_naming_the_place(d):
 @pytest.fixture(scope="module")
 def tau2_domains():
     pytest.importorskip("tau2")
-    from rollout.domains import get_domain
-    from rollout.domains.tau2.tasks import load_tasks
+    from eigen_core.domains import get_domain
+    from eigen_core.domains.tau2.tasks import load_tasks
 
     return {
         name: (get_domain(name), load_tasks(name, "base")[:5]) for name in ("airline", "retail", "telecom")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eigen_core.configio import load_config
+from eigen_core.contracts import Message, Termination, Trajectory
 from eigen_jax.config import RunConfig
 from eigen_jax.stages.grpo_episodes import Group, _keep_fn, episode_batch, episode_seed, task_order
 from eigen_jax.train import run
-from rollout.configio import load_config
-from rollout.contracts import Message, Termination, Trajectory
 
 ROOT = Path(__file__).parents[1]
 

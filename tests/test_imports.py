@@ -33,7 +33,7 @@ def assert_imports(mods: list[str], blocked: set[str] = JAX_STACK) -> None:
 
 def test_pool_generation_and_grain_work_without_jax(tmp_path):
     code = BLOCK + textwrap.dedent(f"""
-        from rollout.pool import TaskPool
+        from eigen_core.pool import TaskPool
         from synth.config import PoolConfig, ProceduralConfig
         from synth.procedural import generate_to_pool
         from verifiers.config import VerifierConfig
@@ -58,11 +58,15 @@ def package_modules(*packages: str) -> list[str]:
     return out
 
 
-def test_rollout_synth_verifiers_import_without_jax():
-    """Rollout servers, synth and the verifiers run on CPU hosts next to vLLM: every module of
-    theirs imports with the JAX stack (and eigen_jax) unavailable."""
-    mods = package_modules("rollout", "synth", "verifiers")
-    assert {"rollout.serve", "rollout.workflow", "verifiers.selfcheck", "synth.run"} <= set(mods)
+JAX_FREE = ("eigen_core", "rollout", "verifiers", "synth", "eigen_apps")
+"""The packages that run on CPU hosts next to vLLM (rollout servers, synth, the verifiers, eval)."""
+
+
+def test_everything_but_eigen_jax_imports_without_jax():
+    """Every module of the JAX-free packages imports with the JAX stack (and eigen_jax)
+    unavailable."""
+    mods = package_modules(*JAX_FREE)
+    assert {"eigen_apps.rollout_server", "rollout.workflow", "eigen_apps.selfcheck", "synth.run"} <= set(mods)
     assert_imports(mods)
     # The request contract of eigen_jax.serve is plain Python too (loaded by file: the eigen_jax
     # package itself imports JAX).
@@ -78,7 +82,7 @@ def test_rollout_synth_verifiers_import_without_jax():
 
 
 def test_verifiers_do_not_import_synth():
-    assert_imports(["verifiers.selfcheck"], JAX_STACK | {"synth"})
+    assert_imports(["eigen_apps.selfcheck"], JAX_STACK | {"synth"})
 
 
 def test_the_blocker_really_blocks():
@@ -134,7 +138,7 @@ def test_the_quickstart_needs_only_the_jax_extra():
         "eigen_jax.stages.grpo_episodes",
         "eigen_jax.stages.evaluate",
         "eigen_jax.serve",
-        "verifiers.selfcheck",
+        "eigen_apps.selfcheck",
         "synth.procedural",
     ]
     assert_imports(mods, blocked)

@@ -1,6 +1,6 @@
 """kill -9 at random points, twenty times per stage, each followed by a resume: the task pool and
 the eval records neither lose nor duplicate an item, and deterministic runs end exactly where an
-uninterrupted run ends (tests/kill_harness.py; crash points in rollout.crashpoints)."""
+uninterrupted run ends (tests/kill_harness.py; crash points in eigen_core.crashpoints)."""
 
 import asyncio
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kill_harness import kill_and_resume, record
 
-from rollout.pool import TaskPool
+from eigen_core.pool import TaskPool
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def scripted_endpoint():
 
 
 def test_an_eval_survives_twenty_kills_with_each_trial_recorded_once(tmp_path, scripted_endpoint):
-    from rollout.pool import PoolWriter
+    from eigen_core.pool import PoolWriter
     from synth.config import ProceduralConfig
     from synth.procedural.shop import generate_shop_task
 

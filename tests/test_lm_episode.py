@@ -4,13 +4,13 @@ import asyncio
 
 import pytest
 
+from eigen_core.chat_format import IM_END, ChatFormat
+from eigen_core.contracts import Message, Termination
+from eigen_core.tokenizer import build_small_tokenizer
 from rollout.agents import OracleAgent
-from rollout.chat_format import IM_END, ChatFormat
-from rollout.contracts import Message, Termination
 from rollout.engine import Generation, InferenceEngine, SamplingParams
 from rollout.episode import run_episode
 from rollout.lm_agents import LMAgent, LMUser
-from rollout.tokenizer import build_small_tokenizer
 from rollout.user_sim import ScriptedUser
 
 

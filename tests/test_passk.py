@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from verifiers.passk import pass_hat_k, pass_hat_k_task, pass_hat_ks
+from eigen_apps.eval.passk import pass_hat_k, pass_hat_k_task, pass_hat_ks
 
 
 def test_hand_values():
@@ -43,7 +43,7 @@ def test_partial_rewards_are_failures_and_bad_k_is_named():
 def test_equals_tau2_compute_metrics():
     """tau²'s own pass^k (``compute_metrics`` over a ``Results``) on the same rewards, including
     a reward within its 1e-6 success tolerance."""
-    from rollout.domains.tau2._import import tau2_module
+    from eigen_core.domains.tau2._import import tau2_module
 
     sim = tau2_module("data_model.simulation")
     tasks = tau2_module("data_model.tasks")

@@ -11,7 +11,7 @@ from fuzzing import fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.pool import PoolError, PoolWriter, TaskPool
+from eigen_core.pool import PoolError, PoolWriter, TaskPool
 
 
 def _write(root, tasks, shard_size=7):
@@ -50,8 +50,8 @@ def test_writer_killed_mid_shard_leaves_nothing_visible(tmp_path, shop_tasks):
     # manifest, leaving a half-written temp file behind as well.
     script = textwrap.dedent(f"""
         import os, signal
-        import rollout.pool as p
-        from rollout.pool import PoolWriter, TaskPool
+        import eigen_core.pool as p
+        from eigen_core.pool import PoolWriter, TaskPool
         real = p._atomic_write
         def dying(path, data):
             if path.name == "manifest.json":
@@ -79,7 +79,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path, shop_tasks):
     dst = tmp_path / "dst"
     script = textwrap.dedent("""
         import sys
-        from rollout.pool import PoolWriter, TaskPool
+        from eigen_core.pool import PoolWriter, TaskPool
         src, dst, part = sys.argv[1], sys.argv[2], int(sys.argv[3])
         with PoolWriter(dst, shard_size=3) as w:
             for i, t in enumerate(TaskPool(src).tasks()):

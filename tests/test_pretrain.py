@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eigen_core.configio import load_config
 from eigen_jax.config import RunConfig
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.evaluate import agent_sources
 from eigen_jax.train import run
-from rollout.configio import load_config
 
 ROOT = Path(__file__).parents[1]
 IDS = np.arange(3, 200, dtype=np.int32)

@@ -1,6 +1,6 @@
 from collections import Counter
 
-from rollout.contracts import Action
+from eigen_core.contracts import Action
 from synth.config import ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from synth.validate import validate_task

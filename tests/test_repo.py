@@ -59,7 +59,7 @@ def test_the_architecture_page_names_only_what_exists():
     """docs/architecture.md must be true of the code: each `file.py` and `file.py:Name[.member]`
     it names resolves (a bare file name must be unique among the packages)."""
     text = (ROOT / "docs/architecture.md").read_text()
-    packages = ("eigen_jax", "rollout", "verifiers", "synth", "tests", "tools")
+    packages = ("eigen_core", "eigen_jax", "eigen_apps", "rollout", "verifiers", "synth", "tests", "tools")
     files = [p for pkg in packages for p in (ROOT / pkg).rglob("*.py") if "bench" not in p.parts]
     refs = set(re.findall(r"([\w/]+\.py)(?::([\w.]+))?", text))
     assert len(refs) > 30

@@ -1,7 +1,7 @@
 import asyncio
 
+from eigen_core.contracts import Message, Termination, Trajectory
 from rollout.agents import OracleAgent
-from rollout.contracts import Message, Termination, Trajectory
 from rollout.episode import run_episode
 from rollout.user_sim import ScriptedUser
 from verifiers.perturb import drop_last_write, perturbations

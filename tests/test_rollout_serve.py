@@ -16,17 +16,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from flax import nnx
 
+from eigen_apps.rollout_server import RolloutServer, RolloutServerConfig
+from eigen_core.configio import load_config
+from eigen_core.contracts import Termination, Trajectory
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.config import RunConfig
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import save_hf
 from eigen_jax.train import run
 from eigen_jax.train_config import TINY_ARCH
-from rollout.configio import load_config
-from rollout.contracts import Termination, Trajectory
 from rollout.http_engine import EngineError
 from rollout.remote import RemoteEpisodes, SettingsMismatch
-from rollout.serve import RolloutServer, RolloutServerConfig
-from rollout.tokenizer import build_small_tokenizer
 from rollout.vllm_server import free_port
 from verifiers.sandbox import Sandbox
 
@@ -183,7 +183,7 @@ def _topology(tmp_path):
     for name, port in (("r1", p1), ("r2", p2)):
         procs[name] = _launch(
             [
-                "rollout.serve", f"server.port={port}", f"agent.url=http://127.0.0.1:{fe}",
+                "eigen_apps.rollout_server", f"server.port={port}", f"agent.url=http://127.0.0.1:{fe}",
                 "agent.timeout_s=30", "agent.max_retries=6", "agent.model=agent",
                 f"agent.tokenizer={tmp_path / 'tok'}",
                 "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",

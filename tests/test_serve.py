@@ -15,17 +15,17 @@ from aiohttp import web
 from flax import nnx
 from http_helpers import run_with
 
+from eigen_core.chat_format import ChatFormat
+from eigen_core.contracts import Message
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.model import Decoder, DecoderConfig, positions_from_mask
 from eigen_jax.model.hf import load_hf, save_hf
 from eigen_jax.ops import next_token_logprobs
 from eigen_jax.sampler import Sampler
 from eigen_jax.serve import Server
 from eigen_jax.train_config import TINY_ARCH
-from rollout.chat_format import ChatFormat
-from rollout.contracts import Message
 from rollout.engine import Generation, SamplingParams
 from rollout.http_engine import EngineError, HTTPEngine
-from rollout.tokenizer import build_small_tokenizer
 from rollout.vllm_server import free_port
 
 PROMPT = [5, 9, 17, 33, 2, 8]

@@ -1,6 +1,6 @@
 """``eigen_jax.serve``'s request contract: what it does not implement is refused by name; ``n``
 and ``stream`` work with real clients (openai, litellm); API keys; and the same network rule for
-``rollout.serve``."""
+``eigen_apps.rollout_server``."""
 
 import json
 import os
@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from http_helpers import run_with
 
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.serve import Server
 from eigen_jax.serve_protocol import MAX_N, check_fields, sse_events
 from rollout.engine import Generation
 from rollout.http_auth import is_loopback, server_token
 from rollout.http_engine import EngineError, HTTPEngine
-from rollout.tokenizer import build_small_tokenizer
 
 TEXT = "hello there, how can I help with your order today"
 
@@ -228,7 +228,7 @@ def test_network_exposure_needs_a_token(monkeypatch):
     "argv,named",
     [
         (["eigen_jax.serve", "--model", "/nonexistent", "--host", "0.0.0.0"], "--api-key"),
-        (["rollout.serve", "server.host=0.0.0.0"], "server.api_key_env"),
+        (["eigen_apps.rollout_server", "server.host=0.0.0.0"], "server.api_key_env"),
     ],
 )
 def test_servers_refuse_to_listen_beyond_loopback_without_a_token(argv, named):

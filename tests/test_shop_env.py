@@ -4,8 +4,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout.contracts import ToolCall
-from rollout.domain import canonical_json, hash_state
+from eigen_core.contracts import ToolCall
+from eigen_core.domain import canonical_json, hash_state
 
 
 def _env(shop, task):

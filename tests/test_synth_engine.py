@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from eigen_core.configio import load_config
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
 from rollout.agents import OracleAgent
-from rollout.configio import load_config
-from rollout.domains import get_domain
-from rollout.pool import TaskPool
 from synth.run import SynthRunConfig, run_synth
 from synth.seeding import hash_int
 from verifiers.perturb import drop_last_write

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_vllm import _vllm_python
 
-from rollout.pool import TaskPool
+from eigen_core.pool import TaskPool
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[1]

@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 
-from rollout.contracts import Action, Provenance, RewardInfo, Task, Termination, Trajectory
-from rollout.domain import Tool
-from rollout.domains.shop import ShopDomain
-from rollout.domains.shop.tools import TOOLS, OrderArgs
+from eigen_core.contracts import Action, Provenance, RewardInfo, Task, Termination, Trajectory
+from eigen_core.domain import Tool
+from eigen_core.domains.shop import ShopDomain
+from eigen_core.domains.shop.tools import TOOLS, OrderArgs
 from synth.config import EndpointsConfig
 from synth.context import domain_context, entity_ids, sample_db
 from synth.dedupe import Deduper
@@ -398,7 +398,7 @@ def test_schema_errors_check_nested_schemas():
 
 
 def test_schema_errors_on_a_real_tau2_schema():
-    from rollout.domains import get_domain
+    from eigen_core.domains import get_domain
 
     schemas = {
         s["function"]["name"]: s["function"]["parameters"] for s in get_domain("airline").tool_schemas()

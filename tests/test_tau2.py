@@ -5,11 +5,11 @@ import asyncio
 
 import pytest
 
-from rollout.contracts import EnvAssertion, Task, Termination, ToolCall, Trajectory
-from rollout.domain import replay
-from rollout.domains import get_domain
-from rollout.domains.tau2 import load_tasks, splits, to_tau2
-from rollout.domains.tau2._import import tau2_module
+from eigen_core.contracts import EnvAssertion, Task, Termination, ToolCall, Trajectory
+from eigen_core.domain import replay
+from eigen_core.domains import get_domain
+from eigen_core.domains.tau2 import load_tasks, splits, to_tau2
+from eigen_core.domains.tau2._import import tau2_module
 from rollout.episode import agent_view, run_episode
 from rollout.gold_replay import GoldScript, gold_parties
 from verifiers.reward import Verifier
@@ -159,7 +159,7 @@ def test_reward_parity_on_every_task(domain, split, start, stop):
 
 
 def test_copy_on_access_db_behaves_like_a_private_copy():
-    from rollout.domains.tau2.cow import CowDict, cow_copy
+    from eigen_core.domains.tau2.cow import CowDict, cow_copy
 
     base = {"a": {"x": [1]}, "b": {"x": [2]}}
     d = CowDict(base)

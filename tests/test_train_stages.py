@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from eigen_core.configio import load_config
 from eigen_jax.config import RunConfig
 from eigen_jax.train import run
-from rollout.configio import load_config
 
 ROOT = Path(__file__).parents[1]
 TOY_GRPO = (

@@ -14,13 +14,13 @@ import pytest
 from flax import nnx
 from test_serve import PROMPT, _recompute
 
+from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler
 from eigen_jax.train_config import TINY_ARCH
 from rollout.engine import SamplingParams
 from rollout.http_engine import HTTPEngine
-from rollout.tokenizer import build_small_tokenizer
 from rollout.vllm_server import ServerStartError, cpu_env, vllm_server
 
 pytestmark = pytest.mark.slow

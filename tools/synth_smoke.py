@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from gguf_to_hf import convert, smollm2_gguf  # noqa: E402
 
-from rollout.tokenizer import qwen3_tokenizer_dir  # noqa: E402
+from eigen_core.tokenizer import qwen3_tokenizer_dir  # noqa: E402
 from rollout.vllm_server import ServerStartError, cpu_env, vllm_server  # noqa: E402
 
 ROLES = ("planner", "synthesizer", "judge", "user", "assistant", "reflector")

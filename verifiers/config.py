@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rollout.configio import Section
+from eigen_core.configio import Section
 
 
 class VerifierConfig(Section):

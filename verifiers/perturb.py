@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rollout.contracts import Action, Task
+from eigen_core.contracts import Action, Task
 
 
 def drop_last_write(actions: list[Action], write_tools: frozenset[str]) -> list[Action] | None:

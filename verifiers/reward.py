@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from rollout.contracts import Action, Message, RewardComponent, RewardInfo, Task, Termination, Trajectory
-from rollout.domain import Domain, ToolEnv, action_to_call, replay
+from eigen_core.contracts import Action, Message, RewardComponent, RewardInfo, Task, Termination, Trajectory
+from eigen_core.domain import Domain, ToolEnv, action_to_call, replay
 from verifiers.sandbox import Sandbox
 
 Component = RewardComponent

@@ -14,9 +14,9 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from rollout.contracts import Message, RewardInfo, Task, Termination, Trajectory
-from rollout.domains.tau2 import to_tau2
-from rollout.domains.tau2._import import tau2_module
+from eigen_core.contracts import Message, RewardInfo, Task, Termination, Trajectory
+from eigen_core.domains.tau2 import to_tau2
+from eigen_core.domains.tau2._import import tau2_module
 from rollout.workflow import ScoreFn
 
 _TERMINATION = {

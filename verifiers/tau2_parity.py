@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rollout.contracts import Action, Task
-from rollout.domain import Domain
-from rollout.domains import get_domain
-from rollout.domains.tau2 import load_tasks
+from eigen_core.contracts import Action, Task
+from eigen_core.domain import Domain
+from eigen_core.domains import get_domain
+from eigen_core.domains.tau2 import load_tasks
 from rollout.gold_replay import GoldScript, gold_parties
 from rollout.workflow import ScoredEpisodes
 from verifiers.reward import Verifier

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
+from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 from eigen_jax.checkpoint import Checkpointer
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner
@@ -18,9 +21,6 @@ from eigen_jax.model.hf import load_hf, save_hf
 from eigen_jax.model.sharding import make_mesh, shard_model
 from eigen_jax.sampler import Sampler
 from rollout.config import EpisodeConfig
-from rollout.domains import get_domain
-from rollout.pool import TaskPool
-from rollout.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -9,14 +9,14 @@ import json
 import sys
 from typing import Any
 
+from eigen_apps.eval.passk import pass_hat_ks
+from eigen_apps.eval.report import passk_table, plot_passk
+from eigen_apps.eval.trials import checkpoint_identity, run_trials
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
 from eigen_jax.config import RunConfig
 from eigen_jax.stages.common import StageDir, base_model, episode_engine, tokenizer
-from rollout.domains import get_domain
-from rollout.pool import TaskPool
 from rollout.workflow import lm_episodes
-from verifiers.eval_run import checkpoint_identity, run_trials
-from verifiers.passk import pass_hat_ks
-from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 

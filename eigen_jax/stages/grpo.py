@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eigen_core.tokenizer import Tokenizer
 from eigen_jax import losses as L
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
@@ -27,7 +28,6 @@ from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import GRPOSection
 from rollout.engine import SamplingParams
-from rollout.tokenizer import Tokenizer
 
 
 class ToyEnv:

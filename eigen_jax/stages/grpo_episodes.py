@@ -23,6 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from eigen_core.contracts import Task, Trajectory
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
+from eigen_core.tokenizer import Tokenizer
 from eigen_jax.config import RunConfig
 from eigen_jax.sampler import bucket
 from eigen_jax.stages.common import StageDir, base_model, episode_engine, pad_rows, tokenizer
@@ -30,12 +34,8 @@ from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
 from rollout.config import episode_settings
-from rollout.contracts import Task, Trajectory
 from rollout.controller import RolloutController
-from rollout.domains import get_domain
 from rollout.http_engine import rerun_on_engine_error
-from rollout.pool import TaskPool
-from rollout.tokenizer import Tokenizer
 from rollout.workflow import lm_episodes
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox

@@ -19,12 +19,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from eigen_core.tokenizer import Tokenizer
 from eigen_jax.checkpoint import Checkpointer
 from eigen_jax.learner import Learner
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.stages.common import StageDir
 from eigen_jax.train_config import CheckpointSection
-from rollout.tokenizer import Tokenizer
 
 Metrics = dict[str, Any]
 

@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
+from eigen_core.tokenizer import SPECIAL_TOKENS, Tokenizer
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.objectives import SFTLoss, target_mask, token_aligned
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
-from rollout.domains import get_domain
-from rollout.pool import TaskPool
-from rollout.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 HELD_OUT_SHARE = 0.05
 """The tail of the text stream kept for the held-out loss."""

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from eigen_core.contracts import Task, Trajectory
 from eigen_jax.learner import Learner
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler
 from eigen_jax.train_config import RemoteRolloutsSection
 from rollout.config import env_secret
-from rollout.contracts import Task, Trajectory
 from rollout.http_engine import HTTPEngine
 from rollout.remote import RemoteEpisodes
 from rollout.version import PolicyVersion

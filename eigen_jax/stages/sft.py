@@ -14,6 +14,11 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
+from eigen_core.chat_format import ChatFormat
+from eigen_core.contracts import Task, Trajectory
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
+from eigen_core.tokenizer import Tokenizer
 from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.objectives import SFTLoss
@@ -21,12 +26,7 @@ from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, 
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
-from rollout.chat_format import ChatFormat
-from rollout.contracts import Task, Trajectory
-from rollout.domains import get_domain
 from rollout.episode import agent_context, run_episode
-from rollout.pool import TaskPool
-from rollout.tokenizer import Tokenizer
 from rollout.user_sim import ScriptedUser, user_view
 
 Role = Literal["agent", "user"]

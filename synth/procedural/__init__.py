@@ -11,9 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from rollout.contracts import Task
-from rollout.domains import get_domain
-from rollout.pool import PoolWriter
+from eigen_core.contracts import Task
+from eigen_core.domains import get_domain
+from eigen_core.pool import PoolWriter
 from synth.config import PoolConfig, ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from synth.validate import validate_task

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rollout.contracts import Action, InitialState, Provenance, Task, UserScenario
-from rollout.domains.shop.db import format_cents
+from eigen_core.contracts import Action, InitialState, Provenance, Task, UserScenario
+from eigen_core.domains.shop.db import format_cents
 from synth.config import ProceduralConfig
 from synth.seeding import split_of
 

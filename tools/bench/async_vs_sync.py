@@ -55,9 +55,9 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
     import numpy as np
 
     import rollout.workflow as workflow
+    from eigen_core.configio import load_config
     from eigen_jax.config import RunConfig
     from eigen_jax.stages.grpo_episodes import run_grpo_episodes
-    from rollout.configio import load_config
 
     rng = np.random.default_rng(eta)
     sigma = 0.5  # log-normal spread: a heavy-ish tail, as LLM calls have

@@ -26,12 +26,12 @@ from _report import RELIABILITY, machine, write_section  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
 from http_helpers import SeededSampler  # noqa: E402
 
+from eigen_core.configio import load_config  # noqa: E402
+from eigen_core.tokenizer import build_small_tokenizer  # noqa: E402
 from eigen_jax.serve import Server  # noqa: E402
-from rollout.configio import load_config  # noqa: E402
 from rollout.engine import SamplingParams  # noqa: E402
 from rollout.fault_proxy import FaultProxy  # noqa: E402
 from rollout.http_engine import HTTPEngine  # noqa: E402
-from rollout.tokenizer import build_small_tokenizer  # noqa: E402
 
 
 async def _up(app):
@@ -62,11 +62,11 @@ async def completions(rate: float, n: int) -> dict:
 
 
 async def endpoint_eval(rate: float, root: Path) -> dict:
+    from eigen_apps.eval.config import EvalRunConfig
+    from eigen_core.pool import PoolWriter
     from eigen_jax.eval import _main
-    from rollout.pool import PoolWriter
     from synth.config import ProceduralConfig
     from synth.procedural.shop import generate_shop_task
-    from verifiers.eval_config import EvalRunConfig
 
     pcfg = ProceduralConfig(seed=3, num_tasks=10)
     with PoolWriter(root / "pool") as w:

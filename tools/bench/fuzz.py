@@ -57,7 +57,7 @@ place, quarantined shard, 4xx). pytest: {summary}
 
 Found and fixed while writing these targets: `from_openai` raised `TypeError` on a non-list
 `tool_calls`; `eigen_jax.serve` answered 500 to a non-UTF-8 body and to malformed `tools`;
-`rollout.serve` answered 500 to a non-JSON body, a bad `version` or `sample_index`, and to a
+`eigen_apps.rollout_server` answered 500 to a non-JSON body, a bad `version` or `sample_index`, and to a
 failing engine (now 400, 400 and 502 naming the engine).
 """
     print(body)

@@ -53,7 +53,7 @@ def main() -> int:
 
 `python tools/bench/kills.py --sft-kills {args.sft_kills}` — {machine()}. Each round SIGKILLs the
 command at a seeded random time (after its imports, within twice an even share of its work) or
-at a named crash point (`rollout.crashpoints`), then the next round resumes it; after the last
+at a named crash point (`eigen_core.crashpoints`), then the next round resumes it; after the last
 kill the run resumes to the end and is compared with an uninterrupted run. pytest: {summary}
 
 | stage | kills | where | rounds | resumed | what held |

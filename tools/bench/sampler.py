@@ -52,8 +52,8 @@ _ARCH_KEYS = (
 
 def _quickstart_arch() -> dict:
     """The quickstart's model as configs/quickstart.yaml builds it (arch + small vocabulary)."""
+    from eigen_core.configio import load_config
     from eigen_jax.config import RunConfig
-    from rollout.configio import load_config
 
     m = load_config(RunConfig, Path(__file__).parents[2] / "configs/quickstart.yaml").model
     return {"vocab_size": m.small_vocab_size, **{k: m.arch[k] for k in _ARCH_KEYS}}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _report import machine, median_time, write_section
 
-from rollout.domains import get_domain
+from eigen_core.domains import get_domain
 from synth.config import ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from verifiers.reward import gold_state

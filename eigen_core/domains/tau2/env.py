@@ -16,10 +16,10 @@ import functools
 import hashlib
 from typing import Any
 
-from rollout.contracts import Action, EnvAssertion, Task, ToolCall, ToolResult
-from rollout.domains.tau2._import import tau2_module
-from rollout.domains.tau2.cow import cow_copy
-from rollout.domains.tau2.tasks import DOMAINS
+from eigen_core.contracts import Action, EnvAssertion, Task, ToolCall, ToolResult
+from eigen_core.domains.tau2._import import tau2_module
+from eigen_core.domains.tau2.cow import cow_copy
+from eigen_core.domains.tau2.tasks import DOMAINS
 
 
 class Tau2Env:
@@ -114,7 +114,7 @@ class Tau2Domain:
     def user_system_prompt(self, task: Task) -> str:
         """tau²'s own user-simulator system prompt for ``task``: its global simulation guidelines
         (the tool-using variant where the user has tools) and the scenario as tau² prints it."""
-        from rollout.domains.tau2.tasks import to_tau2
+        from eigen_core.domains.tau2.tasks import to_tau2
 
         sim = tau2_module("user.user_simulator")
         guidelines = sim.get_global_user_sim_guidelines(use_tools=bool(self._user_schemas))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.contracts import Action, EnvAssertion, InitialState, Provenance, Task, UserScenario
-from rollout.domains.tau2._import import tau2_module
+from eigen_core.contracts import Action, EnvAssertion, InitialState, Provenance, Task, UserScenario
+from eigen_core.domains.tau2._import import tau2_module
 
 DOMAINS = ("airline", "retail", "telecom")
 _BASIS = {"DB": "db", "COMMUNICATE": "outputs", "ACTION": "actions", "ENV_ASSERTION": "env_assertions"}

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rollout.contracts import Message, ToolCall
+from eigen_core.contracts import Message, ToolCall
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _TOOLS_HEAD = (

@@ -13,16 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_apps.eval.passk import is_success, pass_hat_ks
+from eigen_apps.eval.report import passk_table, plot_passk
+from eigen_apps.eval.trials import RunFn, checkpoint_identity, read_trials, run_trials, trials_key
+from eigen_core.contracts import Task, Trajectory
+from eigen_core.domains import get_domain
+from eigen_core.pool import TaskPool
 from rollout.chat_agents import chat_agent, chat_user
-from rollout.contracts import Task, Trajectory
-from rollout.domains import get_domain
 from rollout.http_engine import HTTPEngine
-from rollout.pool import TaskPool
 from rollout.workflow import ScoredEpisodes, scripted_user
-from verifiers.eval_config import EvalRunConfig, PartySection
-from verifiers.eval_run import RunFn, checkpoint_identity, read_trials, run_trials, trials_key
-from verifiers.passk import is_success, pass_hat_ks
-from verifiers.report import passk_table, plot_passk
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 from verifiers.tau2_eval import with_tau2_cross_check
@@ -37,7 +37,7 @@ class ParityError(RuntimeError):
 def load_eval_tasks(cfg: EvalRunConfig) -> list[Task]:
     t = cfg.tasks
     if t.source == "tau2":
-        from rollout.domains.tau2 import load_tasks
+        from eigen_core.domains.tau2 import load_tasks
 
         tasks = load_tasks(cfg.domain.name, t.split)
     else:

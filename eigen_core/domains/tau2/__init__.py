@@ -5,9 +5,9 @@ exports any of our tasks in tau²'s format. Registered in the domain registry as
 ``retail`` and ``telecom``.
 """
 
-from rollout.domains.tau2._import import INSTALL_HINT
-from rollout.domains.tau2.env import Tau2Domain, Tau2Env, tau2_domain
-from rollout.domains.tau2.tasks import DOMAINS, from_tau2, load_tasks, splits, task_id, to_tau2
+from eigen_core.domains.tau2._import import INSTALL_HINT
+from eigen_core.domains.tau2.env import Tau2Domain, Tau2Env, tau2_domain
+from eigen_core.domains.tau2.tasks import DOMAINS, from_tau2, load_tasks, splits, task_id, to_tau2
 
 __all__ = [
     "DOMAINS",

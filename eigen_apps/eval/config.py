@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from eigen_core.configio import Section
 from rollout.config import ChatEndpointSection, DomainConfig
-from rollout.configio import Section
 from verifiers.config import VerifierConfig
 
 

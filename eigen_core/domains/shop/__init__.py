@@ -8,10 +8,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from rollout.contracts import Task
-from rollout.domain import ModelToolEnv, Tool, action_to_call
-from rollout.domains.shop.db import ShopDB
-from rollout.domains.shop.tools import TOOLS
+from eigen_core.contracts import Task
+from eigen_core.domain import ModelToolEnv, Tool, action_to_call
+from eigen_core.domains.shop.db import ShopDB
+from eigen_core.domains.shop.tools import TOOLS
 
 
 class ShopDomain:

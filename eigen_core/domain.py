@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from rollout.contracts import Action, Task, ToolCall, ToolResult
+from eigen_core.contracts import Action, Task, ToolCall, ToolResult
 
 
 class ToolError(Exception):

@@ -1,4 +1,4 @@
-"""``python -m rollout.serve --config X.yaml [key=value ...]``: a rollout server.
+"""``python -m eigen_apps.rollout_server --config X.yaml [key=value ...]``: a rollout server.
 
 Runs scored episodes for a remote learner: the policy and (optionally) the user-simulator model
 are OpenAI-compatible engines given by URL (vLLM, ``eigen_jax.serve``); tools and the verifier run
@@ -23,6 +23,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
+from eigen_core.configio import Section, add_config_args, config_from_args
+from eigen_core.contracts import Task
+from eigen_core.domains import get_domain
+from eigen_core.tokenizer import Tokenizer
 from rollout.config import (
     DomainConfig,
     EpisodeConfig,
@@ -31,12 +35,8 @@ from rollout.config import (
     env_secret,
     episode_settings,
 )
-from rollout.configio import Section, add_config_args, config_from_args
-from rollout.contracts import Task
-from rollout.domains import get_domain
 from rollout.http_auth import bearer_auth, server_token
 from rollout.http_engine import EngineError, HTTPEngine
-from rollout.tokenizer import Tokenizer
 from rollout.version import PolicyVersion
 from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
@@ -190,19 +190,21 @@ async def _progress(server: RolloutServer, every_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rollout.serve", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m eigen_apps.rollout_server", description=__doc__.split("\n\n")[0]
+    )
     add_config_args(ap)
     cfg = config_from_args(RolloutServerConfig, ap.parse_args(argv), foreign_sections=())
     s = cfg.server
     try:
         api_key = server_token(s.host, env_secret(s.api_key_env, "server.api_key_env"), "server.api_key_env")
     except ValueError as e:
-        sys.exit(f"rollout.serve: {e}")
+        sys.exit(f"eigen_apps.rollout_server: {e}")
     with Sandbox.from_config(cfg.verifier) as sb:
         try:
             server = RolloutServer(cfg, sb)
         except ValueError as e:
-            sys.exit(f"rollout.serve: {e}")
+            sys.exit(f"eigen_apps.rollout_server: {e}")
 
         async def start(app: web.Application) -> None:
             app["progress"] = asyncio.create_task(_progress(server, cfg.server.progress_every))

@@ -40,8 +40,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rollout.contracts import Task
-from rollout.crashpoints import crash_point
+from eigen_core.contracts import Task
+from eigen_core.crashpoints import crash_point
 
 FORMAT = "eigen-task-pool/1"
 MANIFEST = "manifest.json"

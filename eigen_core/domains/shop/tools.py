@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.domain import Tool, ToolError
-from rollout.domains.shop.db import ShopDB, format_cents
+from eigen_core.domain import Tool, ToolError
+from eigen_core.domains.shop.db import ShopDB, format_cents
 
 
 class _Args(BaseModel):

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rollout.contracts import Task, Trajectory
-from rollout.crashpoints import crash_point
+from eigen_core.contracts import Task, Trajectory
+from eigen_core.crashpoints import crash_point
 from rollout.http_engine import rerun_on_engine_error
 
 RunFn = Callable[[Task, int, str, int], Awaitable[Trajectory]]

@@ -1,4 +1,4 @@
-"""``python -m verifiers.selfcheck --pool DIR``: run model-free agents on a pool and score them.
+"""``python -m eigen_apps.selfcheck --pool DIR``: run model-free agents on a pool and score them.
 
 Three scripted agents play every task against the scripted user: ``oracle`` (gold actions),
 ``idle`` (does nothing) and ``perturbed`` (gold minus its last write, or plus a forbidden write).
@@ -19,13 +19,13 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from eigen_core.configio import Section, add_config_args, config_from_args
+from eigen_core.contracts import Task
+from eigen_core.domain import Domain
+from eigen_core.domains import get_domain
+from eigen_core.pool import PoolError, TaskPool
 from rollout.agents import Agent, IdleAgent, OracleAgent
 from rollout.config import EpisodeConfig
-from rollout.configio import Section, add_config_args, config_from_args
-from rollout.contracts import Task
-from rollout.domain import Domain
-from rollout.domains import get_domain
-from rollout.pool import PoolError, TaskPool
 from rollout.workflow import AgentFactory, ScoredEpisodes, scripted_user
 from verifiers.config import VerifierConfig
 from verifiers.perturb import expects_no_change, perturbations
@@ -34,7 +34,7 @@ from verifiers.sandbox import Sandbox
 
 
 class SelfcheckConfig(Section):
-    """The sections ``verifiers.selfcheck`` reads."""
+    """The sections ``eigen_apps.selfcheck`` reads."""
 
     episode: EpisodeConfig = EpisodeConfig()
     verifier: VerifierConfig = VerifierConfig()
@@ -129,7 +129,7 @@ async def selfcheck(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verifiers.selfcheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m eigen_apps.selfcheck", description=__doc__)
     add_config_args(parser)
     parser.add_argument("--pool", required=True, help="task pool directory")
     parser.add_argument("--split", help="only this split (default: all tasks)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
-from rollout.domain import Domain
+from eigen_core.domain import Domain
 
 _FACTORIES: dict[str, Callable[[], Domain]] = {}
 
@@ -32,7 +32,7 @@ def register_domain(name: str, factory: Callable[[], Domain]) -> None:
 
 
 def _shop() -> Domain:
-    from rollout.domains.shop import ShopDomain
+    from eigen_core.domains.shop import ShopDomain
 
     return ShopDomain()
 
@@ -42,7 +42,7 @@ register_domain("shop", _shop)
 
 def _tau2(name: str) -> Callable[[], Domain]:
     def factory() -> Domain:
-        from rollout.domains.tau2 import tau2_domain
+        from eigen_core.domains.tau2 import tau2_domain
 
         return tau2_domain(name)
 
