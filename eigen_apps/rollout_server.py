@@ -21,20 +21,14 @@ import time
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
+from eigen_core.config import DomainConfig, EndpointSection, ServerSection, env_secret
 from eigen_core.configio import Section, add_config_args, config_from_args
 from eigen_core.contracts import Task
 from eigen_core.domains import get_domain
 from eigen_core.tokenizer import Tokenizer
-from rollout.config import (
-    DomainConfig,
-    EpisodeConfig,
-    HTTPEndpointSection,
-    ServerSection,
-    env_secret,
-    episode_settings,
-)
+from rollout.config import EpisodeConfig, episode_settings
 from rollout.http_auth import bearer_auth, server_token
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.version import PolicyVersion
@@ -42,15 +36,6 @@ from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
-
-
-class EndpointSection(HTTPEndpointSection):
-    """The agent's or the user simulator's token-in/token-out server."""
-
-    tokenizer: str = ""
-    """Directory with the model's ``tokenizer.json`` (episodes are token-in/token-out)."""
-    concurrency: int = Field(64, ge=1)
-    """Most requests in flight to this server."""
 
 
 class RolloutServerConfig(Section):
@@ -64,8 +49,8 @@ class RolloutServerConfig(Section):
     """How episodes run (the learner's run config should agree)."""
     verifier: VerifierConfig = VerifierConfig()
     """How episodes are scored."""
-    agent: EndpointSection = EndpointSection()
-    """The policy's engine."""
+    agent: EndpointSection = EndpointSection(concurrency=64)
+    """The policy's token-in/token-out engine (``tokenizer`` required)."""
     user: EndpointSection | None = None
     """The user-simulator model's engine (needed when ``episode.user: model``)."""
 
@@ -78,6 +63,9 @@ class RolloutServer:
     def __init__(self, cfg: RolloutServerConfig, sandbox: Sandbox):
         if cfg.episode.user == "model" and cfg.user is None:
             raise ValueError("episode.user is 'model': give the user-simulator engine in the 'user' section")
+        for where, e in (("agent", cfg.agent), ("user", cfg.user)):
+            if e is not None:
+                e.require_kind(where, "endpoint")
         if not cfg.agent.tokenizer:
             raise ValueError("agent.tokenizer: the policy's tokenizer directory is required")
         self.cfg = cfg

@@ -17,7 +17,7 @@ import copy
 import sys
 import types
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +51,25 @@ class Section(BaseModel):
     """Base of every config model: unknown keys are errors, defaults are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
+
+
+def refuse_moved(data: Any, moved: Mapping[str, str]) -> Any:
+    """For a ``model_validator(mode="before")``: a key (dotted path below the model) that has
+    moved is an error naming its new place, so an old config fails with a fix, not a bare
+    "extra field"."""
+    if not isinstance(data, dict):
+        return data
+    found = []
+    for old, new in moved.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            found.append(f"{old} is now {new}")
+    if found:
+        raise ValueError("; ".join(found))
+    return data
 
 
 class ConfigError(ValueError):

@@ -380,16 +380,24 @@ class TaskPool:
         return TaskDataSource(self, split)
 
     def dataset(
-        self, split: str | None = None, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1
+        self,
+        split: str | None = None,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_epochs: int | None = 1,
+        limit: int | None = None,
     ):
-        """A ``grain.MapDataset`` of tasks: deterministic shuffle per epoch from ``seed``.
-
-        ``num_epochs=None`` repeats forever. ``iter(ds.to_iter_dataset())`` gives an iterator
-        whose ``get_state()`` / ``set_state()`` checkpoint and restore the exact position.
+        """A ``grain.MapDataset`` of tasks: the split's first ``limit`` (None: all), shuffled from
+        ``seed``, a fresh permutation each epoch. Random access (``ds[i]``: a pure function of
+        ``seed`` and ``i``) or ``num_epochs=None`` to repeat forever; ``iter(ds.to_iter_dataset())``
+        gives an iterator whose ``get_state()`` / ``set_state()`` checkpoint the exact position.
         """
         import grain  # lazy: grain is heavy and only readers that want it pay for it
 
         ds = grain.MapDataset.source(self.data_source(split))
+        if limit is not None:
+            ds = ds[:limit]
         if shuffle:
             ds = ds.shuffle(seed=seed)
         if num_epochs != 1:

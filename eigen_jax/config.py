@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from eigen_core.config import DomainConfig, RunSection
 from eigen_core.configio import Section
 from eigen_jax.train_config import (
     CheckpointSection,
@@ -19,7 +20,7 @@ from eigen_jax.train_config import (
     PretrainSection,
     SFTSection,
 )
-from rollout.config import DomainConfig, EpisodeConfig
+from rollout.config import EpisodeConfig
 from synth.config import PoolConfig, ProceduralConfig
 from verifiers.config import VerifierConfig
 
@@ -27,23 +28,17 @@ Stage = Literal["generate", "selfcheck", "pretrain", "sft_user", "sft_agent", "g
 """Stages ``eigen_jax.train`` can run."""
 
 
-class RunSection(Section):
-    name: str = "run"
-    """Run name, used in logs."""
-    out_dir: str = "runs/default"
-    """Where the run writes its outputs (summaries, metrics, checkpoints)."""
-    seed: int = 0
-    """Master seed for everything the run does not seed explicitly."""
+class TrainRunSection(RunSection):
+    """The shared ``run`` section, plus the stages ``eigen_jax.train`` runs."""
+
     stages: list[Stage] = Field(default_factory=lambda: ["generate", "selfcheck"])
     """Stages to run, in order."""
-    progress: bool = True
-    """Show progress bars (disable for log files)."""
 
 
 class RunConfig(Section):
     """A whole run. Sections not used by the listed stages are validated all the same."""
 
-    run: RunSection = RunSection()
+    run: TrainRunSection = TrainRunSection()
     domain: DomainConfig = DomainConfig()
     procedural: ProceduralConfig = ProceduralConfig()
     pool: PoolConfig = PoolConfig()

@@ -15,7 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
-from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_apps.eval.config import EvalRunConfig
+from eigen_core.config import EndpointSection
 from eigen_core.configio import add_config_args, config_from_args
 
 
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_checkpoint(party: PartySection, what: str):
+async def serve_checkpoint(party: EndpointSection, what: str):
     """Serve ``party.checkpoint`` with ``eigen_jax.serve`` in this process; yields its URL."""
     from aiohttp import web
 

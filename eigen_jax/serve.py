@@ -34,12 +34,12 @@ from aiohttp import web
 from pydantic import Field
 
 from eigen_core.chat_format import ChatFormat
+from eigen_core.config import ServerSection, env_secret
 from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
 from eigen_core.tokenizer import Tokenizer
 from eigen_jax.model.hf import load_hf
 from eigen_jax.sampler import ContextOverflow, Sampler
 from eigen_jax.serve_protocol import BadRequest, check_fields, sse_events
-from rollout.config import ServerSection, env_secret
 from rollout.engine import SamplingParams
 from rollout.http_auth import API_KEY_ENV, bearer_auth, server_token
 from rollout.openai_format import from_openai, to_openai

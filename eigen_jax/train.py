@@ -18,11 +18,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eigen_core.configio import add_config_args, config_from_args, dump_config
 from eigen_core.pool import TaskPool
 from eigen_jax.config import RunConfig
+
+if TYPE_CHECKING:  # the learner stages import JAX; generate and selfcheck do not need it
+    from eigen_jax.stages.common import StageContext
 
 
 def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
@@ -42,29 +45,42 @@ def _stage_selfcheck(cfg: RunConfig) -> dict[str, Any]:
     return asyncio.run(selfcheck(tasks, sc, progress=cfg.run.progress))
 
 
+def stage_context(cfg: RunConfig) -> StageContext:
+    """What the learner stages share: the run and model sections, checkpointing, the tokenizer
+    (a ``small`` one is trained on the domain and pool once and kept in ``run.out_dir``)."""
+    from eigen_jax.stages.common import StageContext, corpus, tokenizer
+
+    tok = tokenizer(cfg.model, cfg.run.out_dir, lambda: corpus(cfg.domain, cfg.pool))
+    return StageContext(cfg.run, cfg.model, cfg.checkpoint, tok)
+
+
 def _stage_pretrain(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.pretrain import run_pretrain
 
-    return run_pretrain(cfg, resume=resume)
+    return run_pretrain(stage_context(cfg), cfg.pretrain, domain=cfg.domain, pool=cfg.pool, resume=resume)
 
 
-def _stage_sft_user(cfg: RunConfig, resume: bool) -> dict[str, Any]:
+def _stage_sft(cfg: RunConfig, stage: str, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.sft import run_sft
 
-    return run_sft(cfg, "sft_user", "user", resume=resume, start_from=_export_of(cfg, "pretrain"))
-
-
-def _stage_sft_agent(cfg: RunConfig, resume: bool) -> dict[str, Any]:
-    from eigen_jax.stages.sft import run_sft
-
-    return run_sft(cfg, "sft_agent", "agent", resume=resume, start_from=_export_of(cfg, "pretrain"))
+    return run_sft(
+        stage_context(cfg),
+        getattr(cfg, stage),
+        stage,
+        "user" if stage == "sft_user" else "agent",
+        domain=cfg.domain,
+        pool=cfg.pool,
+        episode=cfg.episode,
+        resume=resume,
+        start_from=_export_of(cfg, "pretrain"),
+    )
 
 
 def _export_of(cfg: RunConfig, stage: str) -> str | None:
     """The HF export of ``stage`` when this run lists it and it has finished."""
     from eigen_jax.stages.common import StageDir
 
-    sd = StageDir(cfg, stage)
+    sd = StageDir(cfg.run.out_dir, stage)
     return str(sd.hf) if stage in cfg.run.stages and sd.finished() else None
 
 
@@ -73,24 +89,43 @@ def _stage_grpo(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     if cfg.grpo.source == "toy":
         from eigen_jax.stages.grpo import run_grpo
 
-        return run_grpo(cfg, resume=resume, start_from=start)
+        return run_grpo(stage_context(cfg), cfg.grpo, resume=resume, start_from=start)
     from eigen_jax.stages.grpo_episodes import run_grpo_episodes
 
-    return run_grpo_episodes(cfg, resume=resume, start_from=start, user_from=_export_of(cfg, "sft_user"))
+    return run_grpo_episodes(
+        stage_context(cfg),
+        cfg.grpo,
+        domain=cfg.domain,
+        pool=cfg.pool,
+        episode=cfg.episode,
+        verifier=cfg.verifier,
+        resume=resume,
+        start_from=start,
+        user_from=_export_of(cfg, "sft_user"),
+    )
 
 
 def _stage_eval(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     from eigen_jax.stages.evaluate import run_eval
 
-    return run_eval(cfg, user_from=_export_of(cfg, "sft_user"), base_from=_export_of(cfg, "pretrain"))
+    return run_eval(
+        stage_context(cfg),
+        cfg.eval,
+        domain=cfg.domain,
+        pool=cfg.pool,
+        episode=cfg.episode,
+        verifier=cfg.verifier,
+        user_from=_export_of(cfg, "sft_user"),
+        base_from=_export_of(cfg, "pretrain"),
+    )
 
 
 STAGES = {
     "generate": lambda cfg, resume: _stage_generate(cfg),
     "selfcheck": lambda cfg, resume: _stage_selfcheck(cfg),
     "pretrain": _stage_pretrain,
-    "sft_user": _stage_sft_user,
-    "sft_agent": _stage_sft_agent,
+    "sft_user": lambda cfg, resume: _stage_sft(cfg, "sft_user", resume),
+    "sft_agent": lambda cfg, resume: _stage_sft(cfg, "sft_agent", resume),
     "grpo": _stage_grpo,
     "eval": _stage_eval,
 }
@@ -112,7 +147,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     for stage in cfg.run.stages:
         t0 = time.perf_counter()
         print(f"[{cfg.run.name}] stage {stage} ...", file=sys.stderr, flush=True)
-        done = StageDir(cfg, stage).finished() if resume and stage in LEARNER_STAGES else None
+        done = StageDir(cfg.run.out_dir, stage).finished() if resume and stage in LEARNER_STAGES else None
         summary[stage] = done if done is not None else STAGES[stage](cfg, resume)
         print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

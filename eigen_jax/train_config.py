@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from eigen_core.configio import Section
+from eigen_apps.eval.config import EvalSection as SharedEvalSection
+from eigen_core.config import EndpointSection
+from eigen_core.configio import Section, refuse_moved
 
 TINY_ARCH: dict[str, Any] = {
     "model_type": "qwen3",
@@ -144,16 +146,28 @@ class RemoteRolloutsSection(Section):
     """Where episodes run when not in this process: rollout servers against a policy engine."""
 
     servers: list[str] = Field(default_factory=list)
-    """Rollout server URLs (``python -m eigen_apps.rollout_server``). Empty: episodes run in this process on
-    the embedded sampler. Set: they run on those servers against ``agent_url``, and every update
-    is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
-    agent_url: str | None = None
-    """The policy engine the servers use (the learner syncs it)."""
-    agent_model: str = "policy"
-    """The policy engine's served model name."""
+    """Rollout server URLs (``python -m eigen_apps.rollout_server``). Empty: episodes run in this
+    process on the embedded sampler. Set: they run on those servers against ``agent``, and every
+    update is exported and loaded by that engine (vLLM or ``eigen_jax.serve``)."""
+    agent: EndpointSection = EndpointSection(url="", timeout_s=600.0)
+    """The policy engine the servers use, which the learner syncs (``url`` and ``model``; a
+    weight reload can take minutes, hence the long timeout). Its ``api_key_env`` empty: the
+    servers' one."""
     api_key_env: str = ""
-    """Environment variable holding the bearer token that the policy engine and the rollout
-    servers require (their ``--api-key`` / ``server.api_key_env``); empty: none."""
+    """Environment variable holding the bearer token that the rollout servers require (their
+    ``server.api_key_env``); empty: none."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return refuse_moved(
+            data, {"agent_url": "grpo.remote.agent.url", "agent_model": "grpo.remote.agent.model"}
+        )
+
+    @model_validator(mode="after")
+    def _engine(self) -> RemoteRolloutsSection:
+        self.agent.require_kind("grpo.remote.agent", "endpoint")
+        return self
 
 
 class GRPOToySection(Section):
@@ -171,7 +185,9 @@ _MOVED = {
     "env": "grpo.source",
     **{k: f"grpo.episodes.{k}" for k in GRPOEpisodesSection.model_fields},
     "rollout_servers": "grpo.remote.servers",
-    **{k: f"grpo.remote.{k}" for k in ("agent_url", "agent_model", "api_key_env")},
+    "agent_url": "grpo.remote.agent.url",
+    "agent_model": "grpo.remote.agent.model",
+    "api_key_env": "grpo.remote.api_key_env",
     "max_new_tokens": "grpo.toy.max_new_tokens",
     "toy_classes": "grpo.toy.classes",
     "toy_prompt_len": "grpo.toy.prompt_len",
@@ -235,11 +251,7 @@ class GRPOSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            old = [k for k in data if k in _MOVED]
-            if old:
-                raise ValueError("; ".join(f"{k} is now {_MOVED[k]}" for k in old))
-        return data
+        return refuse_moved(data, _MOVED)
 
 
 class CheckpointSection(Section):
@@ -249,18 +261,15 @@ class CheckpointSection(Section):
     """Keep the newest this many checkpoints per stage."""
 
 
-class EvalSection(Section):
+class EvalSection(SharedEvalSection):
+    """The eval stage: the shared eval section (``eigen_apps.eval.config.EvalSection``), plus
+    which of the run's agents, at what temperature, on which pool split."""
+
     agents: list[Literal["base", "sft", "rl"]] = Field(default_factory=lambda: ["base", "sft", "rl"])
     """Agents to evaluate: ``base`` (the starting model: the pretrain stage's export, else
     ``model.hf_dir``, else the from-scratch init), ``sft`` (the sft_agent stage's export), ``rl``
     (the grpo stage's). Agents whose stage did not run are skipped with a note."""
     split: Literal["train", "test"] = "test"
     """Pool split to evaluate on (held-out: test)."""
-    max_tasks: int | None = Field(None, ge=1)
-    """Evaluate the split's first this many tasks (None: all)."""
-    trials: int = Field(4, ge=1)
-    """n, episodes per task; pass^k is reported for k = 1..n."""
     temperature: float = Field(1.0, ge=0)
     """The agent's sampling temperature (with 0 every trial of a task is the same episode)."""
-    seed: int = 1234
-    """Seed of the trials' sampling; the same for every agent (common random numbers)."""

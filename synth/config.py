@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from eigen_core.config import EndpointSection
 from eigen_core.configio import Section
-from rollout.config import ChatEndpointSection
 
 
 class ProceduralConfig(Section):
@@ -47,46 +47,25 @@ class PoolConfig(Section):
     """Tasks per shard file."""
 
 
-class EndpointConfig(ChatEndpointSection):
-    """One role's model: an OpenAI-compatible chat endpoint (vLLM, ``eigen_jax.serve``, a hosted
-    API), the built-in deterministic scripted endpoint, or a rule-based stand-in. Roles naming the
-    same URL share one throttle (``concurrency``, ``rate_per_s``)."""
-
-    structured_output: bool = False
-    """Constrain the role's JSON answers to their schema (OpenAI ``response_format`` with
-    ``json_schema``; vLLM's structured outputs). For small models, whose free-form JSON rarely
-    parses; the endpoint must support it (``eigen_jax.serve`` refuses such requests). Applies to
-    planner, synthesizer, judge and reflector."""
-    kind: Literal["endpoint", "scripted", "rules"] = "endpoint"
-    """``endpoint``: ``url``. ``scripted``: ``synth.scripted``'s deterministic server, started
-    in-process (tests and demos; no model). ``rules``: no model: the rule-based user simulator
-    (role ``user``), an oracle that plays the gold actions (role ``assistant``: checks the episode
-    machinery and the user simulator, not a policy), or failure tags from the failed reward
-    components (role ``judge``)."""
-    max_tokens: int = Field(2048, ge=1)
-    """Most tokens per reply."""
-    backoff_s: float = Field(0.5, ge=0)
-    """First retry delay; doubles per retry, with jitter."""
-
-
-def _rules_default() -> EndpointConfig:
-    return EndpointConfig(kind="rules")
+def _role(kind: str = "endpoint") -> EndpointSection:
+    return EndpointSection(kind=kind, max_tokens=2048)  # plans and tasks are long JSON answers
 
 
 class EndpointsConfig(Section):
-    """The model behind each role. Roles may share one endpoint."""
+    """The model behind each role (``EndpointSection``; kinds ``endpoint``, ``scripted``, ``rules``).
+    Roles naming the same URL share one throttle (``concurrency``, ``rate_per_s``)."""
 
-    planner: EndpointConfig = EndpointConfig()
+    planner: EndpointSection = Field(default_factory=_role)
     """Writes the first plan pairs."""
-    synthesizer: EndpointConfig = EndpointConfig()
+    synthesizer: EndpointSection = Field(default_factory=_role)
     """Writes tasks from a plan."""
-    judge: EndpointConfig = Field(default_factory=_rules_default)
+    judge: EndpointSection = Field(default_factory=lambda: _role("rules"))
     """Tags failed rollouts as the task's or the trajectory's fault."""
-    user: EndpointConfig = Field(default_factory=_rules_default)
+    user: EndpointSection = Field(default_factory=lambda: _role("rules"))
     """The user simulator of the verification rollouts."""
-    assistant: EndpointConfig = EndpointConfig()
+    assistant: EndpointSection = Field(default_factory=_role)
     """The agent of the verification rollouts (in LLM-free mode: the policy being taught)."""
-    reflector: EndpointConfig = EndpointConfig()
+    reflector: EndpointSection = Field(default_factory=_role)
     """Rewrites the plans from the round's failures."""
 
 

@@ -11,11 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from eigen_core.config import EndpointSection
 from eigen_core.contracts import Task
 from rollout.agents import Agent, OracleAgent
 from rollout.chat_agents import ChatAgent, ChatUser
 from rollout.user_sim import ScriptedUser, UserSimulator
-from synth.config import EndpointConfig, EndpointsConfig
+from synth.config import EndpointsConfig
 from synth.llm import Budget, MeteredEngine, RoleClient
 from synth.scripted import ScriptedBehaviour, ScriptedEndpoint
 
@@ -35,9 +36,9 @@ class Roles:
         return sum(e.retries for e in self.engines)
 
 
-def _engine(cfg: EndpointConfig, role: str, url: str, budget: Budget) -> MeteredEngine:
+def _engine(cfg: EndpointSection, role: str, url: str, budget: Budget) -> MeteredEngine:
     options = cfg.client_options(f"endpoints.{role}.api_key_env")
-    return MeteredEngine(url, cfg.model, role=role, budget=budget, backoff_s=cfg.backoff_s, **options)
+    return MeteredEngine(url, cfg.model, role=role, budget=budget, **options)
 
 
 @contextlib.asynccontextmanager
@@ -51,6 +52,7 @@ async def open_roles(
 ) -> AsyncIterator[Roles]:
     """Clients for the ``needed`` roles; starts the scripted endpoint if any role uses it."""
     for role in needed:
+        getattr(cfg, role).require_kind(f"endpoints.{role}", "endpoint", "scripted", "rules")
         kind = getattr(cfg, role).kind
         if kind == "rules" and role in ("planner", "synthesizer", "reflector"):
             raise ValueError(f"endpoints.{role}.kind: 'rules' has no {role}; use an endpoint or 'scripted'")
@@ -63,7 +65,7 @@ async def open_roles(
         engines: dict[tuple[str, str], MeteredEngine] = {}
 
         def engine(role: str) -> MeteredEngine | None:
-            c: EndpointConfig = getattr(cfg, role)
+            c: EndpointSection = getattr(cfg, role)
             if c.kind == "rules" or role not in needed:
                 return None
             url = scripted.url if c.kind == "scripted" and scripted else c.url
@@ -77,7 +79,7 @@ async def open_roles(
 
         def client(role: str) -> RoleClient | None:
             e = engine(role)
-            c: EndpointConfig = getattr(cfg, role)
+            c: EndpointSection = getattr(cfg, role)
             return (
                 None
                 if e is None

@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from eigen_core.config import DomainConfig
 from eigen_core.configio import Section, add_config_args, config_from_args
 from eigen_core.contracts import Task
 from rollout.agents import Agent
-from rollout.config import DomainConfig, EpisodeConfig
+from rollout.config import EpisodeConfig
 from synth.config import CurriculumConfig, EndpointsConfig, PoolConfig, ProceduralConfig, SynthSection
 from synth.context import domain_context
 from synth.engine import EngineSettings, SynthEngine

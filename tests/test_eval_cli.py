@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
-from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_apps.eval.config import EvalRunConfig
 from eigen_core.chat_format import ChatFormat
+from eigen_core.config import EndpointSection
 from eigen_core.configio import ConfigError, load_config
 from eigen_core.contracts import Message
 from eigen_core.domains import get_domain
@@ -49,11 +50,11 @@ def _cfg(name: str, out: Path, ckpt: Path, *extra: str) -> EvalRunConfig:
         CONFIGS / name,
         [
             f"run.out_dir={out}",
-            "run.trials=2",
-            "run.concurrency=2",
-            "run.max_steps=4",
+            "eval.trials=2",
+            "episode.concurrency=2",
+            "episode.max_steps=4",
             "run.progress=false",
-            "tasks.max_tasks=2",
+            "eval.max_tasks=2",
             "agent.kind=checkpoint",
             f"agent.checkpoint={ckpt}",
             "agent.max_tokens=8",
@@ -84,7 +85,7 @@ def _check_outputs(out: Path, tau2: bool) -> dict:
 
 @pytest.mark.parametrize("domain", ["airline", "retail"])
 def test_tau2_config_runs_end_to_end_and_resumes(domain, tiny_checkpoint, tmp_path):
-    cfg = _cfg(f"eval_tau2_{domain}.yaml", tmp_path, tiny_checkpoint, "user.kind=scripted")
+    cfg = _cfg(f"eval_tau2_{domain}.yaml", tmp_path, tiny_checkpoint, "user.kind=rules")
     asyncio.run(_main(cfg))
     report = _check_outputs(tmp_path, tau2=True)
     assert report["tau2_cross_checked"] == 4 and report["tasks"]["split"] == "test"
@@ -115,7 +116,7 @@ def test_telecom_with_a_model_user_that_has_phone_tools(tiny_checkpoint, tmp_pat
     30k-character policy is what airline and retail already cover, at a fraction of the CPU.)"""
 
     async def go():
-        party = PartySection(kind="checkpoint", checkpoint=str(tiny_checkpoint), model="tiny")
+        party = EndpointSection(kind="checkpoint", checkpoint=str(tiny_checkpoint), model="tiny")
         async with serve_checkpoint(party, "agent and user") as url:
             cfg = _cfg(
                 "eval_tau2_telecom.yaml",
@@ -128,7 +129,7 @@ def test_telecom_with_a_model_user_that_has_phone_tools(tiny_checkpoint, tmp_pat
                 f"user.url={url}",
                 "user.model=tiny",
                 "user.max_tokens=8",
-                "run.prompt=brief",
+                "episode.prompt=brief",
             )
             return await _main(cfg)
 
@@ -150,16 +151,16 @@ def test_endpoint_agent_over_http(tiny_checkpoint, tmp_path):
             w.add(generate_shop_task(pcfg, i).model_copy(update={"split": "test"}))
 
     async def go():
-        party = PartySection(kind="checkpoint", checkpoint=str(tiny_checkpoint), model="tiny")
+        party = EndpointSection(kind="checkpoint", checkpoint=str(tiny_checkpoint), model="tiny")
         async with serve_checkpoint(party, "agent") as url:
             cfg = load_config(
                 EvalRunConfig,
                 CONFIGS / "eval_shop.yaml",
                 [
                     f"run.out_dir={tmp_path / 'out'}",
-                    "run.trials=2",
+                    "eval.trials=2",
                     "run.progress=false",
-                    f"tasks.pool_dir={tmp_path / 'pool'}",
+                    f"pool.dir={tmp_path / 'pool'}",
                     "agent.kind=endpoint",
                     f"agent.url={url}",
                     "agent.model=tiny",
@@ -176,11 +177,15 @@ def test_endpoint_agent_over_http(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["agent.kind=scripted"], "for users"),
-        (["tasks.source=pool"], "tasks.pool_dir"),
+        (["agent.kind=rules"], "agent.kind: 'rules' is not possible here"),
+        (["user.kind=scripted"], "the rule-based user simulator is 'rules'"),
         (["agent.kind=checkpoint"], "checkpoint"),
         (["domain.name=shop"], "needs a tau² domain"),
-        (["run.trials=0"], "run.trials"),
+        (["eval.trials=0"], "eval.trials"),
+        # the keys the standalone eval had before it spoke the train config's vocabulary
+        (["run.trials=2"], "run.trials is now eval.trials"),
+        (["run.max_steps=9"], "run.max_steps is now episode.max_steps"),
+        (["tasks.pool_dir=x"], "tasks.pool_dir is now pool.dir"),
     ],
 )
 def test_bad_configs_are_named(overrides, message):
@@ -290,11 +295,11 @@ def test_a_disagreement_with_tau2_stops_the_run_and_keeps_the_trajectory(tmp_pat
                 CONFIGS / "eval_tau2_retail.yaml",
                 [
                     f"run.out_dir={tmp_path}",
-                    "run.trials=1",
+                    "eval.trials=1",
                     "run.progress=false",
-                    "tasks.max_tasks=1",
+                    "eval.max_tasks=1",
                     f"agent.url={url}",
-                    "user.kind=scripted",
+                    "user.kind=rules",
                     *overrides,
                 ],
             )
@@ -306,5 +311,5 @@ def test_a_disagreement_with_tau2_stops_the_run_and_keeps_the_trajectory(tmp_pat
     assert report["tau2_cross_checked"] == 1
     monkeypatch.setattr(verifiers.tau2_eval, "tau2_reward", lambda task, traj: SimpleNamespace(reward=0.5))
     with pytest.raises(ParityError, match=r"!= tau²'s 0\.5"):
-        asyncio.run(go(["run.trials=2"]))
+        asyncio.run(go(["eval.trials=2"]))
     assert len(_lines(tmp_path / "trajectories.jsonl")) == 2

@@ -174,8 +174,8 @@ def test_an_endpoint_eval_through_faults_gives_the_same_results(tmp_path):
             EvalRunConfig,
             ROOT / "configs/eval_shop.yaml",
             [
-                f"run.out_dir={out}", "run.trials=3", "run.progress=false", "run.max_steps=6",
-                f"tasks.pool_dir={tmp_path / 'pool'}", "agent.kind=endpoint", f"agent.url={url}",
+                f"run.out_dir={out}", "eval.trials=3", "run.progress=false", "episode.max_steps=6",
+                f"pool.dir={tmp_path / 'pool'}", "agent.kind=endpoint", f"agent.url={url}",
                 "agent.model=m", "agent.max_tokens=6", "agent.timeout_s=0.8", "agent.max_retries=6",
             ],
         )  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 from eigen_core.configio import load_config
 from eigen_core.contracts import Message, Termination, Trajectory
 from eigen_jax.config import RunConfig
-from eigen_jax.stages.grpo_episodes import Group, _keep_fn, episode_batch, episode_seed, task_order
+from eigen_jax.stages.grpo_episodes import Group, _keep_fn, episode_batch, episode_seed
 from eigen_jax.train import run
 
 ROOT = Path(__file__).parents[1]
@@ -46,18 +46,14 @@ def test_episode_batch_keeps_the_transcript_token_for_token():
     assert cut["tokens"].tolist() == [[5, 6, 7]] and cut["loss_mask"].tolist() == [[0, 0, 1]]
 
 
-def test_task_order_visits_every_task_once_per_epoch_and_seeds_differ():
-    n = 7
-    for epoch in range(3):
-        assert sorted(task_order(n, 0, epoch * n + i) for i in range(n)) == list(range(n))
-    assert [task_order(n, 0, i) for i in range(n)] != [task_order(n, 0, n + i) for i in range(n)]
+def test_episode_seeds_differ_per_group_and_sample_and_repeat():
     seeds = {episode_seed(0, i, j) for i in range(20) for j in range(8)}
     assert len(seeds) == 160 and episode_seed(0, 3, 1) == episode_seed(0, 3, 1)
 
 
 def test_filtering_drops_uninformative_groups_and_gives_up_after_a_streak():
     cfg = RunConfig.model_validate({"grpo": {"episodes": {"max_filtered_in_a_row": 3}}})
-    keep = _keep_fn(cfg)
+    keep = _keep_fn(cfg.grpo)
     same = Group(0, "t", [_traj([1], [0], [0.0], 0.0)] * 2)
     mixed = Group(1, "t", [_traj([1], [0], [0.0], 0.0), _traj([1], [0], [0.0], 1.0)])
     assert keep(mixed) and not keep(same) and not keep(same) and keep(mixed)  # a streak resets
@@ -74,8 +70,8 @@ def test_action_credit_shapes_training_rewards_only():
     assert group.train_rewards(0.5).tolist() == [-0.5, 0.25, 1.0]
     # two failures with different credit carry signal once shaping is on
     cfg = RunConfig.model_validate({"grpo": {"episodes": {"action_credit": 0.5}}})
-    assert _keep_fn(cfg)(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
-    assert not _keep_fn(RunConfig())(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
+    assert _keep_fn(cfg.grpo)(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
+    assert not _keep_fn(RunConfig().grpo)(Group(1, "t", [fail, fail], credit=[0.0, 1.0]))
 
 
 def _cfg(tmp: Path, *overrides: str) -> RunConfig:

@@ -105,9 +105,9 @@ def test_an_eval_survives_twenty_kills_with_each_trial_recorded_once(tmp_path, s
     def cmd(out: Path):
         return [
             sys.executable, "-m", "eigen_jax.eval", "--config", "configs/eval_shop.yaml",
-            f"run.out_dir={out}", "run.trials=4", "run.progress=false", "run.concurrency=2",
-            f"tasks.pool_dir={tmp_path / 'pool'}", "agent.kind=endpoint", f"agent.url={scripted_endpoint}",
-            "agent.model=assistant", "run.prompt=full",
+            f"run.out_dir={out}", "eval.trials=4", "run.progress=false", "episode.concurrency=2",
+            f"pool.dir={tmp_path / 'pool'}", "agent.kind=endpoint", f"agent.url={scripted_endpoint}",
+            "agent.model=assistant", "episode.prompt=full",
         ]  # fmt: skip
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -183,6 +183,19 @@ def test_grain_dataset_is_deterministic_and_checkpointable(tmp_path, shop_tasks)
     assert head == order[:5]
 
 
+def test_grain_dataset_reshuffles_each_epoch_and_limits_before_shuffling(tmp_path, shop_tasks):
+    """What GRPO reads (group i plays ``ds[i]``): every epoch a permutation of the same tasks, a
+    new one each epoch; ``limit`` keeps the split's first N, whatever the seed."""
+    _write(tmp_path, shop_tasks)
+    pool = TaskPool(tmp_path)
+    train = [t.id for t in shop_tasks if t.split == "train"]
+    ds = pool.dataset("train", seed=0, limit=5).repeat()
+    epochs = [[ds[e * 5 + i].id for i in range(5)] for e in range(3)]
+    assert all(sorted(e) == sorted(train[:5]) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1
+    assert [t.id for t in pool.dataset("train", seed=1, limit=5, shuffle=False)] == train[:5]
+
+
 def test_data_source_pickles_without_tasks(tmp_path, shop_tasks):
     _write(tmp_path, shop_tasks)
     src = TaskPool(tmp_path).data_source("train")

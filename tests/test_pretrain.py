@@ -11,7 +11,7 @@ from eigen_core.configio import load_config
 from eigen_jax.config import RunConfig
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.evaluate import agent_sources
-from eigen_jax.train import run
+from eigen_jax.train import run, stage_context
 
 ROOT = Path(__file__).parents[1]
 IDS = np.arange(3, 200, dtype=np.int32)
@@ -90,7 +90,9 @@ def test_pretrain_stage_feeds_sft_and_the_base_agent(tmp_path):
     sft_w = np.asarray(load_hf(tmp_path / "sft_user/hf").embed_tokens[...])
     assert np.allclose(pre_w, sft_w, atol=1e-6)
     # eval's base agent is the pretrained model when the stage ran
-    assert agent_sources(cfg, str(tmp_path / "pretrain/hf"))["base"] == str(tmp_path / "pretrain/hf")
+    assert agent_sources(stage_context(cfg), cfg.eval, str(tmp_path / "pretrain/hf"))["base"] == str(
+        tmp_path / "pretrain/hf"
+    )
     # resume: a finished stage is not rerun
     again = run(cfg, resume=True)
     assert again["pretrain"] == pre

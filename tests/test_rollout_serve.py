@@ -150,9 +150,9 @@ def _pool_and_agent(tmp_path):
         ],
     )
     run(cfg)  # the pool, and the run's tokenizer
-    from eigen_jax.stages.common import tokenizer
+    from eigen_jax.train import stage_context
 
-    tok = tokenizer(cfg)
+    tok = stage_context(cfg).tok
     tok.save(tmp_path / "tok")
     arch = {**TINY_ARCH, "vocab_size": -(-tok.vocab_size // 64) * 64}
     save_hf(
@@ -235,8 +235,8 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
                 "grpo.group_size=4",
                 "grpo.filter_groups=false",
                 f"grpo.remote.servers=[http://127.0.0.1:{f1},http://127.0.0.1:{f2}]",
-                f"grpo.remote.agent_url=http://127.0.0.1:{fe}",
-                "grpo.remote.agent_model=agent",
+                f"grpo.remote.agent.url=http://127.0.0.1:{fe}",
+                "grpo.remote.agent.model=agent",
             ],
         )
         metrics = tmp_path / "run/grpo/metrics.jsonl"

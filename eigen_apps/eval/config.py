@@ -1,94 +1,97 @@
-"""The config of a standalone eval run (``python -m eigen_jax.eval --config X.yaml``)."""
+"""Eval config: the ``eval`` section that ``eigen_jax.train``'s eval stage and the standalone eval
+share, and the standalone eval's whole config (``python -m eigen_jax.eval --config X.yaml``).
+
+The standalone eval speaks the train config's vocabulary: ``run`` (where, seed, progress),
+``domain``, ``episode`` (steps, prompt, concurrency, the rule-based user's patience), ``pool``
+(``dir``), ``verifier``; the agent and the user are ``EndpointSection``s.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from eigen_core.configio import Section
-from rollout.config import ChatEndpointSection, DomainConfig
+from eigen_core.config import DomainConfig, EndpointSection, RunSection
+from eigen_core.configio import Section, refuse_moved
+from rollout.config import EpisodeConfig
+from synth.config import PoolConfig
 from verifiers.config import VerifierConfig
 
+TAU2_DOMAINS = ("airline", "retail", "telecom")
 
-class EvalTasks(Section):
-    source: Literal["tau2", "pool"] = "tau2"
-    """Where the tasks come from: tau²-bench's own task sets (airline, retail, telecom), or a task
-    pool directory (any domain, e.g. the quickstart's held-out shop tasks)."""
+MOVED = {
+    **{f"run.{k}": f"episode.{k}" for k in ("concurrency", "max_steps", "prompt")},
+    **{f"run.{k}": f"eval.{k}" for k in ("trials", "tau2_cross_check")},
+    **{f"tasks.{k}": f"eval.{k}" for k in ("source", "split", "max_tasks")},
+    "tasks.pool_dir": "pool.dir",
+}
+"""Keys of the standalone eval's config before it shared the train config's vocabulary."""
+
+
+class EvalSection(Section):
+    """Which tasks are evaluated and how often; what every eval reports is pass^1..pass^trials."""
+
     split: str = "test"
-    """tau²: ``base``, ``train``, ``test`` (telecom also ``small``, ``full``); pool: its split name."""
-    pool_dir: str = ""
-    """Task pool directory, for ``source: pool``."""
+    """Task split: a pool's split name (held-out: ``test``); tau²'s ``base``, ``train``, ``test``
+    (telecom also ``small``, ``full``)."""
     max_tasks: int | None = Field(None, ge=1)
-    """Evaluate only the first N tasks (None: all)."""
-
-
-class PartySection(ChatEndpointSection):
-    """An agent or user simulator: an OpenAI-compatible chat endpoint, or a local checkpoint that
-    the eval serves itself (``eigen_jax.serve`` in-process)."""
-
-    kind: Literal["endpoint", "checkpoint", "scripted"] = "endpoint"
-    """``endpoint``: ``url``; ``checkpoint``: ``checkpoint`` served locally; ``scripted``: the
-    rule-based user simulator (users only)."""
-    checkpoint: str = ""
-    """HF directory (config.json + safetensors + tokenizer) for ``kind: checkpoint``."""
-    tokenizer: str = ""
-    """Tokenizer directory for ``kind: checkpoint`` when it is not in the checkpoint directory."""
-    max_len: int | None = Field(None, ge=16)
-    """``kind: checkpoint``: longest prompt + reply served (None: the model's context length)."""
-
-    @model_validator(mode="after")
-    def _needs(self) -> PartySection:
-        if self.kind == "checkpoint" and not self.checkpoint:
-            raise ValueError("kind 'checkpoint' needs `checkpoint: <HF directory>`")
-        return self
-
-
-class EvalRunSection(Section):
-    out_dir: str = "runs/eval"
-    """Where per-trial JSONL, results.json and the plot go; a rerun resumes from what is there."""
+    """Evaluate the split's first this many tasks (None: all)."""
     trials: int = Field(4, ge=1)
-    """Trials per task (pass^1..pass^trials are reported)."""
-    seed: int = 0
-    """Seeds every trial (sent to endpoints that honour a seed)."""
-    concurrency: int = Field(8, ge=1)
-    """Episodes run at once."""
-    max_steps: int = Field(50, ge=1)
-    """Most agent messages (and user tool rounds) per episode, past which it ends with
-    ``max_steps`` (reward 0). tau² counts every message of every party, tools included, against
-    its limit (200 by default), so 50 of ours is roughly as generous."""
-    prompt: Literal["full", "brief"] = "full"
-    """The agent's context: the domain's policy and tool schemas (``full``), or the one-line
-    prompt that tiny from-scratch models were trained with (``brief``; see ``episode.prompt``)."""
+    """n, episodes per task; pass^k is reported for k = 1..n."""
+    seed: int = 1234
+    """Seed of the trials (sent to endpoints that honour a seed); the same for every agent
+    (common random numbers)."""
+
+
+class EndpointEvalSection(EvalSection):
+    """The standalone eval's ``eval`` section: also where the tasks come from."""
+
+    source: Literal["tau2", "pool"] = "tau2"
+    """tau²-bench's own task sets (airline, retail, telecom), or the task pool at ``pool.dir``
+    (any domain, e.g. the quickstart's held-out shop tasks)."""
     tau2_cross_check: bool = True
     """For tau² domains, also score every trajectory with tau²'s own evaluator and record both
     rewards; the run fails loudly if they ever disagree."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 class EvalRunConfig(Section):
     """A standalone eval: tasks, the agent, the user simulator, the verifier, where results go."""
 
-    run: EvalRunSection = EvalRunSection()
-    """Trials, seeds, concurrency, where results go."""
+    run: RunSection = RunSection(out_dir="runs/eval")
+    """Where per-trial records, results.json and the plot go (a rerun resumes), progress."""
     domain: DomainConfig = DomainConfig()
     """The domain whose tools and policy the agent gets."""
-    tasks: EvalTasks = EvalTasks()
-    """Which tasks are evaluated."""
-    agent: PartySection = PartySection()
-    """The agent under test."""
-    user: PartySection = PartySection(kind="scripted")
-    """The user simulator (tau² uses an LLM; ``scripted`` needs no model)."""
+    episode: EpisodeConfig = EpisodeConfig(concurrency=8)
+    """How episodes run: ``max_steps``, ``prompt``, ``concurrency``, ``user_patience``. tau² counts
+    every message of every party against its limit (200 by default), so 50 of ours is roughly
+    as generous. The parties are the ``agent`` and ``user`` sections (``episode.user`` is the
+    train config's choice of user and is not read here)."""
+    eval: EndpointEvalSection = EndpointEvalSection()
+    """Which tasks, how many trials, the trials' seed."""
+    pool: PoolConfig = PoolConfig()
+    """The task pool, for ``eval.source: pool``."""
+    agent: EndpointSection = EndpointSection()
+    """The agent under test: ``kind: endpoint`` or ``checkpoint``."""
+    user: EndpointSection = EndpointSection(kind="rules")
+    """The user simulator: ``endpoint``, ``checkpoint`` or ``rules`` (tau² uses an LLM; ``rules``
+    needs no model)."""
     verifier: VerifierConfig = VerifierConfig()
     """Reward components (tasks with their own reward basis, like tau²'s, use theirs)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return refuse_moved(data, MOVED)
+
     @model_validator(mode="after")
     def _consistent(self) -> EvalRunConfig:
-        if self.agent.kind == "scripted":
-            raise ValueError("agent.kind: 'scripted' is for users; give the agent an endpoint or checkpoint")
-        if self.tasks.source == "pool" and not self.tasks.pool_dir:
-            raise ValueError("tasks.source 'pool' needs tasks.pool_dir")
-        if self.tasks.source == "tau2" and self.domain.name not in ("airline", "retail", "telecom"):
-            raise ValueError(f"tasks.source 'tau2' needs a tau² domain, not {self.domain.name!r}")
+        if self.user.kind == "scripted":
+            raise ValueError(
+                "user.kind: the rule-based user simulator is 'rules' ('scripted' is synth's fake server)"
+            )
+        self.agent.require_kind("agent", "endpoint", "checkpoint")
+        self.user.require_kind("user", "endpoint", "checkpoint", "rules")
+        if self.eval.source == "tau2" and self.domain.name not in TAU2_DOMAINS:
+            raise ValueError(f"eval.source 'tau2' needs a tau² domain, not {self.domain.name!r}")
         return self

@@ -13,10 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from eigen_apps.eval.config import EvalRunConfig, PartySection
+from eigen_apps.eval.config import TAU2_DOMAINS, EvalRunConfig
 from eigen_apps.eval.passk import is_success, pass_hat_ks
 from eigen_apps.eval.report import passk_table, plot_passk
 from eigen_apps.eval.trials import RunFn, checkpoint_identity, read_trials, run_trials, trials_key
+from eigen_core.config import EndpointSection
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
@@ -27,43 +28,42 @@ from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 from verifiers.tau2_eval import with_tau2_cross_check
 
-TAU2_DOMAINS = ("airline", "retail", "telecom")
-
 
 class ParityError(RuntimeError):
     """Our reward and tau²'s disagree on a trajectory: a bug in one of the two, never noise."""
 
 
 def load_eval_tasks(cfg: EvalRunConfig) -> list[Task]:
-    t = cfg.tasks
-    if t.source == "tau2":
+    e = cfg.eval
+    if e.source == "tau2":
         from eigen_core.domains.tau2 import load_tasks
 
-        tasks = load_tasks(cfg.domain.name, t.split)
+        tasks = load_tasks(cfg.domain.name, e.split)
     else:
-        tasks = [x for x in TaskPool(t.pool_dir).tasks(t.split) if x.domain == cfg.domain.name]
+        tasks = [x for x in TaskPool(cfg.pool.dir).tasks(e.split) if x.domain == cfg.domain.name]
     if not tasks:
-        raise ValueError(f"eval: no {t.split!r} tasks of domain {cfg.domain.name!r} in {t.source}")
-    return tasks[: t.max_tasks]
+        where = "tau²" if e.source == "tau2" else f"the pool at {cfg.pool.dir}"
+        raise ValueError(f"eval: no {e.split!r} tasks of domain {cfg.domain.name!r} in {where}")
+    return tasks[: e.max_tasks]
 
 
-def client_for(party: PartySection, url: str | None = None) -> HTTPEngine:
+def client_for(party: EndpointSection, url: str | None = None) -> HTTPEngine:
     """The HTTP client of an endpoint party (``url`` overrides, for a locally served checkpoint)."""
     return HTTPEngine(url or party.url, party.model, **party.client_options())
 
 
-def describe(party: PartySection, url: str | None) -> dict[str, Any]:
-    if party.kind == "scripted":
-        return {"kind": "scripted"}
+def describe(party: EndpointSection, url: str | None) -> dict[str, Any]:
+    if party.kind == "rules":
+        return {"kind": "rules"}
     where = {"checkpoint": party.checkpoint} if party.kind == "checkpoint" else {"url": url or party.url}
     return {"kind": party.kind, "model": party.model, **where, "temperature": party.temperature}
 
 
-def party_identity(party: PartySection) -> dict[str, Any]:
+def party_identity(party: EndpointSection) -> dict[str, Any]:
     """What about a party decides its episodes (resumed trials must match it). Not the URL: a
     served model restarted on another port is the same party."""
-    if party.kind == "scripted":
-        return {"kind": "scripted"}
+    if party.kind == "rules":
+        return {"kind": "rules"}
     out: dict[str, Any] = {
         "kind": party.kind,
         "model": party.model,
@@ -82,8 +82,9 @@ def trial_settings(cfg: EvalRunConfig) -> dict[str, Any]:
         "domain": cfg.domain.name,
         "agent": party_identity(cfg.agent),
         "user": party_identity(cfg.user),
-        "max_steps": cfg.run.max_steps,
-        "prompt": cfg.run.prompt,
+        "max_steps": cfg.episode.max_steps,
+        "prompt": cfg.episode.prompt,
+        "user_patience": cfg.episode.user_patience,
     }
 
 
@@ -117,15 +118,15 @@ async def evaluate(
     by_id = {t.id: t for t in tasks}
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cross = cfg.run.tau2_cross_check and cfg.domain.name in TAU2_DOMAINS
+    cross = cfg.eval.tau2_cross_check and cfg.domain.name in TAU2_DOMAINS
     agent_client = client_for(cfg.agent, agent_url)
-    user_client = client_for(cfg.user, user_url) if cfg.user.kind != "scripted" else None
+    user_client = client_for(cfg.user, user_url) if cfg.user.kind != "rules" else None
     v = cfg.verifier
     traj_file = out / "trajectories.jsonl"
     settings = trial_settings(cfg)  # keys the trial records (resume reuses only matching ones)
-    a, u = cfg.agent, cfg.user
+    a, u, ep = cfg.agent, cfg.user, cfg.episode
     user = (
-        scripted_user()
+        scripted_user(ep.user_patience)
         if user_client is None
         else chat_user(user_client, domain, temperature=u.temperature, max_tokens=u.max_tokens)
     )
@@ -139,18 +140,18 @@ async def evaluate(
             agent=chat_agent(agent_client, temperature=a.temperature, max_tokens=a.max_tokens),
             user=user,
             score=with_tau2_cross_check(verifier.score) if cross else verifier.score,
-            max_steps=cfg.run.max_steps,
-            prompt=cfg.run.prompt,
+            max_steps=ep.max_steps,
+            prompt=ep.prompt,
         )
         run = _recorded(workflow, traj_file)
         try:
             outcomes = await run_trials(
                 tasks,
                 run,
-                cfg.run.trials,
-                cfg.run.seed,
+                cfg.eval.trials,
+                cfg.eval.seed,
                 out / "trials.jsonl",
-                concurrency=cfg.run.concurrency,
+                concurrency=ep.concurrency,
                 desc=f"eval {cfg.domain.name}",
                 progress=cfg.run.progress,
                 settings=settings,
@@ -161,18 +162,18 @@ async def evaluate(
             if user_client is not None:
                 await user_client.close()
 
-    key = trials_key(cfg.run.seed, settings)
+    key = trials_key(cfg.eval.seed, settings)
     records = [r for r in read_trials(out / "trials.jsonl", key).values() if r["task_id"] in by_id]
     passk = pass_hat_ks(outcomes)
     name = cfg.agent.model
     report = {
         "domain": cfg.domain.name,
-        "tasks": {"source": cfg.tasks.source, "split": cfg.tasks.split, "count": len(tasks)},
-        "trials": cfg.run.trials,
+        "tasks": {"source": cfg.eval.source, "split": cfg.eval.split, "count": len(tasks)},
+        "trials": cfg.eval.trials,
         "agent": describe(cfg.agent, agent_url),
         "user": describe(cfg.user, user_url),
         "pass_hat_k": {str(k): x for k, x in passk.items()},
-        "avg_reward": sum(sum(r) for r in outcomes.values()) / (len(outcomes) * cfg.run.trials),
+        "avg_reward": sum(sum(r) for r in outcomes.values()) / (len(outcomes) * cfg.eval.trials),
         "successes": sum(is_success(x) for r in outcomes.values() for x in r),
         "terminations": dict(Counter(r["termination"] for r in records)),
         "tau2_cross_checked": sum("tau2" in r.get("components", {}) for r in records) if cross else None,
@@ -184,7 +185,7 @@ async def evaluate(
         },
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    title = f"{cfg.domain.name}: {len(tasks)} {cfg.tasks.split} tasks × {cfg.run.trials} trials"
+    title = f"{cfg.domain.name}: {len(tasks)} {cfg.eval.split} tasks × {cfg.eval.trials} trials"
     plot_passk({name: passk}, out / "passk.png", title)
     print(passk_table({name: passk}))
     return report

@@ -1,8 +1,11 @@
-"""What every learner stage needs: the tokenizer, the starting model, checkpoints, metrics."""
+"""What every learner stage needs: the run's context (where it lives, its seed, the model to
+start from, the tokenizer), batch helpers, stage directories."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eigen_core.config import DomainConfig, RunSection
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 from eigen_jax.checkpoint import Checkpointer
-from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import load_hf, save_hf
 from eigen_jax.model.sharding import make_mesh, shard_model
 from eigen_jax.sampler import Sampler
+from eigen_jax.train_config import CheckpointSection, ModelSection
 from rollout.config import EpisodeConfig
+from synth.config import PoolConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -52,19 +57,19 @@ def pad_rows(rows: list[dict[str, list]], length: int, pad_id: int) -> dict[str,
     return out
 
 
-def corpus(cfg: RunConfig) -> list[str]:
+def corpus(domain: DomainConfig, pool: PoolConfig) -> list[str]:
     """Texts a ``small`` tokenizer is trained on: the policy, tool schemas and every task."""
-    domain = get_domain(cfg.domain.name)
-    return [domain.policy, json.dumps(domain.tool_schemas())] + [
-        t.model_dump_json() for t in TaskPool(cfg.pool.dir).tasks()
+    d = get_domain(domain.name)
+    return [d.policy, json.dumps(d.tool_schemas())] + [
+        t.model_dump_json() for t in TaskPool(pool.dir).tasks()
     ]
 
 
-def tokenizer(cfg: RunConfig) -> Tokenizer:
-    """The run's tokenizer. ``small`` is trained once on the ``corpus`` and kept in the run
-    directory, so every stage (and a resumed run) uses the same ids."""
-    choice = cfg.model.tokenizer
-    if cfg.model.hf_dir is not None and choice == "small":
+def tokenizer(model: ModelSection, out_dir: str | Path, corpus: Callable[[], list[str]]) -> Tokenizer:
+    """The run's tokenizer. ``small`` is trained once on ``corpus()`` and kept in the run
+    directory (``out_dir``), so every stage (and a resumed run) uses the same ids."""
+    choice = model.tokenizer
+    if model.hf_dir is not None and choice == "small":
         raise ValueError(
             "model.tokenizer: 'small' only fits a from-scratch model; with model.hf_dir use "
             "'qwen3' or the checkpoint's tokenizer directory"
@@ -73,10 +78,10 @@ def tokenizer(cfg: RunConfig) -> Tokenizer:
         return Tokenizer.from_dir(qwen3_tokenizer_dir())
     if choice != "small":
         return Tokenizer.from_dir(choice)
-    saved = Path(cfg.run.out_dir) / "tokenizer"
+    saved = Path(out_dir) / "tokenizer"
     if (saved / "tokenizer.json").exists():
         return Tokenizer.from_dir(saved)
-    tok = build_small_tokenizer(corpus(cfg), cfg.model.small_vocab_size)
+    tok = build_small_tokenizer(corpus(), model.small_vocab_size)
     tok.save(saved)
     return tok
 
@@ -86,10 +91,9 @@ def model_mesh(model: Decoder):
     return getattr(model.embed_tokens[...].sharding, "mesh", None)
 
 
-def base_model(cfg: RunConfig, tok: Tokenizer, start: str | Path | None = None) -> Decoder:
+def base_model(m: ModelSection, tok: Tokenizer, start: str | Path | None = None) -> Decoder:
     """The model a stage starts from: ``start`` (an earlier stage's HF export), else
     ``model.hf_dir``, else ``model.arch`` from scratch; sharded over ``model.mesh``."""
-    m = cfg.model
     dtype, pdtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
     mesh = make_mesh(m.mesh)
     source = start or m.hf_dir
@@ -115,11 +119,10 @@ def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bo
 class StageDir:
     """``{out_dir}/{stage}/``: checkpoints, metrics, the final HF export and a done marker."""
 
-    def __init__(self, cfg: RunConfig, stage: str):
-        self.root = Path(cfg.run.out_dir) / stage
+    def __init__(self, out_dir: str | Path, stage: str):
+        self.root = Path(out_dir) / stage
         self.hf = self.root / "hf"
         self.done = self.root / "done.json"
-        self.cfg = cfg
 
     def checkpointer(self, keep: int) -> Checkpointer:
         return Checkpointer(self.root / "checkpoints", keep=keep)
@@ -134,3 +137,22 @@ class StageDir:
 
     def finished(self) -> dict[str, Any] | None:
         return json.loads(self.done.read_text()) if self.done.exists() else None
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every learner stage shares, built once per run by ``eigen_jax.train``: where the run
+    lives and its seed (``run``), what the model starts from and how it is laid out (``model``),
+    the checkpoint cadence, the tokenizer. A stage gets this and the config sections it reads."""
+
+    run: RunSection
+    model: ModelSection
+    checkpoint: CheckpointSection
+    tok: Tokenizer
+
+    def stage_dir(self, stage: str) -> StageDir:
+        return StageDir(self.run.out_dir, stage)
+
+    def base_model(self, start: str | Path | None = None) -> Decoder:
+        """``base_model`` of the run's model section (``start``: an earlier stage's export)."""
+        return base_model(self.model, self.tok, start)

@@ -12,26 +12,30 @@ from typing import Any
 from eigen_apps.eval.passk import pass_hat_ks
 from eigen_apps.eval.report import passk_table, plot_passk
 from eigen_apps.eval.trials import checkpoint_identity, run_trials
+from eigen_core.config import DomainConfig
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
-from eigen_jax.config import RunConfig
-from eigen_jax.stages.common import StageDir, base_model, episode_engine, tokenizer
+from eigen_jax.stages.common import StageContext, episode_engine
+from eigen_jax.train_config import EvalSection
+from rollout.config import EpisodeConfig
 from rollout.workflow import lm_episodes
+from synth.config import PoolConfig
+from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
 
 STAGE_OF = {"sft": "sft_agent", "rl": "grpo"}
 
 
-def agent_sources(cfg: RunConfig, base_from: str | None = None) -> dict[str, str | None]:
+def agent_sources(ctx: StageContext, e: EvalSection, base_from: str | None = None) -> dict[str, str | None]:
     """Agent name -> the HF export it loads (None: the from-scratch init), for agents whose stage
     is done. ``base`` is ``base_from`` (the pretrain stage's export) or ``model.hf_dir``."""
     out: dict[str, str | None] = {}
-    for name in cfg.eval.agents:
+    for name in e.agents:
         if name == "base":
-            out[name] = base_from or cfg.model.hf_dir
+            out[name] = base_from or ctx.model.hf_dir
             continue
-        sd = StageDir(cfg, STAGE_OF[name])
+        sd = ctx.stage_dir(STAGE_OF[name])
         if sd.finished():
             out[name] = str(sd.hf)
         else:
@@ -39,48 +43,63 @@ def agent_sources(cfg: RunConfig, base_from: str | None = None) -> dict[str, str
     return out
 
 
-def trial_settings(cfg: RunConfig, source: str | None, user_from: str | None) -> dict[str, Any]:
+def trial_settings(
+    ctx: StageContext,
+    e: EvalSection,
+    domain: str,
+    ep: EpisodeConfig,
+    source: str | None,
+    user_from: str | None,
+) -> dict[str, Any]:
     """What decides an eval episode besides the seed: the agent's and the user model's weights,
     the sampling temperature and the episode limits (a rerun with other ones runs afresh)."""
-    ep = cfg.episode
     return {
-        "domain": cfg.domain.name,
-        "agent": checkpoint_identity(source) or {"init": cfg.model.model_dump(mode="json")},
-        "temperature": cfg.eval.temperature,
+        "domain": domain,
+        "agent": checkpoint_identity(source) or {"init": ctx.model.model_dump(mode="json")},
+        "temperature": e.temperature,
         "user_model": checkpoint_identity(user_from),
         # every episode knob but those that only change speed
         "episode": ep.decisive(),
     }
 
 
-def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None = None) -> dict[str, Any]:
-    e, ep = cfg.eval, cfg.episode
+def run_eval(
+    ctx: StageContext,
+    e: EvalSection,
+    *,
+    domain: DomainConfig,
+    pool: PoolConfig,
+    episode: EpisodeConfig,
+    verifier: VerifierConfig,
+    user_from: str | None = None,
+    base_from: str | None = None,
+) -> dict[str, Any]:
+    """The eval stage (``e``): the run's agents on ``pool``'s held-out tasks of ``domain``."""
+    ep, tok, v = episode, ctx.tok, verifier
     if ep.user == "model" and user_from is None:
         raise ValueError("episode.user is 'model' but the run has no user-simulator model (sft_user stage)")
-    root = StageDir(cfg, "eval").root
-    tasks = list(TaskPool(cfg.pool.dir).tasks(e.split))[: e.max_tasks]
+    root = ctx.stage_dir("eval").root
+    tasks = list(TaskPool(pool.dir).tasks(e.split))[: e.max_tasks]
     if not tasks:
-        raise ValueError(f"eval: the pool at {cfg.pool.dir} has no {e.split!r} tasks")
-    tok = tokenizer(cfg)
-    domain = get_domain(cfg.domain.name)
+        raise ValueError(f"eval: the pool at {pool.dir} has no {e.split!r} tasks")
+    d = get_domain(domain.name)
     user_engine = None
     if ep.user == "model":
         # (uncapped, as it always was: LMUser keeps its prompts within episode.max_len itself)
-        user_engine = episode_engine(base_model(cfg, tok, start=user_from), tok.pad_id, ep, capped=False)
+        user_engine = episode_engine(ctx.base_model(user_from), tok.pad_id, ep, capped=False)
     results: dict[str, dict[int, float]] = {}
     details: dict[str, Any] = {}
-    v = cfg.verifier
     with Sandbox.from_config(v) as sb:
         confinement = sb.describe()
-        verifier = Verifier(domain, sb, v.components)
-        for name, source in agent_sources(cfg, base_from).items():
-            engine = episode_engine(base_model(cfg, tok, start=source), tok.pad_id, ep)
+        scorer = Verifier(d, sb, v.components)
+        for name, source in agent_sources(ctx, e, base_from).items():
+            engine = episode_engine(ctx.base_model(source), tok.pad_id, ep)
             episodes = lm_episodes(
-                domain,
+                d,
                 engine,
                 tok,
                 ep,
-                verifier.score,
+                scorer.score,
                 temperature=e.temperature,
                 user_engine=user_engine,
                 user_tok=tok,
@@ -94,8 +113,8 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
                     root / f"{name}.jsonl",
                     concurrency=ep.concurrency,
                     desc=f"eval {name}",
-                    progress=cfg.run.progress,
-                    settings=trial_settings(cfg, source, user_from),
+                    progress=ctx.run.progress,
+                    settings=trial_settings(ctx, e, domain.name, ep, source, user_from),
                 )
             )
             results[name] = pass_hat_ks(outcomes)
@@ -112,8 +131,6 @@ def run_eval(cfg: RunConfig, user_from: str | None = None, base_from: str | None
     }
     (root / "results.json").write_text(json.dumps(report, indent=2))
     if results:
-        plot_passk(
-            results, root / "passk.png", f"{cfg.domain.name}: {len(tasks)} {e.split} tasks × {e.trials}"
-        )
+        plot_passk(results, root / "passk.png", f"{domain.name}: {len(tasks)} {e.split} tasks × {e.trials}")
     print(passk_table(results))
     return {**report, "results_json": str(root / "results.json"), "plot": str(root / "passk.png")}

@@ -17,14 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eigen_core.tokenizer import Tokenizer
 from eigen_jax import losses as L
-from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.model import Decoder
 from eigen_jax.objectives import GRPOLoss, sequence_logprobs, sequence_logprobs_and_entropy, target_mask
 from eigen_jax.sampler import Sampler
-from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.stages.common import StageContext, model_mesh
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import GRPOSection
 from rollout.engine import SamplingParams
@@ -74,8 +72,8 @@ def build_batch(
 class GRPOUpdate:
     """The learner side of GRPO for one sampled batch (any environment)."""
 
-    def __init__(self, cfg: RunConfig, model: Decoder, total_updates: int):
-        g = self.g = cfg.grpo
+    def __init__(self, g: GRPOSection, seed: int, model: Decoder, total_updates: int):
+        self.g = g
         self.loss_fn = GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
         self.learner = Learner(
             model,
@@ -83,7 +81,7 @@ class GRPOUpdate:
             self.loss_fn,
             micro_batches=g.micro_batches,
             mesh=model_mesh(model),
-            seed=cfg.run.seed,
+            seed=seed,
         )
         graphdef = self.learner.graphdef
         self.ref_params = self.learner.state.params if g.kl_coef > 0 else None
@@ -169,15 +167,15 @@ def advantages(rewards: np.ndarray, group_size: int, g: GRPOSection) -> tuple[np
 class ToyGRPO(StageProgram):
     """Synchronous GRPO on ``ToyEnv``: sample groups, score, update, swap the sampler's weights."""
 
-    def __init__(self, cfg: RunConfig, tok: Tokenizer, start_from: str | None):
-        g = self.g = cfg.grpo
-        model = base_model(cfg, tok, start=start_from)
+    def __init__(self, ctx: StageContext, g: GRPOSection, start_from: str | None):
+        self.g = g
+        model = ctx.base_model(start_from)
         self.env = ToyEnv(model.cfg.vocab_size, g.toy.prompt_len, g.toy.classes)
-        self.update = GRPOUpdate(cfg, model, g.steps)
+        self.update = GRPOUpdate(g, ctx.run.seed, model, g.steps)
         self.learner = self.update.learner
-        self.pad_id = tok.pad_id
+        self.pad_id = ctx.tok.pad_id
         self.sampler = Sampler(
-            self.learner.model(), pad_id=tok.pad_id, min_batch_bucket=8, min_prompt_bucket=8
+            self.learner.model(), pad_id=self.pad_id, min_batch_bucket=8, min_prompt_bucket=8
         )
         self.first_pass: float | None = None
         self.last_pass: float | None = None
@@ -229,8 +227,9 @@ class ToyGRPO(StageProgram):
         return {"source": self.g.source, "first_pass_rate": self.first_pass, "last_pass_rate": self.last_pass}
 
 
-def run_grpo(cfg: RunConfig, *, resume: bool = False, start_from: str | None = None) -> dict[str, Any]:
+def run_grpo(
+    ctx: StageContext, g: GRPOSection, *, resume: bool = False, start_from: str | None = None
+) -> dict[str, Any]:
     """Synchronous GRPO on the toy environment (see ``ToyEnv``)."""
-    tok = tokenizer(cfg)
-    ls = LoopSettings(cfg.grpo.steps, cfg.grpo.log_every, cfg.checkpoint)
-    return run_stage(ToyGRPO(cfg, tok, start_from), StageDir(cfg, "grpo"), tok, ls, resume=resume)
+    ls = LoopSettings(g.steps, g.log_every, ctx.checkpoint)
+    return run_stage(ToyGRPO(ctx, g, start_from), ctx.stage_dir("grpo"), ctx.tok, ls, resume=resume)

@@ -16,27 +16,29 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from eigen_core.config import DomainConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
-from eigen_core.tokenizer import Tokenizer
-from eigen_jax.config import RunConfig
 from eigen_jax.sampler import bucket
-from eigen_jax.stages.common import StageDir, base_model, episode_engine, pad_rows, tokenizer
+from eigen_jax.stages.common import StageContext, episode_engine, pad_rows
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
-from rollout.config import episode_settings
+from eigen_jax.train_config import GRPOSection
+from rollout.config import EpisodeConfig, episode_settings
 from rollout.controller import RolloutController
 from rollout.http_engine import rerun_on_engine_error
 from rollout.workflow import lm_episodes
+from synth.config import PoolConfig
+from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox
 
@@ -44,12 +46,6 @@ from verifiers.sandbox import Sandbox
 def episode_seed(run_seed: int, index: int, sample: int) -> int:
     """The seed of sample ``sample`` of group ``index`` (independent streams per episode)."""
     return int(np.random.SeedSequence([run_seed, index, sample]).generate_state(1)[0] % 2**31)
-
-
-def task_order(n: int, run_seed: int, index: int) -> int:
-    """Which of ``n`` train tasks group ``index`` plays: a fresh permutation every epoch."""
-    epoch, pos = divmod(index, n)
-    return int(np.random.default_rng([run_seed, epoch]).permutation(n)[pos])
 
 
 @dataclass
@@ -92,13 +88,14 @@ class GroupRunner:
 
     def __init__(
         self,
-        tasks: list[Task],
+        tasks: Sequence[Task],
         episodes: Any,
         group_size: int,
         seed: int,
         write_tools: frozenset[str],
         record: Path,
     ):
+        """``tasks[i]``: the task group ``i`` plays (the pool's grain dataset, repeated)."""
         self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
         self.write_tools, self.record = write_tools, record
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
@@ -106,7 +103,7 @@ class GroupRunner:
         self.reruns: list[str] = []  # episodes rerun after an engine failed for good (drained too)
 
     async def __call__(self, index: int) -> Group:
-        task = self.tasks[task_order(len(self.tasks), self.seed, index)]
+        task = self.tasks[index]
 
         def episode(j: int):  # rerun from scratch, same seed, if its engine failed for good
             seed = episode_seed(self.seed, index, j)
@@ -127,13 +124,13 @@ class GroupRunner:
             f.write(json.dumps(entry) + "\n")
 
 
-def _keep_fn(cfg: RunConfig):
+def _keep_fn(g: GRPOSection):
     state = {"in_a_row": 0}
-    limit = cfg.grpo.episodes.max_filtered_in_a_row
+    limit = g.episodes.max_filtered_in_a_row
 
     def keep(group: Group) -> bool:
-        r = group.train_rewards(cfg.grpo.episodes.action_credit)
-        informative = not cfg.grpo.filter_groups or bool(r.max() > r.min())
+        r = group.train_rewards(g.episodes.action_credit)
+        informative = not g.filter_groups or bool(r.max() > r.min())
         state["in_a_row"] = 0 if informative else state["in_a_row"] + 1
         if state["in_a_row"] >= limit:
             raise RuntimeError(
@@ -179,48 +176,32 @@ class EpisodeGRPO(StageProgram):
 
     def __init__(
         self,
-        cfg: RunConfig,
-        tok: Tokenizer,
-        sandbox: Sandbox,
-        start_from: str | None,
-        user_from: str | None,
+        ctx: StageContext,
+        g: GRPOSection,
+        tasks: Any,
+        update: GRPOUpdate,
+        policy: Rollouts,
+        write_tools: frozenset[str],
+        max_len: int,
+        confinement: dict[str, Any],
     ):
-        g, ep = self.g, self.ep = cfg.grpo, cfg.episode
-        self.tasks = list(TaskPool(cfg.pool.dir).tasks("train"))[: g.episodes.max_tasks]
-        if not self.tasks:
-            raise ValueError(f"grpo: the pool at {cfg.pool.dir} has no 'train' tasks (run 'generate')")
-        self.update = GRPOUpdate(cfg, base_model(cfg, tok, start=start_from), g.steps)
-        self.learner = self.update.learner
-        self.pad_id, self.rows = tok.pad_id, g.tasks_per_step * g.group_size
-        self.export_dir = StageDir(cfg, "grpo").root / "served_weights"
-        domain = get_domain(cfg.domain.name)
-        self.policy: Rollouts
-        if g.remote.servers:
-            tok_dir = StageDir(cfg, "grpo").root / "tokenizer"
-            tok.save(tok_dir)
-            settings = episode_settings(cfg.domain.name, ep)
-            self.policy = RemoteRollouts(g.remote, g.temperature, tok_dir, settings)
-        else:
-            sampler = episode_engine(self.learner.model(), tok.pad_id, ep)
-            user_engine = None
-            if ep.user == "model":
-                user_engine = episode_engine(base_model(cfg, tok, start=user_from), tok.pad_id, ep)
-            verifier = Verifier(domain, sandbox, cfg.verifier.components)
-            episodes = lm_episodes(
-                domain, sampler, tok, ep, verifier.score,
-                temperature=g.temperature, user_engine=user_engine, user_tok=tok,
-            )  # fmt: skip
-            self.policy = InProcessRollouts(sampler, episodes)
-        record = StageDir(cfg, "grpo").root / "groups.jsonl"
+        """``tasks``: one epoch of the train tasks (``TaskPool.dataset``, a grain ``MapDataset``);
+        ``write_tools``: the domain's (for action credit); ``max_len``: the longest episode
+        transcript (``episode.max_len``), the widest batch."""
+        self.g, self.tasks, self.update, self.policy = g, tasks, update, policy
+        self.max_len = max_len
+        self.learner = update.learner
+        self.pad_id, self.rows = ctx.tok.pad_id, g.tasks_per_step * g.group_size
+        sd = ctx.stage_dir("grpo")
+        self.export_dir = sd.root / "served_weights"
+        record = sd.root / "groups.jsonl"
         record.parent.mkdir(parents=True, exist_ok=True)
-        self.groups = GroupRunner(
-            self.tasks, self.policy, g.group_size, cfg.run.seed, domain.write_tools, record
-        )
-        self.keep = _keep_fn(cfg)
+        self.groups = GroupRunner(tasks.repeat(), policy, g.group_size, ctx.run.seed, write_tools, record)
+        self.keep = _keep_fn(g)
         self.next_index = 0
         self.controller: RolloutController[Group] | None = None
         self.passes: list[float] = []
-        self.confinement = sandbox.describe()
+        self.confinement = confinement
 
     def restore(self, data: dict[str, Any]) -> None:
         self.next_index = data["controller"]["next_index"]
@@ -261,7 +242,7 @@ class EpisodeGRPO(StageProgram):
         rewards = np.concatenate([grp.rewards for grp in batch])
         shaped = np.concatenate([grp.train_rewards(g.episodes.action_credit) for grp in batch])
         adv, _ = advantages(shaped, g.group_size, g)
-        length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.ep.max_len)
+        length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.max_len)
         host = episode_batch(trajs, adv, length, self.pad_id)
         assert len(trajs) == self.rows
         row: dict[str, Any] = {"groups": [grp.index for grp in batch]}  # what this update trains on
@@ -299,18 +280,63 @@ class EpisodeGRPO(StageProgram):
         }
 
 
+def episode_rollouts(
+    ctx: StageContext,
+    g: GRPOSection,
+    update: GRPOUpdate,
+    *,
+    domain: DomainConfig,
+    episode: EpisodeConfig,
+    verifier: Verifier,
+    user_from: str | None,
+) -> Rollouts:
+    """Where the stage's episodes run: on the rollout servers of ``grpo.remote``, or in this
+    process on the learner's model (and the user model from ``user_from``)."""
+    tok, ep = ctx.tok, episode
+    if g.remote.servers:
+        tok_dir = ctx.stage_dir("grpo").root / "tokenizer"
+        tok.save(tok_dir)
+        return RemoteRollouts(g.remote, g.temperature, tok_dir, episode_settings(domain.name, ep))
+    sampler = episode_engine(update.learner.model(), tok.pad_id, ep)
+    user_engine = episode_engine(ctx.base_model(user_from), tok.pad_id, ep) if ep.user == "model" else None
+    episodes = lm_episodes(
+        get_domain(domain.name), sampler, tok, ep, verifier.score,
+        temperature=g.temperature, user_engine=user_engine, user_tok=tok,
+    )  # fmt: skip
+    return InProcessRollouts(sampler, episodes)
+
+
 def run_grpo_episodes(
-    cfg: RunConfig, *, resume: bool = False, start_from: str | None = None, user_from: str | None = None
+    ctx: StageContext,
+    g: GRPOSection,
+    *,
+    domain: DomainConfig,
+    pool: PoolConfig,
+    episode: EpisodeConfig,
+    verifier: VerifierConfig,
+    resume: bool = False,
+    start_from: str | None = None,
+    user_from: str | None = None,
 ) -> dict[str, Any]:
-    """GRPO on the run's domain. ``start_from``: the agent to start from (an HF export);
-    ``user_from``: the user-simulator model's export (required when ``episode.user: model``)."""
-    if cfg.episode.user == "model" and user_from is None:
+    """GRPO (``g``) on the train tasks of ``pool`` in ``domain``. ``start_from``: the agent to
+    start from (an HF export); ``user_from``: the user-simulator model's export (required when
+    ``episode.user: model``)."""
+    if episode.user == "model" and user_from is None:
         raise ValueError(
             "episode.user is 'model' but the run has no user-simulator model: add the sft_user "
             "stage (before grpo) or set episode.user: scripted"
         )
-    tok = tokenizer(cfg)
-    ls = LoopSettings(cfg.grpo.steps, cfg.grpo.log_every, cfg.checkpoint)
-    with Sandbox.from_config(cfg.verifier) as sb:
-        program = EpisodeGRPO(cfg, tok, sb, start_from, user_from)
-        return run_stage(program, StageDir(cfg, "grpo"), tok, ls, resume=resume)
+    # group i plays tasks[i]: the train split read by grain, a fresh shuffle of run.seed each epoch
+    tasks = TaskPool(pool.dir).dataset("train", seed=ctx.run.seed, limit=g.episodes.max_tasks)
+    if not len(tasks):
+        raise ValueError(f"grpo: the pool at {pool.dir} has no 'train' tasks (run 'generate')")
+    ls = LoopSettings(g.steps, g.log_every, ctx.checkpoint)
+    d = get_domain(domain.name)
+    with Sandbox.from_config(verifier) as sb:
+        update = GRPOUpdate(g, ctx.run.seed, ctx.base_model(start_from), g.steps)
+        scorer = Verifier(d, sb, verifier.components)
+        policy = episode_rollouts(
+            ctx, g, update, domain=domain, episode=episode, verifier=scorer, user_from=user_from
+        )
+        program = EpisodeGRPO(ctx, g, tasks, update, policy, d.write_tools, episode.max_len, sb.describe())
+        return run_stage(program, ctx.stage_dir("grpo"), ctx.tok, ls, resume=resume)

@@ -15,25 +15,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eigen_core.config import DomainConfig
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import SPECIAL_TOKENS, Tokenizer
-from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.objectives import SFTLoss, target_mask, token_aligned
 from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
-from eigen_jax.stages.common import StageDir, base_model, model_mesh, tokenizer
+from eigen_jax.stages.common import StageContext, model_mesh
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
+from eigen_jax.train_config import PretrainSection
+from synth.config import PoolConfig
 
 HELD_OUT_SHARE = 0.05
 """The tail of the text stream kept for the held-out loss."""
 
 
-def text_stream(cfg: RunConfig, tok: Tokenizer) -> np.ndarray:
+def text_stream(domain: DomainConfig, pool: PoolConfig, tok: Tokenizer) -> np.ndarray:
     """Token stream of the domain's policy, tool schemas and train-split task records."""
-    domain = get_domain(cfg.domain.name)
-    texts = [domain.policy, json.dumps(domain.tool_schemas())]
-    texts += [t.model_dump_json() for t in TaskPool(cfg.pool.dir).tasks("train")]
+    d = get_domain(domain.name)
+    texts = [d.policy, json.dumps(d.tool_schemas())]
+    texts += [t.model_dump_json() for t in TaskPool(pool.dir).tasks("train")]
     ids: list[int] = []
     for text in texts:
         ids += [*tok.encode(text), tok.eos_id]
@@ -50,22 +52,21 @@ def plain_ids(tok: Tokenizer, vocab: int) -> np.ndarray:
 class Pretrain(StageProgram):
     """Copy sequences and domain text, a pure function of ``(run.seed, step)`` per batch."""
 
-    def __init__(self, cfg: RunConfig, tok: Tokenizer):
-        p = self.p = cfg.pretrain
-        stream = text_stream(cfg, tok)
+    def __init__(self, ctx: StageContext, p: PretrainSection, stream: np.ndarray):
+        self.p, tok = p, ctx.tok
         cut = int(len(stream) * (1 - HELD_OUT_SHARE))
         if cut <= p.seq_len or len(stream) - cut <= p.seq_len:
             raise ValueError(
                 f"pretrain.seq_len: {p.seq_len} tokens is too long for the domain text ({len(stream)} tokens)"
             )
-        self.seed, self.text_tokens, self.train_text = cfg.run.seed, len(stream), stream[:cut]
-        model = base_model(cfg, tok)
+        self.seed, self.text_tokens, self.train_text = ctx.run.seed, len(stream), stream[:cut]
+        model = ctx.base_model()
         self.ids = plain_ids(tok, model.embed_tokens[...].shape[0])
         self.loss_fn = SFTLoss()
         self.learner = Learner(
-            model, make_optimizer(p.optim, p.steps), self.loss_fn, mesh=model_mesh(model), seed=cfg.run.seed
+            model, make_optimizer(p.optim, p.steps), self.loss_fn, mesh=model_mesh(model), seed=self.seed
         )
-        self.held = _held_out(cfg, self.ids, stream[cut:])
+        self.held = _held_out(p, self.seed, self.ids, stream[cut:])
         self._evaluate = _eval_fn(self.learner)
         self.last: dict[str, tuple[float, float]] = {}
 
@@ -94,22 +95,25 @@ class Pretrain(StageProgram):
         }
 
 
-def run_pretrain(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
-    if cfg.model.hf_dir is not None:
+def run_pretrain(
+    ctx: StageContext, p: PretrainSection, *, domain: DomainConfig, pool: PoolConfig, resume: bool = False
+) -> dict[str, Any]:
+    """The pretrain stage: ``p``, on the text of ``domain`` and the train tasks in ``pool``."""
+    if ctx.model.hf_dir is not None:
         raise ValueError(
             "pretrain: model.hf_dir is set; pretraining is for from-scratch models (drop the stage)"
         )
-    tok = tokenizer(cfg)
-    p = cfg.pretrain
-    ls = LoopSettings(p.steps, p.log_every, cfg.checkpoint, eval_every=p.eval_every)
-    return run_stage(Pretrain(cfg, tok), StageDir(cfg, "pretrain"), tok, ls, resume=resume)
+    ls = LoopSettings(p.steps, p.log_every, ctx.checkpoint, eval_every=p.eval_every)
+    program = Pretrain(ctx, p, text_stream(domain, pool, ctx.tok))
+    return run_stage(program, ctx.stage_dir("pretrain"), ctx.tok, ls, resume=resume)
 
 
-def _held_out(cfg: RunConfig, ids: np.ndarray, held_text: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def _held_out(
+    p: PretrainSection, seed: int, ids: np.ndarray, held_text: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
     """Fixed held-out batches: copy sequences from a seed no training step uses, text windows
     from the stream's held-out tail."""
-    p = cfg.pretrain
-    rng = np.random.default_rng([cfg.run.seed, -1 % 2**32])
+    rng = np.random.default_rng([seed, -1 % 2**32])
     return {
         "copy": copy_sequences(rng, 32, p.seq_len, ids),
         "text": text_windows(rng, held_text, 16, p.seq_len),

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from eigen_core.config import env_secret
 from eigen_core.contracts import Task, Trajectory
 from eigen_jax.learner import Learner
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler
 from eigen_jax.train_config import RemoteRolloutsSection
-from rollout.config import env_secret
 from rollout.http_engine import HTTPEngine
 from rollout.remote import RemoteEpisodes
 from rollout.version import PolicyVersion
@@ -79,11 +79,13 @@ class RemoteRollouts(Rollouts):
     resumes (so their tokens carry it)."""
 
     def __init__(self, r: RemoteRolloutsSection, temperature: float, tok_dir: Path, settings: dict[str, Any]):
-        if not r.agent_url:
+        if not r.agent.url:
             raise ValueError(
-                "grpo.remote.servers is set but grpo.remote.agent_url (the policy engine) is not"
+                "grpo.remote.servers is set but grpo.remote.agent.url (the policy engine) is not"
             )
         key = env_secret(r.api_key_env, "grpo.remote.api_key_env")
+        options = r.agent.client_options("grpo.remote.agent.api_key_env")
+        options["api_key"] = options["api_key"] or key
         self.policy_version = PolicyVersion()
         self.remote = RemoteEpisodes(
             r.servers,
@@ -92,9 +94,7 @@ class RemoteRollouts(Rollouts):
             settings=settings,
             policy_version=self.policy_version,
         )
-        self.engine = HTTPEngine(
-            r.agent_url, r.agent_model, timeout_s=600, api_key=key, policy_version=self.policy_version
-        )
+        self.engine = HTTPEngine(r.agent.url, r.agent.model, **options, policy_version=self.policy_version)
         self.tok_dir = tok_dir
 
     async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:

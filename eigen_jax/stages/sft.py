@@ -9,44 +9,42 @@ conversations for every split. The user model trains on the same dialogues seen 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
 
 from eigen_core.chat_format import ChatFormat
+from eigen_core.config import DomainConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer
-from eigen_jax.config import RunConfig
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.objectives import SFTLoss
-from eigen_jax.stages.common import StageDir, base_model, model_mesh, pad_rows, tokenizer, trim_padding
+from eigen_jax.stages.common import StageContext, model_mesh, pad_rows, trim_padding
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
+from rollout.config import EpisodeConfig
 from rollout.episode import agent_context, run_episode
 from rollout.user_sim import ScriptedUser, user_view
+from synth.config import PoolConfig
 
 Role = Literal["agent", "user"]
 
 
-async def scripted_dialogues(tasks: list[Task], domain_name: str, cfg: RunConfig) -> list[Trajectory]:
+async def scripted_dialogues(tasks: list[Task], domain_name: str, ep: EpisodeConfig) -> list[Trajectory]:
     """Oracle agent vs scripted user on every task (order kept)."""
     domain = get_domain(domain_name)
-    sem = asyncio.Semaphore(cfg.episode.concurrency)
+    sem = asyncio.Semaphore(ep.concurrency)
 
     async def one(task: Task) -> Trajectory:
         async with sem:
-            user = ScriptedUser(task.scenario, patience=cfg.episode.user_patience)
+            user = ScriptedUser(task.scenario, patience=ep.user_patience)
             return await run_episode(
-                task,
-                domain,
-                OracleAgent(task),
-                user,
-                max_steps=cfg.episode.max_steps,
-                prompt=cfg.episode.prompt,
+                task, domain, OracleAgent(task), user, max_steps=ep.max_steps, prompt=ep.prompt
             )
 
     return list(await asyncio.gather(*(one(t) for t in tasks)))
@@ -80,32 +78,13 @@ class SFT(StageProgram):
     """Shuffled epochs of the pool's scripted dialogues (grain; its iterator is the data
     position), the loss on ``role``'s turns, the held-out loss on the test split."""
 
-    def __init__(self, cfg: RunConfig, stage: str, role: Role, tok: Tokenizer, start_from: str | None):
-        scfg = self.scfg = getattr(cfg, stage)
-        pool = TaskPool(cfg.pool.dir)
-        fmt, (_, tools) = ChatFormat(), agent_context(get_domain(cfg.domain.name), cfg.episode.prompt)
-        self.data: dict[str, dict[str, np.ndarray]] = {}
-        self.role, self.truncated = role, 0
-        for split in ("train", "test"):
-            tasks = list(pool.tasks(split))
-            if not tasks:
-                raise ValueError(
-                    f"{stage}: the pool at {cfg.pool.dir} has no {split!r} tasks (run 'generate')"
-                )
-            trajs = asyncio.run(scripted_dialogues(tasks, cfg.domain.name, cfg))
-            examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
-            self.truncated += sum(len(ids) > scfg.max_len for ids, _ in examples)
-            self.data[split] = to_arrays(examples, scfg.max_len, tok.pad_id)
-            if not self.data[split]["loss_mask"].any():
-                longest = max(len(ids) for ids, _ in examples)
-                raise ValueError(
-                    f"{stage}.max_len: {scfg.max_len} tokens cut every {split} dialogue before the first "
-                    f"{role} turn (dialogues run up to {longest} tokens); raise it"
-                )
-
+    def __init__(
+        self, ctx: StageContext, scfg: SFTSection, role: Role, data: SFTData, start_from: str | None
+    ):
         import grain
 
-        model = base_model(cfg, tok, start=start_from)
+        self.scfg, self.role, self.data, self.truncated = scfg, role, data.splits, data.truncated
+        model = ctx.base_model(start_from)
         self.loss_fn = SFTLoss(scfg.aggregation)
         self.learner = Learner(
             model,
@@ -113,10 +92,10 @@ class SFT(StageProgram):
             self.loss_fn,
             micro_batches=scfg.micro_batches,
             mesh=model_mesh(model),
-            seed=cfg.run.seed,
+            seed=ctx.run.seed,
         )
         n_train = len(self.data["train"]["tokens"])
-        batches = grain.MapDataset.range(n_train).shuffle(seed=cfg.run.seed).repeat().batch(scfg.batch_size)
+        batches = grain.MapDataset.range(n_train).shuffle(seed=ctx.run.seed).repeat().batch(scfg.batch_size)
         self.it = iter(batches)
         self._eval = _eval_fn(self.learner, self.loss_fn)
         self.last_eval: float | None = None
@@ -147,14 +126,64 @@ class SFT(StageProgram):
         }
 
 
+@dataclass
+class SFTData:
+    """A role's SFT examples: per split, [N, max_len] ``tokens`` / ``loss_mask`` / ``attn_mask``."""
+
+    splits: dict[str, dict[str, np.ndarray]]
+    truncated: int
+    """Dialogues longer than ``max_len`` (cut)."""
+
+
+def sft_data(
+    stage: str,
+    role: Role,
+    tok: Tokenizer,
+    max_len: int,
+    *,
+    domain: DomainConfig,
+    pool: PoolConfig,
+    ep: EpisodeConfig,
+) -> SFTData:
+    """The pool's train and test tasks as scripted dialogues, rendered as ``role`` is trained on
+    them (``stage`` names the config section in errors)."""
+    fmt, (_, tools) = ChatFormat(), agent_context(get_domain(domain.name), ep.prompt)
+    out, truncated = {}, 0
+    for split in ("train", "test"):
+        tasks = list(TaskPool(pool.dir).tasks(split))
+        if not tasks:
+            raise ValueError(f"{stage}: the pool at {pool.dir} has no {split!r} tasks (run 'generate')")
+        trajs = asyncio.run(scripted_dialogues(tasks, domain.name, ep))
+        examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
+        truncated += sum(len(ids) > max_len for ids, _ in examples)
+        out[split] = to_arrays(examples, max_len, tok.pad_id)
+        if not out[split]["loss_mask"].any():
+            longest = max(len(ids) for ids, _ in examples)
+            raise ValueError(
+                f"{stage}.max_len: {max_len} tokens cut every {split} dialogue before the first "
+                f"{role} turn (dialogues run up to {longest} tokens); raise it"
+            )
+    return SFTData(out, truncated)
+
+
 def run_sft(
-    cfg: RunConfig, stage: str, role: Role, *, resume: bool = False, start_from: str | None = None
+    ctx: StageContext,
+    scfg: SFTSection,
+    stage: str,
+    role: Role,
+    *,
+    domain: DomainConfig,
+    pool: PoolConfig,
+    episode: EpisodeConfig,
+    resume: bool = False,
+    start_from: str | None = None,
 ) -> dict[str, Any]:
-    """SFT ``role`` from ``start_from`` (the pretrain stage's export) or the run's base model."""
-    scfg: SFTSection = getattr(cfg, stage)
-    tok = tokenizer(cfg)
-    ls = LoopSettings(scfg.steps, scfg.log_every, cfg.checkpoint, eval_every=scfg.eval_every)
-    return run_stage(SFT(cfg, stage, role, tok, start_from), StageDir(cfg, stage), tok, ls, resume=resume)
+    """The SFT stage ``stage`` (section ``scfg``): ``role`` on the pool's scripted dialogues, from
+    ``start_from`` (the pretrain stage's export) or the run's base model."""
+    data = sft_data(stage, role, ctx.tok, scfg.max_len, domain=domain, pool=pool, ep=episode)
+    ls = LoopSettings(scfg.steps, scfg.log_every, ctx.checkpoint, eval_every=scfg.eval_every)
+    program = SFT(ctx, scfg, role, data, start_from)
+    return run_stage(program, ctx.stage_dir(stage), ctx.tok, ls, resume=resume)
 
 
 def _eval_fn(learner: Learner, loss_fn: SFTLoss):

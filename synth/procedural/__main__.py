@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
+from eigen_core.config import DomainConfig
 from eigen_core.configio import Section, add_config_args, config_from_args
-from rollout.config import DomainConfig
 from synth.config import PoolConfig, ProceduralConfig
 from synth.procedural import generate_to_pool
 from verifiers.config import VerifierConfig

@@ -58,6 +58,7 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
     from eigen_core.configio import load_config
     from eigen_jax.config import RunConfig
     from eigen_jax.stages.grpo_episodes import run_grpo_episodes
+    from eigen_jax.train import stage_context
 
     rng = np.random.default_rng(eta)
     sigma = 0.5  # log-normal spread: a heavy-ish tail, as LLM calls have
@@ -97,7 +98,10 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
     )
     (out / f"eta{eta}").mkdir(exist_ok=True)
     (out / f"eta{eta}" / "tokenizer").symlink_to(out / "tokenizer")
-    run_grpo_episodes(cfg, start_from=str(out / "sft_agent/hf"))
+    run_grpo_episodes(
+        stage_context(cfg), cfg.grpo, domain=cfg.domain, pool=cfg.pool, episode=cfg.episode,
+        verifier=cfg.verifier, start_from=str(out / "sft_agent/hf"),
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -81,8 +81,8 @@ async def endpoint_eval(rate: float, root: Path) -> dict:
         return load_config(
             EvalRunConfig,
             ROOT / "configs/eval_shop.yaml",
-            [f"run.out_dir={root / out}", "run.trials=4", "run.progress=false", "run.max_steps=6",
-             f"tasks.pool_dir={root / 'pool'}", "agent.kind=endpoint", f"agent.url={u}", "agent.model=m",
+            [f"run.out_dir={root / out}", "eval.trials=4", "run.progress=false", "episode.max_steps=6",
+             f"pool.dir={root / 'pool'}", "agent.kind=endpoint", f"agent.url={u}", "agent.model=m",
              "agent.max_tokens=6", "agent.timeout_s=0.8", "agent.max_retries=6"],
         )  # fmt: skip
 
