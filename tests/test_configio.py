@@ -161,6 +161,88 @@ def test_grpo_keys_that_moved_into_sub_sections_say_where():
         RunConfig.model_validate({"grpo": {"rollout_servers": ["http://x"]}})
     cfg = RunConfig.model_validate({"grpo": {"source": "toy", "toy": {"classes": 3}}})
     assert cfg.grpo.toy.classes == 3 and cfg.grpo.episodes.max_staleness == 2
+    with pytest.raises(ValidationError, match=r"agent_url is now grpo\.remote\.agent\.url"):
+        RunConfig.model_validate({"grpo": {"agent_url": "http://x"}})
+    with pytest.raises(ValidationError, match=r"agent_url is now grpo\.remote\.agent\.url"):
+        RunConfig.model_validate({"grpo": {"remote": {"agent_url": "http://x"}}})
+
+
+def _command_configs() -> list[type[BaseModel]]:
+    """The root config of every command that takes --config."""
+    from eigen_apps.eval.config import EvalRunConfig
+    from eigen_apps.rollout_server import RolloutServerConfig
+    from eigen_jax.serve import ServeConfig
+    from synth.run import SynthRunConfig
+
+    return [RunConfig, EvalRunConfig, SynthRunConfig, SelfcheckConfig, RolloutServerConfig, ServeConfig,
+            ProceduralCommandConfig]  # fmt: skip
+
+
+def _section_class(field) -> type:
+    tps = [field.annotation, *typing.get_args(field.annotation)]
+    return next(tp for tp in tps if isinstance(tp, type) and issubclass(tp, BaseModel))
+
+
+def test_a_section_name_means_one_section_in_every_command():
+    """One vocabulary: wherever two commands have a section of the same name, it is one section
+    class or extensions of one (``run`` in train and eval, ``eval``, ``episode``, ``pool`` ...)."""
+    by_name: dict[str, set[type]] = {}
+    commands: dict[str, int] = {}
+    for root in _command_configs():
+        for name, field in root.model_fields.items():
+            by_name.setdefault(name, set()).add(_section_class(field))
+            commands[name] = commands.get(name, 0) + 1
+    assert all(commands[n] >= 2 for n in ("run", "episode", "domain", "pool", "verifier", "eval"))
+    for name, classes in by_name.items():
+        for a in classes:
+            for b in classes:
+                # the same class, one extending the other, or both extending one shared section
+                shared = set(a.__mro__) & set(b.__mro__) - set(Section.__mro__)
+                assert shared, f"section {name!r}: {a.__name__} and {b.__name__} are unrelated"
+
+
+def test_every_model_a_command_talks_to_is_one_endpoint_section():
+    """No second endpoint class: every section with a ``url`` is ``EndpointSection``."""
+    from eigen_core.config import EndpointSection
+
+    seen: set = set()
+    for root in _command_configs():
+        _sections(root, seen)
+    with_url = {m for m in seen if "url" in m.model_fields}
+    assert with_url == {EndpointSection}
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("synth", {"endpoints": {"planner": {"kind": "checkpoint", "checkpoint": "/x"}}}, None),
+        ("server", {"agent": {"kind": "rules", "tokenizer": "/t"}}, "agent.kind: 'rules' is not possible"),
+        ("train", {"grpo": {"remote": {"agent": {"kind": "checkpoint", "checkpoint": "/x"}}}},
+         "grpo.remote.agent.kind: 'checkpoint' is not possible"),
+    ],
+)  # fmt: skip
+def test_an_endpoint_kind_a_command_cannot_use_is_refused_by_name(model, data, message, tmp_path):
+    import asyncio
+
+    from eigen_apps.rollout_server import RolloutServer, RolloutServerConfig
+    from synth.roles import open_roles
+    from synth.run import SynthRunConfig
+
+    if model == "train":
+        with pytest.raises(ValidationError, match=message):
+            RunConfig.model_validate(data)
+    elif model == "server":
+        with pytest.raises(ValueError, match=message):
+            RolloutServer(RolloutServerConfig.model_validate(data), sandbox=None)  # type: ignore[arg-type]
+    else:
+        cfg = SynthRunConfig.model_validate(data)
+
+        async def go():
+            async with open_roles(cfg.endpoints, budget=None, needed=("planner",)):  # type: ignore[arg-type]
+                pass
+
+        with pytest.raises(ValueError, match=r"endpoints\.planner\.kind: 'checkpoint' is not possible"):
+            asyncio.run(go())
 
 
 def test_serve_flags_are_aliases_of_config_keys(tmp_path):
