@@ -1,4 +1,5 @@
-"""``python -m eigen_apps.selfcheck --pool DIR``: run model-free agents on a pool and score them.
+"""``python -m eigen_apps.selfcheck --pool DIR`` (or ``--config X.yaml``, whose ``pool.dir`` it reads):
+run model-free agents on a pool and score them.
 
 Three scripted agents play every task against the scripted user: ``oracle`` (gold actions),
 ``idle`` (does nothing) and ``perturbed`` (gold minus its last write, or plus a forbidden write).
@@ -19,7 +20,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from eigen_core.configio import Section, add_config_args, config_from_args
+from eigen_core.config import PoolConfig
+from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
 from eigen_core.contracts import Task
 from eigen_core.domain import Domain
 from eigen_core.domains import get_domain
@@ -37,7 +39,15 @@ class SelfcheckConfig(Section):
     """The sections ``eigen_apps.selfcheck`` reads."""
 
     episode: EpisodeConfig = EpisodeConfig()
+    """Step limit, prompt, concurrency, the scripted user's patience."""
     verifier: VerifierConfig = VerifierConfig()
+    """Reward components and the checker sandbox."""
+    pool: PoolConfig = PoolConfig()
+    """The pool whose tasks are checked (``--pool`` sets ``pool.dir``)."""
+
+
+FLAGS = {"--pool": ("pool.dir", str)}
+"""Flags that are aliases of config keys."""
 
 
 def _workflows(domain: Domain, cfg: SelfcheckConfig, verifier: Verifier) -> dict[str, ScoredEpisodes]:
@@ -131,22 +141,22 @@ async def selfcheck(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eigen_apps.selfcheck", description=__doc__)
     add_config_args(parser)
-    parser.add_argument("--pool", required=True, help="task pool directory")
+    add_flag_aliases(parser, FLAGS)
     parser.add_argument("--split", help="only this split (default: all tasks)")
     parser.add_argument("--limit", type=int, help="only the first N tasks")
     parser.add_argument("--trajectories", metavar="FILE", help="also write every scored episode here (JSONL)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    cfg = config_from_args(SelfcheckConfig, args)
+    cfg = config_from_args(SelfcheckConfig, args, alias_overrides(args, FLAGS))
     try:
-        tasks = list(TaskPool(args.pool).tasks(args.split))
+        tasks = list(TaskPool(cfg.pool.dir).tasks(args.split))
     except PoolError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tasks = tasks[: args.limit] if args.limit else tasks
     if not tasks:
         print(
-            f"error: no tasks in {args.pool}" + (f" (split {args.split})" if args.split else ""),
+            f"error: no tasks in {cfg.pool.dir}" + (f" (split {args.split})" if args.split else ""),
             file=sys.stderr,
         )
         return 2

@@ -43,6 +43,13 @@ class DomainConfig(Section):
         return name
 
 
+class PoolConfig(Section):
+    dir: str = "runs/pool"
+    """Task pool directory (created if missing)."""
+    shard_size: int = Field(256, ge=1)
+    """Tasks per shard file."""
+
+
 EndpointKind = Literal["endpoint", "checkpoint", "rules", "scripted"]
 
 

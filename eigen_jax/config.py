@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from eigen_core.config import DomainConfig, RunSection
+from eigen_core.config import DomainConfig, PoolConfig, RunSection
 from eigen_core.configio import Section
 from eigen_jax.train_config import (
     CheckpointSection,
@@ -21,7 +21,7 @@ from eigen_jax.train_config import (
     SFTSection,
 )
 from rollout.config import EpisodeConfig
-from synth.config import PoolConfig, ProceduralConfig
+from synth.config import ProceduralConfig
 from verifiers.config import VerifierConfig
 
 Stage = Literal["generate", "selfcheck", "pretrain", "sft_user", "sft_agent", "grpo", "eval"]

@@ -40,13 +40,6 @@ class ProceduralConfig(Section):
         return self
 
 
-class PoolConfig(Section):
-    dir: str = "runs/pool"
-    """Task pool directory (created if missing)."""
-    shard_size: int = Field(256, ge=1)
-    """Tasks per shard file."""
-
-
 def _role(kind: str = "endpoint") -> EndpointSection:
     return EndpointSection(kind=kind, max_tokens=2048)  # plans and tasks are long JSON answers
 

@@ -15,12 +15,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from eigen_core.config import DomainConfig
+from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.configio import Section, add_config_args, config_from_args
 from eigen_core.contracts import Task
 from rollout.agents import Agent
 from rollout.config import EpisodeConfig
-from synth.config import CurriculumConfig, EndpointsConfig, PoolConfig, ProceduralConfig, SynthSection
+from synth.config import CurriculumConfig, EndpointsConfig, ProceduralConfig, SynthSection
 from synth.context import domain_context
 from synth.engine import EngineSettings, SynthEngine
 from synth.llm import Budget

@@ -34,7 +34,8 @@ def assert_imports(mods: list[str], blocked: set[str] = JAX_STACK) -> None:
 def test_pool_generation_and_grain_work_without_jax(tmp_path):
     code = BLOCK + textwrap.dedent(f"""
         from eigen_core.pool import TaskPool
-        from synth.config import PoolConfig, ProceduralConfig
+        from eigen_core.config import PoolConfig
+        from synth.config import ProceduralConfig
         from synth.procedural import generate_to_pool
         from verifiers.config import VerifierConfig
         pool = PoolConfig(dir={str(tmp_path)!r})

@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from eigen_core.config import DomainConfig, EndpointSection, RunSection
+from eigen_core.config import DomainConfig, EndpointSection, PoolConfig, RunSection
 from eigen_core.configio import Section, refuse_moved
 from rollout.config import EpisodeConfig
-from synth.config import PoolConfig
 from verifiers.config import VerifierConfig
 
 TAU2_DOMAINS = ("airline", "retail", "telecom")

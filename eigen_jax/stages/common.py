@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eigen_core.config import DomainConfig, RunSection
+from eigen_core.config import DomainConfig, PoolConfig, RunSection
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
@@ -25,7 +25,6 @@ from eigen_jax.model.sharding import make_mesh, shard_model
 from eigen_jax.sampler import Sampler
 from eigen_jax.train_config import CheckpointSection, ModelSection
 from rollout.config import EpisodeConfig
-from synth.config import PoolConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -12,14 +12,13 @@ from typing import Any
 from eigen_apps.eval.passk import pass_hat_ks
 from eigen_apps.eval.report import passk_table, plot_passk
 from eigen_apps.eval.trials import checkpoint_identity, run_trials
-from eigen_core.config import DomainConfig
+from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_jax.stages.common import StageContext, episode_engine
 from eigen_jax.train_config import EvalSection
 from rollout.config import EpisodeConfig
 from rollout.workflow import lm_episodes
-from synth.config import PoolConfig
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox

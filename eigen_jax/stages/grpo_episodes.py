@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from eigen_core.config import DomainConfig
+from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
@@ -37,7 +37,6 @@ from rollout.config import EpisodeConfig, episode_settings
 from rollout.controller import RolloutController
 from rollout.http_engine import rerun_on_engine_error
 from rollout.workflow import lm_episodes
-from synth.config import PoolConfig
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier, action_credit
 from verifiers.sandbox import Sandbox

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eigen_core.config import DomainConfig
+from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -25,7 +25,6 @@ from eigen_jax.pretrain_data import copy_sequences, mixed_batch, text_windows
 from eigen_jax.stages.common import StageContext, model_mesh
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import PretrainSection
-from synth.config import PoolConfig
 
 HELD_OUT_SHARE = 0.05
 """The tail of the text stream kept for the held-out loss."""

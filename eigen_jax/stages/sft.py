@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eigen_core.chat_format import ChatFormat
-from eigen_core.config import DomainConfig
+from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
@@ -30,7 +30,6 @@ from rollout.agents import OracleAgent
 from rollout.config import EpisodeConfig
 from rollout.episode import agent_context, run_episode
 from rollout.user_sim import ScriptedUser, user_view
-from synth.config import PoolConfig
 
 Role = Literal["agent", "user"]
 

@@ -11,10 +11,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from eigen_core.config import PoolConfig
 from eigen_core.contracts import Task
 from eigen_core.domains import get_domain
 from eigen_core.pool import PoolWriter
-from synth.config import PoolConfig, ProceduralConfig
+from synth.config import ProceduralConfig
 from synth.procedural.shop import generate_shop_task
 from synth.validate import validate_task
 from verifiers.config import VerifierConfig

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from eigen_core.config import DomainConfig
-from eigen_core.configio import Section, add_config_args, config_from_args
-from synth.config import PoolConfig, ProceduralConfig
+from eigen_core.config import DomainConfig, PoolConfig
+from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
+from synth.config import ProceduralConfig
 from synth.procedural import generate_to_pool
 from verifiers.config import VerifierConfig
 
@@ -22,26 +22,21 @@ class ProceduralCommandConfig(Section):
     verifier: VerifierConfig = VerifierConfig()
 
 
-def _flag_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = []
-    if args.num_tasks is not None:
-        overrides.append(f"procedural.num_tasks={args.num_tasks}")
-    if args.out is not None:
-        overrides.append(f"pool.dir={args.out}")
-    if args.seed is not None:
-        overrides.append(f"procedural.seed={args.seed}")
-    return overrides
+FLAGS = {
+    "--num-tasks": ("procedural.num_tasks", int),
+    "--out": ("pool.dir", str),
+    "--seed": ("procedural.seed", int),
+}
+"""Flags that are aliases of config keys."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synth.procedural", description=__doc__)
     add_config_args(parser)
-    parser.add_argument("--num-tasks", type=int, help="same as procedural.num_tasks=N")
-    parser.add_argument("--out", help="pool directory; same as pool.dir=DIR")
-    parser.add_argument("--seed", type=int, help="same as procedural.seed=S")
+    add_flag_aliases(parser, FLAGS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    cfg = config_from_args(ProceduralCommandConfig, args, _flag_overrides(args))
+    cfg = config_from_args(ProceduralCommandConfig, args, alias_overrides(args, FLAGS))
     report = generate_to_pool(
         cfg.domain.name, cfg.procedural, cfg.pool, cfg.verifier, progress=not args.no_progress
     )

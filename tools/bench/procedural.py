@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import machine, median_time, write_section
 
 from eigen_apps.selfcheck import SelfcheckConfig, selfcheck
+from eigen_core.config import PoolConfig
 from eigen_core.pool import TaskPool
-from synth.config import PoolConfig, ProceduralConfig
+from synth.config import ProceduralConfig
 from synth.procedural import generate_to_pool
 from verifiers.config import VerifierConfig
 
