@@ -1,6 +1,7 @@
 """A fault-injecting HTTP proxy, for testing every client against an unreliable network and server.
 
     python -m rollout.fault_proxy --upstream http://127.0.0.1:8000 --port 8010 --rate 0.2 [--seed 0]
+    python -m rollout.fault_proxy --config X.yaml  (section ``proxy``; the flags are its aliases)
 
 Forwards every request to ``upstream``; a seeded share ``rate`` of them instead meets one fault,
 drawn uniformly from ``faults``:
@@ -29,6 +30,9 @@ from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
+from pydantic import Field, field_validator
+
+from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
 
 FAULTS = ("reset", "error500", "rate_limited", "hang", "slow", "truncated", "malformed", "wrong_model")
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
@@ -137,24 +141,62 @@ class FaultProxy:
         return app
 
 
+class ProxySection(Section):
+    upstream: str = "http://127.0.0.1:8000"
+    """Base URL every request is forwarded to."""
+    port: int = Field(8010, ge=1, le=65535)
+    """Port the proxy listens on (127.0.0.1 only)."""
+    rate: float = Field(0.2, ge=0, le=1)
+    """Share of requests that meet a fault."""
+    seed: int = 0
+    """Seeds which requests meet which fault."""
+    faults: list[str] = Field(default_factory=lambda: list(FAULTS))
+    """The faults drawn from (a subset of ``FAULTS``; on the command line comma-separated)."""
+    hang_s: float = Field(30.0, gt=0)
+    """How long a hung request waits before its connection closes."""
+    retry_after_s: float = Field(0.1, ge=0)
+    """``Retry-After`` of injected 429s."""
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _known(cls, v: object) -> object:
+        names = v.split(",") if isinstance(v, str) else v
+        unknown = [f for f in names if f not in FAULTS] if isinstance(names, list) else []
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+        return names
+
+
+class ProxyConfig(Section):
+    """The sections ``rollout.fault_proxy`` reads."""
+
+    proxy: ProxySection = ProxySection()
+    """Upstream, port, fault rate and kinds."""
+
+
+FLAGS = {
+    "--upstream": ("proxy.upstream", str),
+    "--port": ("proxy.port", int),
+    "--rate": ("proxy.rate", float),
+    "--seed": ("proxy.seed", int),
+    "--faults": ("proxy.faults", str),
+    "--hang-s": ("proxy.hang_s", float),
+    "--retry-after-s": ("proxy.retry_after_s", float),
+}
+"""Flags that are aliases of config keys."""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rollout.fault_proxy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--upstream", required=True, help="base URL to forward to")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--rate", type=float, default=0.2, help="share of requests that meet a fault")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--faults", default=",".join(FAULTS), help="comma-separated subset of: " + ", ".join(FAULTS)
-    )
-    ap.add_argument("--hang-s", type=float, default=30.0, help="how long a hung request waits before closing")
-    ap.add_argument("--retry-after-s", type=float, default=0.1, help="Retry-After of injected 429s")
+    add_config_args(ap)
+    add_flag_aliases(ap, FLAGS)
     args = ap.parse_args(argv)
+    p = config_from_args(ProxyConfig, args, alias_overrides(args, FLAGS)).proxy
     proxy = FaultProxy(
-        args.upstream, args.rate, seed=args.seed, faults=args.faults.split(","), hang_s=args.hang_s,
-        retry_after_s=args.retry_after_s,
-    )  # fmt: skip
-    print(f"[fault_proxy] 127.0.0.1:{args.port} -> {args.upstream}, {args.rate:.0%} faults", flush=True)
-    web.run_app(proxy.app(), host="127.0.0.1", port=args.port, print=None)
+        p.upstream, p.rate, seed=p.seed, faults=p.faults, hang_s=p.hang_s, retry_after_s=p.retry_after_s
+    )
+    print(f"[fault_proxy] 127.0.0.1:{p.port} -> {p.upstream}, {p.rate:.0%} faults", flush=True)
+    web.run_app(proxy.app(), host="127.0.0.1", port=p.port, print=None)
 
 
 if __name__ == "__main__":

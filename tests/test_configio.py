@@ -115,13 +115,9 @@ def _sections(model: type[BaseModel], seen: set) -> None:
 
 
 def test_every_config_field_is_documented():
-    from eigen_apps.eval.config import EvalRunConfig
-    from eigen_apps.rollout_server import RolloutServerConfig
-
     seen: set = set()
-    _sections(RunConfig, seen)
-    _sections(RolloutServerConfig, seen)
-    _sections(EvalRunConfig, seen)
+    for root in _command_configs():
+        _sections(root, seen)
     for model in seen:
         assert issubclass(model, Section), model
         if model is RunConfig:
@@ -172,10 +168,13 @@ def _command_configs() -> list[type[BaseModel]]:
     from eigen_apps.eval.config import EvalRunConfig
     from eigen_apps.rollout_server import RolloutServerConfig
     from eigen_jax.serve import ServeConfig
+    from rollout.fault_proxy import ProxyConfig
+    from synth.export_tau2 import ExportConfig
     from synth.run import SynthRunConfig
+    from verifiers.tau2_parity import ParityConfig
 
     return [RunConfig, EvalRunConfig, SynthRunConfig, SelfcheckConfig, RolloutServerConfig, ServeConfig,
-            ProceduralCommandConfig]  # fmt: skip
+            ProceduralCommandConfig, ExportConfig, ParityConfig, ProxyConfig]  # fmt: skip
 
 
 def _section_class(field) -> type:

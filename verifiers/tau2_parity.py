@@ -2,6 +2,7 @@
 by tau²'s own evaluator on the same trajectories. They must agree on every one.
 
     python -m verifiers.tau2_parity --domain airline [--split base] [--limit N]
+    python -m verifiers.tau2_parity --config X.yaml  (domain.name, parity.split, parity.max_tasks)
 
 For each task: the gold replay (``rollout.gold_replay``) through our episode runner, then the
 variants below. Prints a progress line per task and a summary; exits 1 on any disagreement or on
@@ -17,8 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from eigen_core.config import DomainConfig
+from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
 from eigen_core.contracts import Action, Task
 from eigen_core.domain import Domain
 from eigen_core.domains import get_domain
@@ -130,13 +134,44 @@ async def check_domain(
     return results
 
 
+class ParitySection(Section):
+    split: str = "base"
+    """tau² split: ``base``, ``train``, ``test`` (telecom also ``small``, ``full``)."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Only the first N tasks (None: all)."""
+
+
+class ParityConfig(Section):
+    """The sections ``verifiers.tau2_parity`` reads."""
+
+    domain: DomainConfig = DomainConfig(name="airline")
+    """The tau² domain (airline, retail, telecom)."""
+    parity: ParitySection = ParitySection()
+    """Which tasks."""
+
+    @field_validator("domain")
+    @classmethod
+    def _tau2(cls, d: DomainConfig) -> DomainConfig:
+        if d.name not in ("airline", "retail", "telecom"):
+            raise ValueError(f"name: {d.name!r} is not a tau² domain (airline, retail, telecom)")
+        return d
+
+
+FLAGS = {
+    "--domain": ("domain.name", str),
+    "--split": ("parity.split", str),
+    "--limit": ("parity.max_tasks", int),
+}
+"""Flags that are aliases of config keys."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--domain", required=True, choices=["airline", "retail", "telecom"])
-    p.add_argument("--split", default="base", help="tau² split (base, train, test; telecom: small, full)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    p = argparse.ArgumentParser(prog="python -m verifiers.tau2_parity", description=__doc__.splitlines()[0])
+    add_config_args(p)
+    add_flag_aliases(p, FLAGS)
     args = p.parse_args(argv)
-    results = asyncio.run(check_domain(args.domain, args.split, stop=args.limit))
+    cfg = config_from_args(ParityConfig, args, alias_overrides(args, FLAGS))
+    results = asyncio.run(check_domain(cfg.domain.name, cfg.parity.split, stop=cfg.parity.max_tasks))
     bad = [r for r in results if not r.agrees or (r.variant == "gold" and r.ours != 1.0)]
     by_variant: dict[str, list[ParityResult]] = {}
     for r in results:

@@ -17,9 +17,13 @@ class ProceduralCommandConfig(Section):
     """The sections ``synth.procedural`` reads."""
 
     domain: DomainConfig = DomainConfig()
+    """The domain tasks are generated for."""
     procedural: ProceduralConfig = ProceduralConfig()
+    """How many tasks, their seed and difficulty knobs."""
     pool: PoolConfig = PoolConfig()
+    """The pool accepted tasks go to."""
     verifier: VerifierConfig = VerifierConfig()
+    """The reward each task's gold replay must earn to be accepted."""
 
 
 FLAGS = {
