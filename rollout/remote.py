@@ -3,7 +3,10 @@
 Each episode goes to the live server with the fewest episodes in flight. A server that fails
 (connection refused or reset, timeout, 5xx) is set aside for ``cooldown_s`` and the episode is
 rerun on another one: a server dying mid-episode costs that episode's work, not the run. The run
-fails only when no server answers for ``max_attempts`` tries.
+fails only when no server answers for ``max_attempts`` tries. Before a server gets its first
+episode, and again before it gets one after any failure, its ``/health`` must answer (and name
+the learner's episode settings): a server that was restarted rejoins the rotation only healthy
+and configured as the learner is.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class RemoteEpisodes:
                 url = self._pick() or self.urls[0]
             self.in_flight[url] += 1
             try:
-                if self.settings is not None and url not in self._checked:
+                if url not in self._checked:
                     await self._check(url)
                 timeout = aiohttp.ClientTimeout(total=self.timeout_s)
                 async with self._client().post(url + "/episode", json=body, timeout=timeout) as resp:
@@ -118,18 +121,23 @@ class RemoteEpisodes:
                 self.in_flight[url] -= 1
             self.failures[url] += 1
             self.down_until[url] = time.monotonic() + self.cooldown_s
+            self._checked.discard(url)  # it may come back restarted: health and settings again
         raise EngineError(
             f"episode of task {task.id} failed on every attempt: {'; '.join(errors)}", transient=True
         )
 
     async def _check(self, url: str) -> None:
-        """Refuse a server whose episodes would not be the learner's (a different domain or
-        episode setting would train on episodes nobody configured)."""
+        """The server's ``/health`` answers; with ``settings``, refuse a server whose episodes
+        would not be the learner's (a different domain or episode setting would train on
+        episodes nobody configured)."""
         timeout = aiohttp.ClientTimeout(total=30)
         async with self._client().get(url + "/health", timeout=timeout) as resp:
             text = await resp.text()
         if resp.status != 200:
             raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=text[:200])
+        if self.settings is None:
+            self._checked.add(url)
+            return
         body = json.loads(text)  # a garbled answer: ValueError, a failure of this try
         theirs = body.get("settings") if isinstance(body, dict) else None
         if not isinstance(theirs, dict):
@@ -153,6 +161,7 @@ class RemoteEpisodes:
                     pass
             except (aiohttp.ClientError, TimeoutError, ConnectionError):
                 self.down_until[url] = time.monotonic() + self.cooldown_s
+                self._checked.discard(url)
 
         await asyncio.gather(*(one(u) for u in self.urls))
 

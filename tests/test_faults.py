@@ -129,13 +129,18 @@ def test_rollout_clients_rerun_episodes_through_faults(shop_tasks):
         )
         return web.json_response(traj.model_dump(mode="json"))
 
+    async def health(request):
+        return web.json_response({"ok": True})
+
     app = web.Application()
     app.router.add_post("/episode", episode)
+    app.router.add_get("/health", health)
 
     async def main():
         up, front, proxy = await _stack(app, rate=0.25, seed=3, hang_s=1.5, slow_s=0.1, retry_after_s=0.01)
+        # (after a failure the client checks /health again, through the same faults: 12 tries)
         remote = RemoteEpisodes(
-            [str(front.make_url("")).rstrip("/")], timeout_s=0.8, cooldown_s=0.01, max_attempts=8
+            [str(front.make_url("")).rstrip("/")], timeout_s=0.8, cooldown_s=0.01, max_attempts=12
         )
         try:
             trajs = await asyncio.gather(*(remote.run(t, i, "g", i) for i, t in enumerate(shop_tasks * 2)))

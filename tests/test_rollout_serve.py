@@ -33,15 +33,21 @@ from verifiers.sandbox import Sandbox
 ROOT = Path(__file__).parents[1]
 
 
-def _fake_server(answer):
+def _fake_server(answer, settings=lambda: None):
+    """A rollout server whose episodes are ``answer(body)`` and whose /health names
+    ``settings()``."""
+
     async def episode(request):
         return await answer(await request.json())
 
     async def version(request):
         return web.json_response({})
 
+    async def health(request):
+        return web.json_response({"ok": True, "settings": settings()})
+
     app = web.Application()
-    app.add_routes([web.post("/episode", episode), web.post("/version", version)])
+    app.add_routes([web.post("/episode", episode), web.post("/version", version), web.get("/health", health)])
     return app
 
 
@@ -79,6 +85,53 @@ def test_client_reruns_an_episode_elsewhere_when_a_server_fails(shop_tasks):
     assert [t.error for t in trajs] == ["good"] * 6
     # the failing server was tried (it had no episodes in flight), then set aside
     assert failures >= 1 and calls["bad"] == failures and calls["good"] == 6
+
+
+def test_a_server_that_failed_rejoins_only_after_its_health_check(shop_tasks):
+    """A server that failed is checked again (``/health`` and its episode settings) before it
+    gets another episode: back healthy it serves again; restarted with other settings it is
+    refused by name."""
+    ours = {"domain": "shop", "episode": {"max_steps": 10}}
+    state = {"down": True, "settings": ours, "episodes": 0, "health": 0}
+
+    async def answer(body):
+        if state["down"]:
+            return web.Response(status=503, text="restarting")
+        state["episodes"] += 1
+        return _traj_json(body, "back")
+
+    def settings():
+        state["health"] += 1
+        return state["settings"]
+
+    async def main():
+        server = TestServer(_fake_server(answer, settings))
+        await server.start_server()
+        url = str(server.make_url("")).rstrip("/")
+        remote = RemoteEpisodes([url], cooldown_s=0.05, max_attempts=1, settings=ours)
+        try:
+            with pytest.raises(EngineError):
+                await remote.run(shop_tasks[0], 0)
+            checks = state["health"]
+            state["down"] = False
+            await asyncio.sleep(0.06)
+            assert (await remote.run(shop_tasks[0], 0)).error == "back"
+            assert state["health"] == checks + 1  # checked again before the episode
+            await remote.run(shop_tasks[1], 0)
+            assert state["health"] == checks + 1  # not before every episode
+            state["down"] = True
+            with pytest.raises(EngineError):
+                await remote.run(shop_tasks[0], 0)
+            state["down"], state["settings"] = False, {"domain": "shop", "episode": {"max_steps": 20}}
+            await asyncio.sleep(0.06)
+            with pytest.raises(SettingsMismatch, match=r"episode\.max_steps \(learner 10, server 20\)"):
+                await remote.run(shop_tasks[0], 0)
+            assert state["episodes"] == 2
+        finally:
+            await remote.close()
+            await server.close()
+
+    asyncio.run(main())
 
 
 def test_client_gives_up_when_no_server_answers(shop_tasks):
