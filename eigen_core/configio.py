@@ -39,6 +39,7 @@ KNOWN_SECTIONS: frozenset[str] = frozenset(
         "grpo",
         "eval",
         "checkpoint",
+        "distributed",
     }
 )
 """Top-level sections any run config may hold; kept equal to ``eigen_jax.config.RunConfig``'s

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from eigen_core.config import DomainConfig, PoolConfig, RunSection
 from eigen_core.configio import Section
+from eigen_jax.distributed import DistributedSection
 from eigen_jax.train_config import (
     CheckpointSection,
     EvalSection,
@@ -51,3 +52,4 @@ class RunConfig(Section):
     grpo: GRPOSection = GRPOSection()
     eval: EvalSection = EvalSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    distributed: DistributedSection = DistributedSection()

@@ -14,7 +14,8 @@ class MetricsLogger:
 
     ``resume_step``: a resumed run drops lines past the checkpoint it restarts from (they were
     logged by the killed run after its last save and will be logged again), so the file reads
-    as one uninterrupted run.
+    as one uninterrupted run. ``enabled=False`` (every process but the first of a multi-process
+    run) writes and prints nothing.
     """
 
     def __init__(
@@ -26,11 +27,15 @@ class MetricsLogger:
         log_every: int = 10,
         console: bool = True,
         resume_step: int | None = None,
+        enabled: bool = True,
     ):
+        self.enabled = enabled
+        self.stage, self.total, self.log_every, self.console = stage, total_steps, log_every, console
+        if not enabled:
+            return
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self.stage, self.total, self.log_every, self.console = stage, total_steps, log_every, console
         if resume_step is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
@@ -46,6 +51,8 @@ class MetricsLogger:
         self._t0 = time.perf_counter()
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "time": round(time.perf_counter() - self._t0, 3), **metrics}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -58,6 +65,8 @@ class MetricsLogger:
             print(f"[{self.stage}] step {step}/{self.total} {shown}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -8,6 +8,11 @@ of the agent on the pool's dialogues), ``grpo`` (from the SFT agent when the run
 ``--resume`` continues an interrupted run: finished stages are skipped, the running one restarts
 from its latest checkpoint (params, optimiser, step, RNG, data position) and goes on exactly as
 the uninterrupted run would have.
+
+On several hosts every host runs this same command (``distributed`` section, see
+``eigen_jax.distributed``): the learner stages run on all processes over one global mesh; the
+stages that write the task pool or only read it (generate, selfcheck) run on process 0 while the
+others wait.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from eigen_core.configio import add_config_args, config_from_args, dump_config
 from eigen_core.pool import TaskPool
+from eigen_jax import distributed as dist
 from eigen_jax.config import RunConfig
 
 if TYPE_CHECKING:  # the learner stages import JAX; generate and selfcheck do not need it
@@ -134,23 +140,57 @@ STAGES = {
 LEARNER_STAGES = ("pretrain", "sft_user", "sft_agent", "grpo")
 """Stages that run on the stage loop (``eigen_jax.stages.loop``) and mark themselves done."""
 
+PRIMARY_STAGES = ("generate", "selfcheck")
+"""Stages that run on process 0 alone when there are several (the others wait for them)."""
+
+
+def multi_process_gaps(cfg: RunConfig) -> list[str]:
+    """What this run asks of several processes that is not built yet (each names its way out)."""
+    gaps = []
+    if "grpo" in cfg.run.stages and cfg.grpo.source == "episodes":
+        gaps.append(
+            "grpo on episodes runs on one process for now (its asynchronous rollouts would issue "
+            "the sharded sampler's steps in a different order on each process); use grpo.source: "
+            "toy, or run the stage with one process"
+        )
+    if "eval" in cfg.run.stages:
+        gaps.append(
+            "the eval stage runs on one process: run it separately (run.stages=[eval]) without distributed"
+        )
+    return gaps
+
+
+def _run_stage(cfg: RunConfig, stage: str, resume: bool) -> dict[str, Any]:
+    if stage in PRIMARY_STAGES and dist.process_count() > 1:
+        with dist.primary_first(f"stage {stage}") as mine:
+            return STAGES[stage](cfg, resume) if mine else {"ran_on_process": 0}
+    return STAGES[stage](cfg, resume)
+
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured stage; returns (and writes) ``{stage: summary}``. With ``resume``,
     a learner stage that finished is not rerun (its summary is read back)."""
     from eigen_jax.stages.common import StageDir
 
-    out = Path(cfg.run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
+    if dist.process_count() > 1 and (gaps := multi_process_gaps(cfg)):
+        raise ValueError("; ".join(gaps))
+    primary, out = dist.is_primary(), Path(cfg.run.out_dir)
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
     summary: dict[str, Any] = {}
     for stage in cfg.run.stages:
         t0 = time.perf_counter()
-        print(f"[{cfg.run.name}] stage {stage} ...", file=sys.stderr, flush=True)
+        if primary:
+            print(f"[{cfg.run.name}] stage {stage} ...", file=sys.stderr, flush=True)
         done = StageDir(cfg.run.out_dir, stage).finished() if resume and stage in LEARNER_STAGES else None
-        summary[stage] = done if done is not None else STAGES[stage](cfg, resume)
-        print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if dist.agree(done is not None):  # process 0 wrote the done markers: its view decides
+            summary[stage] = done or {"finished": True}
+        else:
+            summary[stage] = _run_stage(cfg, stage, resume)
+        if primary:
+            print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -202,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = config_from_args(RunConfig, args, foreign_sections=())
+    dist.initialize(cfg.distributed)  # before anything touches a device
     summary = run(cfg, resume=args.resume)
-    _print_table(summary)
-    print(f"summary written to {Path(cfg.run.out_dir) / 'summary.json'}")
+    if dist.is_primary():
+        _print_table(summary)
+        print(f"summary written to {Path(cfg.run.out_dir) / 'summary.json'}")
     return 0
 
 

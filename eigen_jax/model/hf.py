@@ -118,6 +118,16 @@ def load_hf(
     return model
 
 
+def host_array(x: jax.Array) -> np.ndarray:
+    """``x`` on the host, whole: fetched, or, when it spans other processes' devices, gathered
+    from all of them (a collective: every process must call it for the same array)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def save_hf(
     model: Decoder,
     root: str | Path,
@@ -133,12 +143,11 @@ def save_hf(
     time, so peak host memory is one tensor beyond what is written.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     hf_cfg = model.cfg.to_hf()
     tensors: dict[str, np.ndarray] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         key, transpose = hf_key(path)
-        arr = np.asarray(jax.device_get(var[...]))
+        arr = host_array(var[...])
         if dtype is not None:
             arr = arr.astype(dtype)
         tensors[key] = np.ascontiguousarray(arr.T if transpose else arr)
@@ -146,6 +155,9 @@ def save_hf(
         str(next(iter(tensors.values())).dtype), "float32"
     )
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]
+    if jax.process_index() != 0:  # every process took part in the gathers; process 0 writes
+        return root
+    root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(hf_cfg, indent=2))
 
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -18,6 +18,7 @@ from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
 from eigen_jax.checkpoint import Checkpointer
+from eigen_jax.distributed import primary_first
 from eigen_jax.learner import Learner
 from eigen_jax.model import Decoder, DecoderConfig
 from eigen_jax.model.hf import load_hf, save_hf
@@ -78,11 +79,10 @@ def tokenizer(model: ModelSection, out_dir: str | Path, corpus: Callable[[], lis
     if choice != "small":
         return Tokenizer.from_dir(choice)
     saved = Path(out_dir) / "tokenizer"
-    if (saved / "tokenizer.json").exists():
-        return Tokenizer.from_dir(saved)
-    tok = build_small_tokenizer(corpus(), model.small_vocab_size)
-    tok.save(saved)
-    return tok
+    with primary_first("tokenizer") as mine:  # process 0 trains and saves it; the others load it
+        if mine and not (saved / "tokenizer.json").exists():
+            build_small_tokenizer(corpus(), model.small_vocab_size).save(saved)
+    return Tokenizer.from_dir(saved)
 
 
 def model_mesh(model: Decoder):
@@ -127,11 +127,16 @@ class StageDir:
         return Checkpointer(self.root / "checkpoints", keep=keep)
 
     def finish(self, learner: Learner, tok: Tokenizer, summary: dict[str, Any]) -> dict[str, Any]:
+        """The HF export (gathered by every process, written by process 0) and the done marker."""
         tok_dir = self.root / "tokenizer"
-        tok.save(tok_dir)
-        save_hf(learner.model(), self.hf, tokenizer_dir=tok_dir)
-        summary = {**summary, "hf_dir": str(self.hf)}
-        self.done.write_text(json.dumps(summary, indent=2))
+        with primary_first(f"{self.root.name} tokenizer") as mine:
+            if mine:
+                tok.save(tok_dir)
+        with primary_first(f"{self.root.name} export") as mine:
+            save_hf(learner.model(), self.hf, tokenizer_dir=tok_dir)
+            summary = {**summary, "hf_dir": str(self.hf)}
+            if mine:
+                self.done.write_text(json.dumps(summary, indent=2))
         return summary
 
     def finished(self) -> dict[str, Any] | None:

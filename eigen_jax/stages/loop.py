@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from eigen_core.tokenizer import Tokenizer
 from eigen_jax.checkpoint import Checkpointer
+from eigen_jax.distributed import is_primary
 from eigen_jax.learner import Learner
 from eigen_jax.metrics import MetricsLogger
 from eigen_jax.stages.common import StageDir
@@ -101,7 +102,9 @@ def run_stage(
     if start is not None:
         learner.state, meta = ckpt.restore(learner.state)
         program.restore(meta.get("data", {}))
-    log = MetricsLogger(sd.root, sd.root.name, ls.steps, log_every=ls.log_every, resume_step=start)
+    log = MetricsLogger(
+        sd.root, sd.root.name, ls.steps, log_every=ls.log_every, resume_step=start, enabled=is_primary()
+    )
     try:
         asyncio.run(_steps(program, ls, log, ckpt))
     finally:
