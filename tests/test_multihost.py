@@ -171,3 +171,63 @@ def test_stages_not_built_for_several_processes_are_refused_by_name():
     assert len(gaps) == 2 and "grpo on episodes" in gaps[0] and "eval stage" in gaps[1]
     toy = RunConfig.model_validate({"run": {"stages": ["sft_agent", "grpo"]}, "grpo": {"source": "toy"}})
     assert multi_process_gaps(toy) == []
+
+
+LOAD_AND_EXPORT = """
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+from eigen_jax.distributed import DistributedSection, initialize, is_primary, barrier
+initialize(DistributedSection(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])))
+import jax
+from eigen_jax.model.hf import load_hf, save_hf
+from eigen_jax.model.sharding import make_mesh
+model = load_hf(sys.argv[3], mesh=make_mesh([1, -1, 1]))
+kernel = model.layers[0].mlp.gate_proj.kernel[...]
+assert not kernel.is_fully_addressable and len(kernel.addressable_shards) == 4
+save_hf(model, sys.argv[4])
+barrier("exported")
+if is_primary():
+    a, b = load_file(sys.argv[3] + "/model.safetensors"), load_file(sys.argv[4] + "/model.safetensors")
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+print("ok", jax.process_index())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_load_their_shards_of_an_hf_checkpoint_and_export_it_whole(tmp_path):
+    """Each process reads its devices' blocks of each tensor (the kernel is split over all 8
+    devices, 4 of them this process's); the export gathers them and process 0 writes it: the
+    same tensors, bit for bit."""
+    from flax import nnx
+
+    from eigen_jax.model import Decoder, DecoderConfig
+    from eigen_jax.model.hf import save_hf
+    from eigen_jax.train_config import TINY_ARCH
+
+    save_hf(
+        Decoder(DecoderConfig.from_hf({**TINY_ARCH, "vocab_size": 256}), rngs=nnx.Rngs(3)), tmp_path / "in"
+    )
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                LOAD_AND_EXPORT,
+                f"127.0.0.1:{port}",
+                str(i),
+                str(tmp_path / "in"),
+                str(tmp_path / "out"),
+            ],
+            cwd=ROOT,
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "ok 0" in outs[0] and "ok 1" in outs[1]

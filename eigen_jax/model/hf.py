@@ -66,13 +66,36 @@ class _Tensors:
             raise FileNotFoundError(f"{root}: no model.safetensors or model.safetensors.index.json")
         self._open: dict[Path, Any] = {}
 
-    def get(self, key: str) -> np.ndarray:
+    def _file(self, key: str) -> Any:
         if key not in self.files:
             raise KeyError(key)
         path = self.files[key]
         if path not in self._open:
             self._open[path] = safe_open(path, framework="numpy")
-        return self._open[path].get_tensor(key)
+        return self._open[path]
+
+    def get(self, key: str) -> np.ndarray:
+        return self._file(key).get_tensor(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._file(key).get_slice(key).get_shape())
+
+    def block(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        """Only the part of tensor ``key`` at ``index`` (read from disk, not the whole tensor)."""
+        return np.asarray(self._file(key).get_slice(key)[index])
+
+
+def _once_per_block(read: Any) -> Any:
+    """``read`` called once per distinct block (replicated tensors: once, not once per device)."""
+    seen: dict[tuple, np.ndarray] = {}
+
+    def cached(index: tuple[slice, ...]) -> np.ndarray:
+        k = tuple((s.start, s.stop, s.step) for s in index)
+        if k not in seen:
+            seen[k] = read(index)
+        return seen[k]
+
+    return cached
 
 
 def load_hf(
@@ -84,8 +107,9 @@ def load_hf(
 ) -> Decoder:
     """A ``Decoder`` with the weights of the HF checkpoint in ``root``, sharded over ``mesh``.
 
-    Each tensor goes from disk to its devices directly (placed by the family's partition rules),
-    so no host ever holds a second copy of the model.
+    With a mesh, each device's block of each tensor is read from disk on its own (placed by the
+    family's partition rules): a process reads only the blocks of its own devices, so on several
+    hosts no host reads, or holds, the whole model.
     """
     root = Path(root)
     cfg = DecoderConfig.from_hf(json.loads((root / "config.json").read_text()))
@@ -97,19 +121,22 @@ def load_hf(
     def load(path, var):
         key, transpose = hf_key(path)
         try:
-            arr = tensors.get(key)
+            stored = tensors.shape(key)
         except KeyError:
             missing.append(key)
             return var
-        if transpose:
-            arr = arr.T
-        if arr.shape != var.shape:
-            raise ValueError(f"{root}: {key} has shape {arr.shape}, the config implies {var.shape}")
-        arr = np.asarray(arr).astype(param_dtype)
+        shape = stored[::-1] if transpose else stored
+        if shape != var.shape:
+            raise ValueError(f"{root}: {key} has shape {shape}, the config implies {var.shape}")
+
+        def block(index: tuple[slice, ...]) -> np.ndarray:
+            part = tensors.block(key, tuple(index)[::-1] if transpose else tuple(index))
+            return np.ascontiguousarray(part.T if transpose else part).astype(param_dtype)
+
         if mesh is None:
-            return var.replace(jnp.asarray(arr))
-        spec = spec_for(param_name(path), arr.shape, cfg.family, mesh)
-        return var.replace(jax.device_put(arr, jax.sharding.NamedSharding(mesh, spec)))
+            return var.replace(jnp.asarray(block((slice(None),) * len(shape))))
+        sharding = jax.sharding.NamedSharding(mesh, spec_for(param_name(path), shape, cfg.family, mesh))
+        return var.replace(jax.make_array_from_callback(shape, sharding, _once_per_block(block)))
 
     state = nnx.map_state(load, state)
     if missing:
