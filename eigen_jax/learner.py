@@ -68,6 +68,42 @@ def _split_micro(batch: Batch, n: int) -> Batch:
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
 
 
+def update_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: LossFn, micro_batches: int = 1):
+    """The pure update ``(state, batch, denom, advance) -> (state, metrics)``: gradients of
+    ``loss_fn`` accumulated over ``micro_batches`` (a scan), one optimiser step. What ``Learner``
+    jits, and what ``eigen_jax.plan`` compiles ahead of time for a pod."""
+
+    def grads(params: nnx.State, batch: Batch, denom: jax.Array):
+        def f(p):
+            return loss_fn(nnx.merge(graphdef, p), batch, denom)
+
+        return jax.value_and_grad(f, has_aux=True)(params)
+
+    def step(state: TrainState, batch: Batch, denom: jax.Array, advance: jax.Array):
+        n = micro_batches
+        if n == 1:
+            (loss, sums), g = grads(state.params, batch, denom)
+        else:
+
+            def body(carry, micro):
+                (loss_mb, s_mb), g_mb = grads(state.params, micro, denom)
+                acc, total, s = carry
+                return (jax.tree.map(jnp.add, acc, g_mb), total + loss_mb, merge_sums(s, s_mb)), None
+
+            micro = _split_micro(batch, n)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda: grads(state.params, first, denom))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (_, sums0), grads0 = zeros
+            (g, loss, sums), _ = jax.lax.scan(body, (grads0, jnp.zeros((), jnp.float32), sums0), micro)
+        updates, opt_state = tx.update(g, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(g), **sums}
+        return TrainState(params, opt_state, state.step + advance, state.rng), metrics
+
+    return step
+
+
 class Learner:
     """Trains ``model`` with ``loss_fn``; see the module docstring for the loss contract.
 
@@ -101,7 +137,7 @@ class Learner:
         if mesh is not None:
             self.state = self._placed(self.state, mesh)
         # No buffer donation: an in-process sampler may still hold the previous weights.
-        self._update = jax.jit(self._update_impl)
+        self._update = jax.jit(update_step(self.graphdef, tx, loss_fn, micro_batches))
 
     def _placed(self, state: TrainState, mesh: Mesh) -> TrainState:
         """Optimiser moments sharded like their parameters, scalars replicated over the mesh.
@@ -147,34 +183,6 @@ class Learner:
                 "devices: make the batch size a multiple of it (or change model.mesh)"
             )
         return {k: jax.device_put(v, batch_sharding(self.mesh, np.ndim(v))) for k, v in batch.items()}
-
-    def _grads(self, params: nnx.State, batch: Batch, denom: jax.Array):
-        def f(p):
-            return self.loss_fn(nnx.merge(self.graphdef, p), batch, denom)
-
-        return jax.value_and_grad(f, has_aux=True)(params)
-
-    def _update_impl(self, state: TrainState, batch: Batch, denom: jax.Array, advance: jax.Array):
-        n = self.micro_batches
-        if n == 1:
-            (loss, sums), grads = self._grads(state.params, batch, denom)
-        else:
-
-            def body(carry, micro):
-                (loss_mb, s_mb), g_mb = self._grads(state.params, micro, denom)
-                g, total, s = carry
-                return (jax.tree.map(jnp.add, g, g_mb), total + loss_mb, merge_sums(s, s_mb)), None
-
-            micro = _split_micro(batch, n)
-            first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(lambda: self._grads(state.params, first, denom))
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            (_, sums0), grads0 = zeros
-            (grads, loss, sums), _ = jax.lax.scan(body, (grads0, jnp.zeros((), jnp.float32), sums0), micro)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **sums}
-        return TrainState(params, opt_state, state.step + advance, state.rng), metrics
 
     def update(self, batch: Batch, denom: jax.Array, advance: bool = True) -> dict[str, float]:
         """One optimiser step on ``batch`` (already on device); returns its metrics as floats.

@@ -1,0 +1,290 @@
+"""``python -m eigen_jax.plan --config C --topology v5p:4x4x4`` (any libtpu topology name), or
+``--devices N --device-kind cpu`` for this host's own devices: will the learner's update step fit?
+
+Compiles the update step of a learner stage (``--stage``: sft_agent, sft_user, pretrain, grpo)
+ahead of time for the config's model, batch, sequence length, micro-batches and mesh, on the
+target's devices, without allocating a parameter: TPU topologies through libtpu's compile-only
+client (no TPU needed; ``tools/setup_env.sh tpu`` or ``pip install "jax[tpu]==0.10.2"``), the
+host's CPU devices directly. Prints per device: parameter, optimiser-state, batch, temporary and
+total bytes against the chip's memory; the step's FLOPs (XLA's cost analysis) and the step time
+at the chip's peak (the bound MFU = 1 gives). Exits 1 when it does not fit, naming the changes
+that would help (more ``fsdp`` in ``model.mesh``, more micro-batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eigen_core.configio import add_config_args, config_from_args
+from eigen_jax.config import RunConfig
+
+CHIPS: dict[str, tuple[float, float]] = {
+    "v5p": (95 * 2**30, 459e12),
+    "v6e": (32 * 2**30, 918e12),
+    "v5e": (16 * 2**30, 197e12),
+    "v5litepod": (16 * 2**30, 197e12),
+    "v4": (32 * 2**30, 275e12),
+    "h100": (80e9, 989e12),
+    "h200": (141e9, 989e12),
+}
+"""Chip -> (memory bytes, peak dense bf16 FLOP/s), vendor figures (REFERENCE.md)."""
+
+LEARNER_STAGES = ("pretrain", "sft_user", "sft_agent", "grpo")
+
+
+@dataclass
+class StageShape:
+    """What one update of a stage processes."""
+
+    rows: int
+    length: int
+    micro_batches: int
+    keys: dict[str, str]
+    """Batch key -> dtype; every key is [rows, length] but ``advantages`` ([rows])."""
+
+
+def stage_shape(cfg: RunConfig, stage: str) -> StageShape:
+    """The update's batch of ``stage`` as ``cfg`` runs it."""
+    sft_keys = {"tokens": "int32", "attn_mask": "int32", "loss_mask": "int32"}
+    if stage == "pretrain":
+        return StageShape(cfg.pretrain.batch_size, cfg.pretrain.seq_len, 1, sft_keys)
+    if stage in ("sft_user", "sft_agent"):
+        s = getattr(cfg, stage)
+        return StageShape(s.batch_size, s.max_len, s.micro_batches, sft_keys)
+    g = cfg.grpo
+    length = g.toy.prompt_len + g.toy.max_new_tokens if g.source == "toy" else cfg.episode.max_len
+    keys = {**sft_keys, "behaviour_logp": "float32", "prox_logp": "float32", "advantages": "float32"}
+    if g.kl_coef > 0:
+        keys["ref_logp"] = "float32"
+    return StageShape(g.tasks_per_step * g.group_size // g.minibatches, length, g.micro_batches, keys)
+
+
+def chip_of(kind: str) -> tuple[str, float | None, float | None]:
+    """(name, memory bytes, peak FLOP/s) of a device kind ("TPU v5", "cpu", "NVIDIA H100 ...")."""
+    k = kind.lower().replace(" ", "")
+    for name in sorted(CHIPS, key=len, reverse=True):
+        if name in k or (name == "v5p" and k in ("tpuv5", "tpuv5p")):
+            return name, *CHIPS[name]
+    return kind, None, None
+
+
+def _devices(args: argparse.Namespace) -> list[Any]:
+    if args.topology:
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's probe; compile-only
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        from jax.experimental import topologies
+
+        try:
+            topo = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
+        except Exception as e:  # libtpu missing, or a name it does not know
+            raise SystemExit(
+                f"plan: cannot describe TPU topology {args.topology!r} ({type(e).__name__}: {e}). It needs "
+                'libtpu: tools/setup_env.sh tpu (or pip install "jax[tpu]==0.10.2").'
+            ) from None
+        return list(topo.devices)
+    import jax
+
+    devs = jax.devices(args.device_kind)
+    if len(devs) < args.devices:
+        raise SystemExit(f"plan: {args.devices} {args.device_kind} devices asked for, {len(devs)} here")
+    return devs[: args.devices]
+
+
+def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
+    """(graphdef, abstract TrainState with shardings, optimiser, arch) of the stage's model."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from eigen_jax.learner import TrainState, make_optimizer
+    from eigen_jax.model import Decoder, DecoderConfig
+    from eigen_jax.model.sharding import param_name, spec_for
+    from eigen_jax.stages.common import DTYPES
+
+    m = cfg.model
+    hf = (
+        json.loads((Path(m.hf_dir) / "config.json").read_text())
+        if m.hf_dir
+        else {**m.arch, "vocab_size": vocab}
+    )
+    arch = DecoderConfig.from_hf(hf)
+    dtype, pdtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
+    graphdef, params = nnx.split(
+        nnx.eval_shape(lambda: Decoder(arch, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=pdtype))
+    )
+
+    def place(path, leaf):
+        spec = spec_for(param_name(tuple(path)), leaf.shape, arch.family, mesh)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec))
+
+    params = nnx.map_state(lambda path, v: v.replace(place(path, v.get_value())), params)
+    section = cfg.grpo if stage == "grpo" else getattr(cfg, stage)
+    tx = make_optimizer(section.optim, section.steps)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt = jax.eval_shape(tx.init, params)
+    shard_of = jax.tree.map(lambda p: p.sharding, params)
+    opt = optax.tree_map_params(
+        tx,
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        opt,
+        shard_of,
+        transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    )
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+    return graphdef, TrainState(params, opt, scalar, rng), tx, arch
+
+
+def _per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of the sharded ``tree`` (the largest shard of each leaf)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += int(np.prod(shape)) * leaf.dtype.itemsize
+    return total
+
+
+def plan(cfg: RunConfig, stage: str, devices: list[Any]) -> dict[str, Any]:
+    """Compile ``stage``'s update for ``devices``; the per-device figures as a dict."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from eigen_jax.learner import update_step
+    from eigen_jax.model.sharding import batch_sharding, make_mesh
+    from eigen_jax.objectives import GRPOLoss, SFTLoss
+
+    mesh = make_mesh(cfg.model.mesh, devices)
+    vocab = -(-cfg.model.small_vocab_size // 64) * 64 if cfg.model.tokenizer == "small" else 151_936
+    graphdef, state, tx, _ = _abstract_state(cfg, stage, mesh, vocab)
+    shape = stage_shape(cfg, stage)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if shape.rows % (ways * shape.micro_batches):
+        raise SystemExit(
+            f"plan: {shape.rows} rows per update do not split over data x fsdp = {ways} devices x "
+            f"{shape.micro_batches} micro-batches"
+        )
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (shape.rows,) if k == "advantages" else (shape.rows, shape.length),
+            jnp.dtype(dt),
+            sharding=batch_sharding(mesh, 1 if k == "advantages" else 2),
+        )
+        for k, dt in shape.keys.items()
+    }
+    g = cfg.grpo
+    loss = (
+        GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
+        if stage == "grpo"
+        else SFTLoss(getattr(cfg, stage).aggregation if stage != "pretrain" else "token_mean")
+    )
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+    scalar_f = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+    scalar_i = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    step = jax.jit(update_step(graphdef, tx, loss, shape.micro_batches))
+    chip, hbm, peak = chip_of(devices[0].device_kind)
+    params_b, opt_b = _per_device_bytes(state.params), _per_device_bytes(state.opt_state)
+    batch_b = _per_device_bytes(batch)
+    refused = None
+    try:
+        compiled = step.lower(state, batch, scalar_f, scalar_i).compile()
+        mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops, temp_b = float((cost or {}).get("flops", 0.0)), int(getattr(mem, "temp_size_in_bytes", 0))
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        refused, flops, temp_b = str(e).splitlines()[0], 0.0, 0
+    total = params_b + opt_b + batch_b + temp_b
+    return {
+        "compiler_refused": refused,
+        "stage": stage,
+        "devices": len(devices),
+        "chip": chip,
+        "mesh": dict(mesh.shape),
+        "model_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+        "rows": shape.rows,
+        "length": shape.length,
+        "micro_batches": shape.micro_batches,
+        "bytes": {"params": params_b, "opt_state": opt_b, "batch": batch_b, "temp": temp_b, "total": total},
+        "hbm_bytes": hbm,
+        "fits": False if refused else None if hbm is None else total <= hbm,
+        "flops_per_device": flops,
+        "step_s_at_peak": flops / peak if peak and flops else None,
+    }
+
+
+def advice(report: dict[str, Any]) -> list[str]:
+    """The changes that would make a plan that does not fit fit (largest share first)."""
+    b, hbm = report["bytes"], report["hbm_bytes"] or 1
+    out = []
+    if b["params"] + b["opt_state"] > 0.6 * hbm:
+        out.append("more fsdp in model.mesh (parameters and optimiser state split over more devices)")
+    if b["temp"] + b["batch"] > 0.3 * hbm or report.get("compiler_refused"):
+        out.append(
+            f"more micro-batches (now {report['micro_batches']}: activations scale with rows per micro-batch)"
+        )
+    return out or ["a larger slice (more devices)"]
+
+
+def _table(r: dict[str, Any]) -> str:
+    gib = 2**30
+    b = r["bytes"]
+    head = f"plan: {r['stage']} on {r['devices']} x {r['chip']}, mesh {r['mesh']}, "
+    head += f"{r['model_params'] / 1e6:.1f}M parameters, {r['rows']} rows x {r['length']} tokens per update, "
+    head += f"{r['micro_batches']} micro-batch(es)"
+    lines = [head, f"{'per device':<14}{'GiB':>10}"]
+    for k in ("params", "opt_state", "batch", "temp", "total"):
+        lines.append(f"{k:<14}{b[k] / gib:>10.3f}")
+    if r.get("compiler_refused"):
+        lines.append(f"the compiler refused the step: {r['compiler_refused']}")
+    if r["hbm_bytes"] is not None:
+        lines.append(
+            f"{'memory':<14}{r['hbm_bytes'] / gib:>10.3f}  ({'fits' if r['fits'] else 'DOES NOT FIT'})"
+        )
+    lines.append(f"FLOPs per device per update: {r['flops_per_device']:.3e}")
+    if r["step_s_at_peak"] is not None:
+        lines.append(f"step time at the chip's peak (MFU 1): {r['step_s_at_peak']:.3g} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m eigen_jax.plan",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(ap)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--topology", help="a libtpu topology name, e.g. v5p:4x4x4, v6e:8x8")
+    where.add_argument("--devices", type=int, help="this host's devices: how many")
+    ap.add_argument("--device-kind", default="cpu", help="with --devices: the platform (cpu, gpu)")
+    ap.add_argument("--stage", choices=LEARNER_STAGES, default="grpo")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = ap.parse_args(argv)
+    if args.devices and args.device_kind == "cpu" and "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    cfg = config_from_args(RunConfig, args, foreign_sections=())
+    report = plan(cfg, args.stage, _devices(args))
+    print(json.dumps(report, indent=2) if args.json else _table(report))
+    if report["fits"] is False:
+        print("does not fit; would help: " + "; ".join(advice(report)), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

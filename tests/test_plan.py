@@ -1,0 +1,104 @@
+"""``eigen_jax.plan``: the learner's update compiled ahead of time, per-device memory and FLOPs,
+on this host's devices and on a TPU topology through libtpu's compile-only client."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from eigen_core.configio import load_config
+from eigen_jax.config import RunConfig
+from eigen_jax.plan import CHIPS, advice, chip_of, plan
+
+ROOT = Path(__file__).parents[1]
+QUICKSTART = ROOT / "configs/quickstart.yaml"
+
+
+def test_the_plan_counts_what_a_real_learner_holds_per_device():
+    """Parameter and optimiser bytes per device equal those of a Learner actually placed on the
+    same 8-device mesh; the compiled step reports FLOPs and temporaries."""
+    from types import SimpleNamespace
+
+    from eigen_jax.learner import Learner, make_optimizer
+    from eigen_jax.objectives import SFTLoss
+    from eigen_jax.stages.common import base_model, model_mesh
+
+    cfg = load_config(RunConfig, QUICKSTART, ["model.mesh=[1,4,2]", "sft_agent.max_len=256"])
+    report = plan(cfg, "sft_agent", jax.devices()[:8])
+    tok = SimpleNamespace(vocab_size=cfg.model.small_vocab_size)  # what the plan sizes it at
+    model = base_model(cfg.model, tok)  # type: ignore[arg-type]
+    learner = Learner(model, make_optimizer(cfg.sft_agent.optim, 10), SFTLoss(), mesh=model_mesh(model))
+
+    def per_device(tree):
+        return sum(max(s.data.nbytes for s in leaf.addressable_shards) for leaf in jax.tree.leaves(tree))
+
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert report["bytes"]["params"] == per_device(learner.state.params)
+    assert report["bytes"]["opt_state"] == per_device(learner.state.opt_state)
+    assert report["bytes"]["batch"] == 3 * 8 * 256 * 4 // 4  # three int32 [8, 256] arrays over fsdp 4
+    assert report["flops_per_device"] > 0 and report["bytes"]["temp"] > 0
+    assert report["fits"] is None  # a CPU device has no memory figure to hold it against
+
+
+def test_chips_and_advice():
+    assert chip_of("TPU v5")[0] == "v5p" and chip_of("TPU v6 lite")[0] != "v5p"
+    assert chip_of("NVIDIA H100 80GB HBM3")[1] == CHIPS["h100"][0]
+    big = {
+        "bytes": {"params": 50, "opt_state": 40, "temp": 5, "batch": 1},
+        "hbm_bytes": 100,
+        "micro_batches": 1,
+    }
+    assert "fsdp" in advice(big)[0]
+    act = {
+        "bytes": {"params": 5, "opt_state": 5, "temp": 80, "batch": 1},
+        "hbm_bytes": 100,
+        "micro_batches": 2,
+    }
+    assert "micro-batches (now 2" in advice(act)[0]
+
+
+def test_the_command_on_this_hosts_devices():
+    out = subprocess.run(
+        [sys.executable, "-m", "eigen_jax.plan", "--config", str(QUICKSTART), "--devices", "4",
+         "--stage", "grpo", "--json", "grpo.source=toy", "grpo.tasks_per_step=4", "grpo.group_size=4"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["devices"] == 4 and report["rows"] == 16 and report["length"] == 9
+
+
+def _libtpu_env() -> dict[str, str]:
+    path = os.environ.get("EIGEN_LIBTPU_PATH") or str(ROOT / ".libtpu")
+    if not (Path(path) / "libtpu").is_dir():
+        pytest.skip("libtpu is not installed: bash tools/setup_libtpu.sh (CI does), or EIGEN_LIBTPU_PATH=DIR")
+    return {**os.environ, "PYTHONPATH": path, "XLA_FLAGS": ""}
+
+
+@pytest.mark.slow
+def test_a_tiny_model_fits_a_v5p_slice_and_a_huge_one_is_refused_with_advice():
+    env = _libtpu_env()
+    cmd = [sys.executable, "-m", "eigen_jax.plan", "--config", str(QUICKSTART), "--topology", "v5p:2x2x1",
+           "--stage", "sft_agent", "--json", "sft_agent.max_len=256"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["chip"] == "v5p" and report["devices"] == 4 and report["fits"] is True
+    assert report["step_s_at_peak"] == pytest.approx(report["flops_per_device"] / CHIPS["v5p"][1])
+    # ~15B parameters in fp32 with Adam: ~42 GiB per chip on 4 v5e chips of 16 GiB
+    arch = {"hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 4,
+            "num_attention_heads": 128, "num_key_value_heads": 8, "head_dim": 128}  # fmt: skip
+    huge = [f"model.arch.{k}={v}" for k, v in arch.items()]
+    out = subprocess.run(
+        [*cmd[:6], "v5e:2x2", *cmd[7:], *huge], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["fits"] is False and report["bytes"]["params"] + report["bytes"]["opt_state"] > 16 * 2**30
+    assert "more fsdp" in out.stderr
+    assert np.isclose(report["model_params"] / 1e9, 15.2, rtol=0.05)
