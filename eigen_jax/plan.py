@@ -117,9 +117,9 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     )
     arch = DecoderConfig.from_hf(hf)
     dtype, pdtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
-    graphdef, params = nnx.split(
-        nnx.eval_shape(lambda: Decoder(arch, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=pdtype))
-    )
+    abstract = nnx.eval_shape(lambda: Decoder(arch, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=pdtype))
+    abstract.remat = m.remat
+    graphdef, params = nnx.split(abstract)
 
     def place(path, leaf):
         spec = spec_for(param_name(tuple(path)), leaf.shape, arch.family, mesh)

@@ -48,6 +48,10 @@ class ModelSection(Section):
     """Compute dtype (matmul inputs, activations); bf16 for real runs."""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     """Storage dtype of the trained (master) parameters."""
+    remat: Literal["none", "full", "save_dots"] = "none"
+    """Activation checkpointing per decoder block in training (``full``: recompute each block in
+    the backward pass; ``save_dots``: keep its matmul outputs). Same gradients, less activation
+    memory; long contexts on big models need it (``eigen_jax.plan`` shows the effect)."""
     mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
     """Device mesh (data, fsdp, tensor); one -1 takes the remaining devices."""
     seed: int = 0

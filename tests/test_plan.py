@@ -102,3 +102,37 @@ def test_a_tiny_model_fits_a_v5p_slice_and_a_huge_one_is_refused_with_advice():
     assert report["fits"] is False and report["bytes"]["params"] + report["bytes"]["opt_state"] > 16 * 2**30
     assert "more fsdp" in out.stderr
     assert np.isclose(report["model_params"] / 1e9, 15.2, rtol=0.05)
+
+
+def test_remat_keeps_the_gradients_and_shrinks_the_planned_temporaries():
+    from flax import nnx
+
+    from eigen_jax.model import Decoder, DecoderConfig
+    from eigen_jax.train_config import TINY_ARCH
+
+    model = Decoder(DecoderConfig.from_hf({**TINY_ARCH, "vocab_size": 128}), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 128)
+    pos = jax.numpy.broadcast_to(jax.numpy.arange(16), (2, 16))
+
+    def grads(policy):
+        model.remat = policy
+        g, params = nnx.split(model)
+
+        def loss(p):
+            logits, _ = nnx.merge(g, p)(tokens, pos)
+            return jax.nn.log_softmax(logits).mean()
+
+        return jax.grad(loss)(params)
+
+    ref = jax.tree.leaves(grads("none"))
+    for policy in ("full", "save_dots"):
+        for a, b in zip(ref, jax.tree.leaves(grads(policy)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    base = ["sft_agent.max_len=1024", "sft_agent.batch_size=8", "model.arch.num_hidden_layers=4"]
+    temps = {
+        r: plan(
+            load_config(RunConfig, QUICKSTART, [*base, f"model.remat={r}"]), "sft_agent", jax.devices()[:8]
+        )["bytes"]["temp"]
+        for r in ("none", "full")
+    }
+    assert temps["full"] < temps["none"], temps

@@ -112,6 +112,15 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+"""Activation checkpointing per block: ``full`` keeps only each block's input and recomputes the
+block in the backward pass; ``save_dots`` also keeps the matmul outputs (recomputes norms,
+softmax, activations)."""
+
+
 class Decoder(nnx.Module):
     """Decoder-only transformer for the Qwen3 and Llama/Qwen2 families.
 
@@ -120,11 +129,16 @@ class Decoder(nnx.Module):
         dtype: compute dtype of activations and matmul inputs (float32 for parity tests,
             bfloat16 for real runs).
         param_dtype: storage dtype of parameters.
+
+    ``remat`` (an attribute, ``"none"`` or a ``REMAT_POLICIES`` key; set it after building or
+    loading) checkpoints each block's activations for the backward pass: the same gradients,
+    less activation memory, more compute.
     """
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.cfg = cfg
         self.dtype = dtype
+        self.remat = "none"
         self.embed_tokens = nnx.Param(
             jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype) * 0.02
         )
@@ -166,6 +180,10 @@ class Decoder(nnx.Module):
             attn_mask = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & mask.astype(bool)[:, None, :]
         new_cache = [] if cache is not None else None
         for i, layer in enumerate(self.layers):
+            if self.remat != "none" and cache is None:
+                run = nnx.remat(lambda blk, *a: blk(*a), policy=REMAT_POLICIES[self.remat])
+                x, c = run(layer, x, cos, sin, attn_mask, None, cache_index)
+                continue
             x, c = layer(x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index)
             if new_cache is not None:
                 new_cache.append(c)

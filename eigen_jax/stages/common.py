@@ -97,10 +97,13 @@ def base_model(m: ModelSection, tok: Tokenizer, start: str | Path | None = None)
     mesh = make_mesh(m.mesh)
     source = start or m.hf_dir
     if source is not None:
-        return load_hf(source, dtype=dtype, param_dtype=pdtype, mesh=mesh)
-    vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
-    arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
-    return shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
+        model = load_hf(source, dtype=dtype, param_dtype=pdtype, mesh=mesh)
+    else:
+        vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
+        arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
+        model = shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
+    model.remat = m.remat
+    return model
 
 
 def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True) -> Sampler:
