@@ -235,6 +235,12 @@ def advice(report: dict[str, Any]) -> list[str]:
         out.append(
             f"more micro-batches (now {report['micro_batches']}: activations scale with rows per micro-batch)"
         )
+    if report.get("compiler_refused"):
+        out.append(
+            "shorter sequences per micro-batch: attention scores and LM-head logits are materialized "
+            "([rows, heads, length, length] and [rows, length, vocab]); a memory-efficient attention "
+            "kernel is not built yet"
+        )
     return out or ["a larger slice (more devices)"]
 
 

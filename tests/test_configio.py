@@ -134,7 +134,7 @@ def test_shipped_configs_load():
     from synth.run import SynthRunConfig
 
     root = Path(__file__).parents[1] / "configs"
-    for path in root.glob("*.yaml"):
+    for path in root.rglob("*.yaml"):
         model = (
             RolloutServerConfig
             if path.stem == "rollout_server"
