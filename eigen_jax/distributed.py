@@ -99,14 +99,19 @@ def initialize(d: DistributedSection) -> None:
 
 
 def process_index() -> int:
-    """This process's index (0 when single-process; never initializes a backend by itself
-    before ``initialize`` has run)."""
+    """This process's index (0 when it joined no others: then no JAX backend is started for it,
+    so stages without devices, like ``generate``, stay free of JAX)."""
+    if not _initialized:
+        return 0
     import jax
 
     return jax.process_index()
 
 
 def process_count() -> int:
+    """How many processes take part (1 unless ``initialize`` joined others)."""
+    if not _initialized:
+        return 1
     import jax
 
     return jax.process_count()

@@ -84,7 +84,7 @@ def _stage_sft(cfg: RunConfig, stage: str, resume: bool) -> dict[str, Any]:
 
 def _export_of(cfg: RunConfig, stage: str) -> str | None:
     """The HF export of ``stage`` when this run lists it and it has finished."""
-    from eigen_jax.stages.common import StageDir
+    from eigen_jax.stages.stage_dir import StageDir
 
     sd = StageDir(cfg.run.out_dir, stage)
     return str(sd.hf) if stage in cfg.run.stages and sd.finished() else None
@@ -170,7 +170,7 @@ def _run_stage(cfg: RunConfig, stage: str, resume: bool) -> dict[str, Any]:
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured stage; returns (and writes) ``{stage: summary}``. With ``resume``,
     a learner stage that finished is not rerun (its summary is read back)."""
-    from eigen_jax.stages.common import StageDir
+    from eigen_jax.stages.stage_dir import StageDir
 
     if dist.process_count() > 1 and (gaps := multi_process_gaps(cfg)):
         raise ValueError("; ".join(gaps))

@@ -86,6 +86,19 @@ def test_verifiers_do_not_import_synth():
     assert_imports(["eigen_apps.selfcheck"], JAX_STACK | {"synth"})
 
 
+def test_the_front_door_runs_its_device_free_stages_without_jax(tmp_path):
+    """``eigen_jax.train`` with only generate and selfcheck touches no JAX (a CPU host can fill
+    and check a pool with the core install)."""
+    code = blocker({"jax", "jaxlib", "flax", "optax", "orbax"}) + textwrap.dedent(f"""
+        from eigen_jax.train import main
+        main(["--config", "configs/quickstart.yaml", "run.out_dir={tmp_path}", "pool.dir={tmp_path}/pool",
+              "run.stages=[generate,selfcheck]", "procedural.num_tasks=6", "run.progress=false"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "summary.json").exists()
+
+
 def test_the_blocker_really_blocks():
     out = subprocess.run([sys.executable, "-c", BLOCK + "import jax"], capture_output=True, text=True)
     assert out.returncode != 0 and "blocked import of jax" in out.stderr

@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,13 +16,12 @@ from eigen_core.config import DomainConfig, PoolConfig, RunSection
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer, build_small_tokenizer, qwen3_tokenizer_dir
-from eigen_jax.checkpoint import Checkpointer
 from eigen_jax.distributed import primary_first
-from eigen_jax.learner import Learner
 from eigen_jax.model import Decoder, DecoderConfig
-from eigen_jax.model.hf import load_hf, save_hf
+from eigen_jax.model.hf import load_hf
 from eigen_jax.model.sharding import make_mesh, shard_model
 from eigen_jax.sampler import Sampler
+from eigen_jax.stages.stage_dir import StageDir
 from eigen_jax.train_config import CheckpointSection, ModelSection
 from rollout.config import EpisodeConfig
 
@@ -116,34 +114,6 @@ def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bo
         max_len=ep.max_len if capped else None,
         prefix_cache_mb=ep.prefix_cache_mb,
     )
-
-
-class StageDir:
-    """``{out_dir}/{stage}/``: checkpoints, metrics, the final HF export and a done marker."""
-
-    def __init__(self, out_dir: str | Path, stage: str):
-        self.root = Path(out_dir) / stage
-        self.hf = self.root / "hf"
-        self.done = self.root / "done.json"
-
-    def checkpointer(self, keep: int) -> Checkpointer:
-        return Checkpointer(self.root / "checkpoints", keep=keep)
-
-    def finish(self, learner: Learner, tok: Tokenizer, summary: dict[str, Any]) -> dict[str, Any]:
-        """The HF export (gathered by every process, written by process 0) and the done marker."""
-        tok_dir = self.root / "tokenizer"
-        with primary_first(f"{self.root.name} tokenizer") as mine:
-            if mine:
-                tok.save(tok_dir)
-        with primary_first(f"{self.root.name} export") as mine:
-            save_hf(learner.model(), self.hf, tokenizer_dir=tok_dir)
-            summary = {**summary, "hf_dir": str(self.hf)}
-            if mine:
-                self.done.write_text(json.dumps(summary, indent=2))
-        return summary
-
-    def finished(self) -> dict[str, Any] | None:
-        return json.loads(self.done.read_text()) if self.done.exists() else None
 
 
 @dataclass(frozen=True)

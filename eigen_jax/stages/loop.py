@@ -24,7 +24,7 @@ from eigen_jax.checkpoint import Checkpointer
 from eigen_jax.distributed import is_primary
 from eigen_jax.learner import Learner
 from eigen_jax.metrics import MetricsLogger
-from eigen_jax.stages.common import StageDir
+from eigen_jax.stages.stage_dir import StageDir
 from eigen_jax.train_config import CheckpointSection
 
 Metrics = dict[str, Any]
