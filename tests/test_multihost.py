@@ -190,7 +190,7 @@ barrier("exported")
 if is_primary():
     a, b = load_file(sys.argv[3] + "/model.safetensors"), load_file(sys.argv[4] + "/model.safetensors")
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
-open(sys.argv[4] + f".ok{jax.process_index()}", "w").close()  # reached the end (not stdout: gloo writes there)
+open(sys.argv[4] + f".ok{jax.process_index()}", "w").close()  # reached the end (gloo also writes stdout)
 """
 
 
