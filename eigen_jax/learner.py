@@ -104,6 +104,19 @@ def update_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: LossFn
     return step
 
 
+def place_opt_state(
+    tx: optax.GradientTransformation, opt_state: Any, params: Any, mesh: Mesh, put: Callable[[Any, Any], Any]
+) -> Any:
+    """``opt_state`` with each moment placed like its parameter and every other leaf (counts,
+    scalars) replicated over ``mesh``; ``put(leaf, sharding)`` does the placing (``jax.device_put``
+    for arrays, a ``ShapeDtypeStruct`` for ``eigen_jax.plan``'s abstract state)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = jax.tree.map(lambda p: p.sharding, params)
+    return optax.tree_map_params(
+        tx, put, opt_state, shardings, transform_non_params=lambda x: put(x, replicated)
+    )
+
+
 class Learner:
     """Trains ``model`` with ``loss_fn``; see the module docstring for the loss contract.
 
@@ -145,16 +158,8 @@ class Learner:
         ``tx.init`` leaves them uncommitted on one device (a full unsharded copy of the moments),
         and a checkpoint restored with those shardings would pin them there."""
         replicated = NamedSharding(mesh, PartitionSpec())
-        shardings = jax.tree.map(lambda p: p.sharding, state.params)
-        opt_state = optax.tree_map_params(
-            self.tx,
-            lambda x, sharding: jax.device_put(x, sharding),
-            state.opt_state,
-            shardings,
-            transform_non_params=lambda x: jax.device_put(x, replicated),
-        )
         return state._replace(
-            opt_state=opt_state,
+            opt_state=place_opt_state(self.tx, state.opt_state, state.params, mesh, jax.device_put),
             step=jax.device_put(state.step, replicated),
             rng=jax.device_put(state.rng, replicated),
         )

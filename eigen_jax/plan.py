@@ -23,6 +23,7 @@ from typing import Any
 
 from eigen_core.configio import add_config_args, config_from_args
 from eigen_jax.config import RunConfig
+from eigen_jax.train import LEARNER_STAGES
 
 CHIPS: dict[str, tuple[float, float]] = {
     "v5p": (95 * 2**30, 459e12),
@@ -34,8 +35,6 @@ CHIPS: dict[str, tuple[float, float]] = {
     "h200": (141e9, 989e12),
 }
 """Chip -> (memory bytes, peak dense bf16 FLOP/s), vendor figures (REFERENCE.md)."""
-
-LEARNER_STAGES = ("pretrain", "sft_user", "sft_agent", "grpo")
 
 
 @dataclass
@@ -100,11 +99,10 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     """(graphdef, abstract TrainState with shardings, optimiser, arch) of the stage's model."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from eigen_jax.learner import TrainState, make_optimizer
+    from eigen_jax.learner import TrainState, make_optimizer, place_opt_state
     from eigen_jax.model import Decoder, DecoderConfig
     from eigen_jax.model.sharding import param_name, spec_for
     from eigen_jax.stages.common import DTYPES
@@ -129,14 +127,12 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     section = cfg.grpo if stage == "grpo" else getattr(cfg, stage)
     tx = make_optimizer(section.optim, section.steps)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt = jax.eval_shape(tx.init, params)
-    shard_of = jax.tree.map(lambda p: p.sharding, params)
-    opt = optax.tree_map_params(
+    opt = place_opt_state(
         tx,
+        jax.eval_shape(tx.init, params),
+        params,
+        mesh,
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        opt,
-        shard_of,
-        transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
     )
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
