@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from eigen_jax import losses as L
 from eigen_jax.learner import Batch
 from eigen_jax.model import Decoder, positions_from_mask
-from eigen_jax.ops import next_token_logprobs, token_entropy
+from eigen_jax.ops import head_logprobs
 
 
 def token_aligned(next_token: jax.Array) -> jax.Array:
@@ -32,20 +32,19 @@ def token_aligned(next_token: jax.Array) -> jax.Array:
 
 def sequence_logprobs(model: Decoder, batch: Batch, temperature: float = 1.0) -> jax.Array:
     """[N, T]: entry t is the logprob of token t under ``model`` (0 for t = 0)."""
-    tokens, attn = batch["tokens"], batch["attn_mask"]
-    logits, _ = model(tokens, positions_from_mask(attn), attn)
-    return token_aligned(next_token_logprobs(logits, tokens, temperature))
+    return sequence_logprobs_and_entropy(model, batch, temperature, entropy=False)[0]
 
 
 def sequence_logprobs_and_entropy(
-    model: Decoder, batch: Batch, temperature: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
-    """[N, T] each: ``sequence_logprobs`` and the entropy of the distribution each token was
-    drawn from (one forward pass; the entropy costs a full softmax over the vocabulary)."""
+    model: Decoder, batch: Batch, temperature: float = 1.0, entropy: bool = True
+) -> tuple[jax.Array, jax.Array | None]:
+    """[N, T] each: ``sequence_logprobs`` and (``entropy``) the entropy of the distribution each
+    token was drawn from, in one forward pass; the LM head runs ``model.logits_chunk`` positions
+    at a time (0: all at once)."""
     tokens, attn = batch["tokens"], batch["attn_mask"]
-    logits, _ = model(tokens, positions_from_mask(attn), attn)
-    lp = next_token_logprobs(logits, tokens, temperature)
-    return token_aligned(lp), token_aligned(token_entropy(logits[:, :-1], temperature))
+    x, _ = model.hidden(tokens, positions_from_mask(attn), attn)
+    lp, ent = head_logprobs(x[:, :-1], model.head(), tokens[:, 1:], temperature, model.logits_chunk, entropy)
+    return token_aligned(lp), None if ent is None else token_aligned(ent)
 
 
 def target_mask(batch: Batch) -> jax.Array:

@@ -105,7 +105,7 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     from eigen_jax.learner import TrainState, make_optimizer, place_opt_state
     from eigen_jax.model import Decoder, DecoderConfig
     from eigen_jax.model.sharding import param_name, spec_for
-    from eigen_jax.stages.common import DTYPES
+    from eigen_jax.stages.common import DTYPES, configure
 
     m = cfg.model
     hf = (
@@ -116,8 +116,7 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     arch = DecoderConfig.from_hf(hf)
     dtype, pdtype = DTYPES[m.dtype], DTYPES[m.param_dtype]
     abstract = nnx.eval_shape(lambda: Decoder(arch, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=pdtype))
-    abstract.remat = m.remat
-    graphdef, params = nnx.split(abstract)
+    graphdef, params = nnx.split(configure(abstract, m, mesh))
 
     def place(path, leaf):
         spec = spec_for(param_name(tuple(path)), leaf.shape, arch.family, mesh)

@@ -52,6 +52,16 @@ class ModelSection(Section):
     """Activation checkpointing per decoder block in training (``full``: recompute each block in
     the backward pass; ``save_dots``: keep its matmul outputs). Same gradients, less activation
     memory; long contexts on big models need it (``eigen_jax.plan`` shows the effect)."""
+    attention: Literal["dense", "blockwise", "splash", "cudnn"] = "dense"
+    """Attention implementation (``eigen_jax/model/attention.py``): ``dense`` materializes the
+    [rows, heads, length, length] scores (exact, fine for short sequences); ``blockwise`` is flash
+    attention's online softmax in plain JAX (any backend, memory linear in length); ``splash`` is
+    the TPU Pallas kernel; ``cudnn`` cuDNN's fused kernel on NVIDIA GPUs. Same results up to
+    float rounding; the sampler's decode steps over the KV cache always use dense."""
+    logits_chunk: int = Field(0, ge=0)
+    """Positions per LM-head chunk in the losses (0: all at once). The [rows, length, vocab] fp32
+    logits are the largest activation of a long-context step (151k vocabulary x 8k tokens =
+    4.6 GiB per row); chunks of e.g. 1024 bound them and are recomputed in the backward pass."""
     mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
     """Device mesh (data, fsdp, tensor); one -1 takes the remaining devices."""
     seed: int = 0

@@ -13,11 +13,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
+from eigen_jax.model.attention import IMPLS, AttnMask, attend
 from eigen_jax.model.config import DecoderConfig
 from eigen_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
-
-_NEG = -1e30  # finite "minus infinity": fully masked rows (padding queries) stay NaN-free
+from eigen_jax.ops import lm_logits
 
 
 class LayerCache(NamedTuple):
@@ -66,8 +67,9 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=param_dtype) if cfg.qk_norm else None
         self.nh, self.nkv, self.hd, self.dtype = nh, nkv, hd, dtype
+        self.impl, self.mesh, self.interpret = "dense", None, False  # Decoder.use_attention sets them
 
-    def __call__(self, x, cos, sin, mask, cache: LayerCache | None, cache_index):
+    def __call__(self, x, cos, sin, mask: AttnMask, cache: LayerCache | None, cache_index):
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.nh, self.hd)
         k = self.k_proj(x).reshape(b, t, self.nkv, self.hd)
@@ -79,12 +81,10 @@ class Attention(nnx.Module):
             k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
             cache, k, v = LayerCache(k_all, v_all), k_all, v_all
-        g = self.nh // self.nkv
-        q = q.reshape(b, t, self.nkv, g, self.hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-        scores = jnp.where(mask[:, None, None], scores * self.hd**-0.5, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype), preferred_element_type=jnp.float32)
+        # A decode step is one query over the cache: the dense scores are [B, heads, 1, S], small.
+        # A prefill into the cache may be long, and only blockwise takes any mask.
+        impl = self.impl if cache is None else "blockwise" if self.impl != "dense" and t > 1 else "dense"
+        out = attend(q, k, v, mask, impl, mesh=self.mesh, interpret=self.interpret)
         return self.o_proj(out.reshape(b, t, self.nh * self.hd).astype(self.dtype)), cache
 
 
@@ -132,13 +132,16 @@ class Decoder(nnx.Module):
 
     ``remat`` (an attribute, ``"none"`` or a ``REMAT_POLICIES`` key; set it after building or
     loading) checkpoints each block's activations for the backward pass: the same gradients,
-    less activation memory, more compute.
+    less activation memory, more compute. ``logits_chunk`` (an attribute; 0 = off) is how many
+    positions the losses' LM head computes at once (``ops.head_logprobs``); ``use_attention``
+    picks the attention implementation.
     """
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = "none"
+        self.logits_chunk = 0
         self.embed_tokens = nnx.Param(
             jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype) * 0.02
         )
@@ -148,6 +151,22 @@ class Decoder(nnx.Module):
         self.lm_head = (
             None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False, **kw)
         )
+
+    def use_attention(self, impl: str, mesh: Mesh | None = None, *, interpret: bool = False) -> Decoder:
+        """Compute attention with ``impl`` (``attention.IMPLS``) in every layer; ``mesh``: the one
+        the model is sharded over (splash runs under ``shard_map`` on it); ``interpret`` runs the
+        splash kernel in Pallas' interpreter (tests on CPU). Returns the model."""
+        if impl not in IMPLS:
+            raise ValueError(f"model.attention {impl!r}: expected one of {', '.join(IMPLS)}")
+        for layer in self.layers:
+            attn = layer.self_attn
+            attn.impl, attn.mesh, attn.interpret = impl, mesh, interpret
+        return self
+
+    @property
+    def attention(self) -> str:
+        """The attention implementation the layers use (``use_attention`` sets it)."""
+        return self.layers[0].self_attn.impl
 
     def __call__(
         self,
@@ -167,17 +186,27 @@ class Decoder(nnx.Module):
         ``last_only`` computes logits for the last position only ([B, 1, vocab]): a prefill needs
         no more, and the LM head dominates a small model's cost.
         """
+        x, new_cache = self.hidden(tokens, positions, mask, cache, cache_index)
+        return self.logits(x[:, -1:] if last_only else x), new_cache
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array | None = None,
+        cache: list[LayerCache] | None = None,
+        cache_index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, list[LayerCache] | None]:
+        """The final normed hidden states [B, T, hidden] (what the LM head reads) and the updated
+        cache; arguments as ``__call__``. Losses take these and apply the head in chunks."""
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
         cos, sin = rope_tables(jnp.asarray(inverse_frequencies(self.cfg)), positions)
         if cache is None:
             valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            attn_mask = causal[None] & valid[:, None, :]
+            attn_mask = AttnMask(jnp.arange(t), valid)
         else:
-            s = cache[0].k.shape[1]
-            q_slot = cache_index + jnp.arange(t)
-            attn_mask = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & mask.astype(bool)[:, None, :]
+            attn_mask = AttnMask(cache_index + jnp.arange(t), mask.astype(bool))
         new_cache = [] if cache is not None else None
         for i, layer in enumerate(self.layers):
             if self.remat != "none" and cache is None:
@@ -187,14 +216,18 @@ class Decoder(nnx.Module):
             x, c = layer(x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index)
             if new_cache is not None:
                 new_cache.append(c)
-        x = self.norm(x[:, -1:] if last_only else x)
-        if self.lm_head is None:  # contract with the embedding's hidden axis: no transposed copy
-            emb = self.embed_tokens[...].astype(self.dtype)
-            logits = jax.lax.dot_general(x, emb, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-        else:
-            head = self.lm_head.kernel[...].astype(self.dtype)
-            logits = jnp.dot(x, head, preferred_element_type=jnp.float32)
-        return logits, new_cache
+        return self.norm(x), new_cache
+
+    def head(self) -> tuple[jax.Array, bool]:
+        """The LM head's weight in the compute dtype and whether it is the (tied) embedding
+        ([vocab, hidden]) rather than a [hidden, vocab] kernel; ``lm_logits`` applies it."""
+        if self.lm_head is None:
+            return self.embed_tokens[...].astype(self.dtype), True
+        return self.lm_head.kernel[...].astype(self.dtype), False
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """fp32 logits [..., vocab] of hidden states ``x`` [..., hidden]."""
+        return lm_logits(x, *self.head())
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list[LayerCache]:
         """An empty KV cache for ``batch`` sequences of up to ``length`` tokens."""

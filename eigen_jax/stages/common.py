@@ -100,8 +100,14 @@ def base_model(m: ModelSection, tok: Tokenizer, start: str | Path | None = None)
         vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
         arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
         model = shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
-    model.remat = m.remat
-    return model
+    return configure(model, m, mesh)
+
+
+def configure(model: Decoder, m: ModelSection, mesh) -> Decoder:
+    """Apply the model section's compute options (remat, attention, LM-head chunks) to ``model``
+    on ``mesh``: what a built or loaded model and ``eigen_jax.plan``'s abstract one share."""
+    model.remat, model.logits_chunk = m.remat, m.logits_chunk
+    return model.use_attention(m.attention, mesh)
 
 
 def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True) -> Sampler:
