@@ -6,9 +6,10 @@ ahead of time for the config's model, batch, sequence length, micro-batches and 
 target's devices, without allocating a parameter: TPU topologies through libtpu's compile-only
 client (no TPU needed; ``tools/setup_env.sh tpu`` or ``pip install "jax[tpu]==0.10.2"``), the
 host's CPU devices directly. Prints per device: parameter, optimiser-state, batch, temporary and
-total bytes against the chip's memory; the step's FLOPs (XLA's cost analysis) and the step time
-at the chip's peak (the bound MFU = 1 gives). Exits 1 when it does not fit, naming the changes
-that would help (more ``fsdp`` in ``model.mesh``, more micro-batches).
+total bytes against the chip's memory (XLA's memory analysis of the compiled step); the update's
+model FLOPs (``model_flops``) and the step time at the chip's peak (the bound MFU = 1 gives).
+Exits 1 when it does not fit, naming the changes that would help (more ``fsdp`` in
+``model.mesh``, more micro-batches, a memory-efficient attention, LM-head chunks).
 """
 
 from __future__ import annotations
@@ -138,6 +139,22 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     return graphdef, TrainState(params, opt, scalar, rng), tx, arch
 
 
+def model_flops(arch: Any, rows: int, length: int) -> float:
+    """Training FLOPs of one update of ``rows`` sequences of ``length`` tokens: forward + backward
+    (3 x the forward), no recomputation counted (the convention of MFU: PaLM, MaxText).
+
+    Forward per sequence: 2 x matmul parameters x length (every projection and the LM head; the
+    embedding lookup is free), plus causal attention's QK^T and PV, 2 x heads x head_dim x
+    length^2 per layer (half of the full square). XLA's own cost analysis cannot stand in: it
+    counts a loop body once, and micro-batches, blockwise attention and LM-head chunks are loops.
+    """
+    h, hd, nh, nkv = arch.hidden_size, arch.head_dim, arch.num_attention_heads, arch.num_key_value_heads
+    per_layer = h * hd * (2 * nh + 2 * nkv) + 3 * h * arch.intermediate_size
+    matmul = arch.num_hidden_layers * per_layer + arch.vocab_size * h
+    forward = 2 * matmul * length + 2 * arch.num_hidden_layers * nh * hd * length**2
+    return 3.0 * forward * rows
+
+
 def _per_device_bytes(tree: Any) -> int:
     """Bytes one device holds of the sharded ``tree`` (the largest shard of each leaf)."""
     import jax
@@ -150,8 +167,10 @@ def _per_device_bytes(tree: Any) -> int:
     return total
 
 
-def plan(cfg: RunConfig, stage: str, devices: list[Any]) -> dict[str, Any]:
-    """Compile ``stage``'s update for ``devices``; the per-device figures as a dict."""
+def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None) -> dict[str, Any]:
+    """Compile ``stage``'s update for ``devices``; the per-device figures as a dict. ``chip`` (a
+    ``CHIPS`` name) holds them against that chip instead of the devices' own kind: a stand-in
+    compile on this host for hardware it does not have."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
@@ -162,7 +181,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any]) -> dict[str, Any]:
 
     mesh = make_mesh(cfg.model.mesh, devices)
     vocab = -(-cfg.model.small_vocab_size // 64) * 64 if cfg.model.tokenizer == "small" else 151_936
-    graphdef, state, tx, _ = _abstract_state(cfg, stage, mesh, vocab)
+    graphdef, state, tx, arch = _abstract_state(cfg, stage, mesh, vocab)
     shape = stage_shape(cfg, stage)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if shape.rows % (ways * shape.micro_batches):
@@ -188,7 +207,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any]) -> dict[str, Any]:
     scalar_f = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
     scalar_i = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     step = jax.jit(update_step(graphdef, tx, loss, shape.micro_batches))
-    chip, hbm, peak = chip_of(devices[0].device_kind)
+    chip, hbm, peak = chip_of(chip or devices[0].device_kind)
     params_b, opt_b = _per_device_bytes(state.params), _per_device_bytes(state.opt_state)
     batch_b = _per_device_bytes(batch)
     refused = None
@@ -196,27 +215,98 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any]) -> dict[str, Any]:
         compiled = step.lower(state, batch, scalar_f, scalar_i).compile()
         mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        flops, temp_b = float((cost or {}).get("flops", 0.0)), int(getattr(mem, "temp_size_in_bytes", 0))
+        xla_flops = float((cost or {}).get("flops", 0.0))
+        temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
     except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        refused, flops, temp_b = str(e).splitlines()[0], 0.0, 0
+        refused, xla_flops, temp_b = str(e).splitlines()[0], 0.0, 0
+    flops = model_flops(arch, shape.rows, shape.length) / len(devices)
     total = params_b + opt_b + batch_b + temp_b
     return {
         "compiler_refused": refused,
         "stage": stage,
         "devices": len(devices),
         "chip": chip,
+        "compiled_for": devices[0].device_kind,
         "mesh": dict(mesh.shape),
         "model_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
         "rows": shape.rows,
         "length": shape.length,
         "micro_batches": shape.micro_batches,
+        "attention": cfg.model.attention,
+        "logits_chunk": cfg.model.logits_chunk,
+        "remat": cfg.model.remat,
         "bytes": {"params": params_b, "opt_state": opt_b, "batch": batch_b, "temp": temp_b, "total": total},
         "hbm_bytes": hbm,
         "fits": False if refused else None if hbm is None else total <= hbm,
         "flops_per_device": flops,
-        "step_s_at_peak": flops / peak if peak and flops else None,
+        "xla_flops_per_device": xla_flops,
+        "step_s_at_peak": flops / peak if peak else None,
+    }
+
+
+def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) -> dict[str, Any]:
+    """Compile the in-process sampler's generate call (prefill + the decode loop) for the
+    episodes' worst turn: ``episode.concurrency`` rows (bucketed as the sampler does), a
+    transcript of ``episode.max_len - episode.turn_tokens`` tokens, ``turn_tokens`` new ones,
+    on the policy's weights as the learner holds them. The per-device figures as a dict."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from eigen_jax.model.sharding import make_mesh
+    from eigen_jax.sampler import _generate, _Knobs, bucket
+
+    mesh = make_mesh(cfg.model.mesh, devices)
+    vocab = -(-cfg.model.small_vocab_size // 64) * 64 if cfg.model.tokenizer == "small" else 151_936
+    graphdef, state, _, arch = _abstract_state(cfg, "grpo", mesh, vocab)
+    ep = cfg.episode
+    rows, new = bucket(ep.concurrency, 8), ep.turn_tokens
+    prompt = -(-(ep.max_len - new) // 128) * 128
+    rep = NamedSharding(mesh, P())
+
+    def arr(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=rep)
+
+    kv = (rows, 0, arch.num_key_value_heads, arch.head_dim)
+    prefix = [(arr(kv, cfg.model.dtype), arr(kv, cfg.model.dtype)) for _ in range(arch.num_hidden_layers)]
+    keys = jax.ShapeDtypeStruct((rows,), jax.random.key(0).dtype, sharding=rep)
+    knobs = _Knobs(arr((rows,), "float32"), arr((rows,), "float32"), arr((rows,), "int32"))
+    tokens = arr((rows, prompt), "int32")
+    args = (
+        state.params, prefix, arr((rows, 0), "int32"), tokens, tokens,
+        keys, knobs, arr((rows, 4), "int32"), arr((rows,), "int32"), arr((rows,), "bool"),
+    )  # fmt: skip
+    compiled = _generate.lower(graphdef, *args, max_new=new).compile()
+    mem = compiled.memory_analysis()
+    name, hbm, _ = chip_of(chip or devices[0].device_kind)
+    params_b = _per_device_bytes(state.params)
+    length = prompt + new
+    itemsize = np.dtype(cfg.model.dtype).itemsize
+    cache_b = 2 * arch.num_hidden_layers * rows * length * arch.num_key_value_heads * arch.head_dim * itemsize
+    temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
+    total = params_b + temp_b  # the cache is made inside the call: it is part of the temporaries
+    h, nh, hd = arch.hidden_size, arch.num_attention_heads, arch.head_dim
+    matmul = arch.num_hidden_layers * (
+        h * hd * (2 * nh + 2 * arch.num_key_value_heads) + 3 * h * arch.intermediate_size
+    )
+    return {
+        "stage": "sample",
+        "devices": len(devices),
+        "chip": name,
+        "compiled_for": devices[0].device_kind,
+        "mesh": dict(mesh.shape),
+        "rows": rows,
+        "prompt": prompt,
+        "new_tokens": new,
+        "bytes": {"params": params_b, "kv_cache_whole": cache_b, "temp": temp_b, "total": total},
+        "hbm_bytes": hbm,
+        "fits": None if hbm is None else total <= hbm,
+        # the last decode step: every row reads the whole cache
+        "flops_per_token": 2 * (matmul + arch.vocab_size * h) + 4 * arch.num_hidden_layers * nh * hd * length,
     }
 
 
@@ -230,31 +320,47 @@ def advice(report: dict[str, Any]) -> list[str]:
         out.append(
             f"more micro-batches (now {report['micro_batches']}: activations scale with rows per micro-batch)"
         )
-    if report.get("compiler_refused"):
-        out.append(
-            "shorter sequences per micro-batch: attention scores and LM-head logits are materialized "
-            "([rows, heads, length, length] and [rows, length, vocab]); a memory-efficient attention "
-            "kernel is not built yet"
-        )
+        if report.get("attention", "dense") == "dense":
+            out.append(
+                "model.attention: splash (TPU) or blockwise (any backend): dense attention materializes "
+                "[rows, heads, length, length] scores"
+            )
+        if not report.get("logits_chunk"):
+            out.append("model.logits_chunk: 1024 (the LM head's [rows, length, vocab] logits in chunks)")
+        if report.get("remat", "none") == "none":
+            out.append("model.remat: full (recompute each block's activations in the backward pass)")
     return out or ["a larger slice (more devices)"]
 
 
 def _table(r: dict[str, Any]) -> str:
     gib = 2**30
     b = r["bytes"]
-    head = f"plan: {r['stage']} on {r['devices']} x {r['chip']}, mesh {r['mesh']}, "
-    head += f"{r['model_params'] / 1e6:.1f}M parameters, {r['rows']} rows x {r['length']} tokens per update, "
-    head += f"{r['micro_batches']} micro-batch(es)"
+    where = r["chip"] if r["chip"] == r["compiled_for"] else f"{r['chip']} (compiled for {r['compiled_for']})"
+    head = f"plan: {r['stage']} on {r['devices']} x {where}, mesh {r['mesh']}, "
+    if r["stage"] == "sample":
+        head += f"{r['rows']} rows x ({r['prompt']} prompt + {r['new_tokens']} new) tokens"
+    else:
+        head += (
+            f"{r['model_params'] / 1e6:.1f}M parameters, {r['rows']} rows x {r['length']} tokens per update, "
+        )
+        head += f"{r['micro_batches']} micro-batch(es), attention {r['attention']}, "
+        head += f"LM-head chunk {r['logits_chunk'] or 'off'}, remat {r['remat']}"
     lines = [head, f"{'per device':<14}{'GiB':>10}"]
-    for k in ("params", "opt_state", "batch", "temp", "total"):
-        lines.append(f"{k:<14}{b[k] / gib:>10.3f}")
+    for k, v in b.items():
+        lines.append(f"{k:<14}{v / gib:>10.3f}")
     if r.get("compiler_refused"):
         lines.append(f"the compiler refused the step: {r['compiler_refused']}")
     if r["hbm_bytes"] is not None:
         lines.append(
             f"{'memory':<14}{r['hbm_bytes'] / gib:>10.3f}  ({'fits' if r['fits'] else 'DOES NOT FIT'})"
         )
-    lines.append(f"FLOPs per device per update: {r['flops_per_device']:.3e}")
+    if r["stage"] == "sample":
+        lines.append(
+            f"FLOPs per generated token (the last one, over the whole cache): {r['flops_per_token']:.3e}"
+        )
+        return "\n".join(lines)
+    lines.append(f"model FLOPs per device per update: {r['flops_per_device']:.3e}")
+    lines.append(f"  (XLA's cost analysis, each loop body once: {r['xla_flops_per_device']:.3e})")
     if r["step_s_at_peak"] is not None:
         lines.append(f"step time at the chip's peak (MFU 1): {r['step_s_at_peak']:.3g} s")
     return "\n".join(lines)
@@ -271,7 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--topology", help="a libtpu topology name, e.g. v5p:4x4x4, v6e:8x8")
     where.add_argument("--devices", type=int, help="this host's devices: how many")
     ap.add_argument("--device-kind", default="cpu", help="with --devices: the platform (cpu, gpu)")
-    ap.add_argument("--stage", choices=LEARNER_STAGES, default="grpo")
+    ap.add_argument(
+        "--chip",
+        choices=sorted(CHIPS),
+        help="with --devices: hold the figures against this chip (e.g. h200 from a CPU host: XLA:CPU's "
+        "buffer assignment standing in for the GPU compiler's; confirm on the GPU with --device-kind gpu)",
+    )
+    ap.add_argument(
+        "--stage",
+        choices=[*LEARNER_STAGES, "sample"],
+        default="grpo",
+        help="a learner stage's update, or sample: the in-process sampler's generate call for the "
+        "episodes' longest turn",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     if args.devices and args.device_kind == "cpu" and "jax" not in sys.modules:
@@ -279,10 +397,20 @@ def main(argv: list[str] | None = None) -> int:
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
     cfg = config_from_args(RunConfig, args, foreign_sections=())
-    report = plan(cfg, args.stage, _devices(args))
+    if args.chip and args.topology:
+        ap.error("--chip goes with --devices (a topology names its own chip)")
+    if args.stage == "sample":
+        report = plan_sampler(cfg, _devices(args), args.chip)
+    else:
+        report = plan(cfg, args.stage, _devices(args), args.chip)
     print(json.dumps(report, indent=2) if args.json else _table(report))
     if report["fits"] is False:
-        print("does not fit; would help: " + "; ".join(advice(report)), file=sys.stderr)
+        helps = (
+            "; ".join(advice(report))
+            if args.stage != "sample"
+            else "a smaller episode.concurrency or max_len"
+        )
+        print("does not fit; would help: " + helps, file=sys.stderr)
         return 1
     return 0
 

@@ -61,7 +61,7 @@ def test_blockwise_equals_dense_values_and_gradients(offset):
         np.testing.assert_allclose(np.asarray(jax.jit(fn)(q, k, v))[real], np.asarray(ref)[real], atol=2e-6)
     g_ref = jax.jit(jax.grad(_probe(lambda *a: attend(*a, mask, "dense"), mask), argnums=(0, 1, 2)))(q, k, v)
     g = jax.jit(jax.grad(_probe(small_blocks, mask), argnums=(0, 1, 2)))(q, k, v)
-    for a, b in zip(g, g_ref):
+    for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
@@ -82,9 +82,9 @@ def test_splash_kernel_equals_dense_in_interpreter():
 def test_kernels_refuse_the_wrong_hardware_by_name():
     q, k, v, valid = _qkv(t=8)
     mask = AttnMask(jnp.arange(8), jnp.asarray(valid))
-    with pytest.raises(ValueError, match="splash is a TPU kernel.*use blockwise"):
+    with pytest.raises(ValueError, match=r"splash is a TPU kernel.*use blockwise"):
         attend(q, k, v, mask, "splash")
-    with pytest.raises(ValueError, match="cudnn needs an NVIDIA GPU.*use blockwise"):
+    with pytest.raises(ValueError, match=r"cudnn needs an NVIDIA GPU.*use blockwise"):
         attend(q, k, v, mask, "cudnn")
     with pytest.raises(ValueError, match="expected one of dense, blockwise, splash, cudnn"):
         attend(q, k, v, mask, "flash")
@@ -125,7 +125,7 @@ def test_decoder_loss_and_gradients_match_dense(tiny, impl, mesh):
     assert model.attention == impl
     loss, grads = _loss_and_grads(model, batch)
     assert loss == pytest.approx(ref_loss, abs=1e-5)
-    for (name, g), (_, r) in zip(grads, ref_grads):
+    for (name, g), (_, r) in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(g[...]), np.asarray(r[...]), atol=2e-5, err_msg=str(name))
 
 
@@ -136,7 +136,7 @@ def test_chunked_lm_head_equals_whole_values_entropy_and_gradients():
     for tied, shape in ((True, (50, 8)), (False, (8, 50))):
         w = jnp.asarray(rng.normal(size=shape), jnp.float32)
 
-        def f(x, w, chunk):
+        def f(x, w, chunk, tied=tied):
             lp, ent = head_logprobs(x, (w, tied), targets, 0.7, chunk, entropy=True)
             return lp.sum() + 0.1 * ent.sum(), (lp, ent)
 
@@ -151,7 +151,7 @@ def test_chunked_lm_head_equals_whole_values_entropy_and_gradients():
             (_, (lp, ent)), g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, w, chunk)
             np.testing.assert_allclose(np.asarray(lp), np.asarray(lp0), atol=1e-6)
             np.testing.assert_allclose(np.asarray(ent), np.asarray(ent0), atol=1e-6)
-            for a, b in zip(g, g0):
+            for a, b in zip(g, g0, strict=True):
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
@@ -167,7 +167,7 @@ def test_losses_read_the_model_logits_chunk(tiny):
     np.testing.assert_allclose(np.asarray(ent), np.asarray(ent0), atol=1e-6)
     loss, grads = _loss_and_grads(model, batch)
     assert loss == pytest.approx(ref_loss, abs=1e-6)
-    for (_, g), (_, r) in zip(grads, ref_grads):
+    for (_, g), (_, r) in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(g[...]), np.asarray(r[...]), atol=1e-6)
 
 
@@ -180,7 +180,7 @@ def test_sampler_generates_the_same_with_blockwise_prefill(tiny):
         sampler = Sampler(load_hf(path).use_attention(impl), pad_id=0)
         res = sampler.generate_batch(prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
         outs.append([(list(r.tokens), np.asarray(r.logprobs)) for r in res])
-    for (t0, l0), (t1, l1) in zip(*outs):
+    for (t0, l0), (t1, l1) in zip(*outs, strict=True):
         assert t0 == t1
         np.testing.assert_allclose(l0, l1, atol=1e-5)
 

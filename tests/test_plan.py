@@ -13,7 +13,7 @@ import pytest
 
 from eigen_core.configio import load_config
 from eigen_jax.config import RunConfig
-from eigen_jax.plan import CHIPS, advice, chip_of, plan
+from eigen_jax.plan import CHIPS, advice, chip_of, plan, plan_sampler
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "configs/quickstart.yaml"
@@ -42,7 +42,41 @@ def test_the_plan_counts_what_a_real_learner_holds_per_device():
     assert report["bytes"]["opt_state"] == per_device(learner.state.opt_state)
     assert report["bytes"]["batch"] == 3 * 8 * 256 * 4 // 4  # three int32 [8, 256] arrays over fsdp 4
     assert report["flops_per_device"] > 0 and report["bytes"]["temp"] > 0
+    assert report["attention"] == "dense" and report["logits_chunk"] == 0
     assert report["fits"] is None  # a CPU device has no memory figure to hold it against
+
+
+def test_model_flops_agree_with_xla_where_xla_can_count_them():
+    """With no loop in the step (one micro-batch, dense attention, the LM head whole, no remat)
+    XLA's cost analysis counts every FLOP: the analytic model FLOPs are its matmuls (XLA adds the
+    masked half of the attention square and the element-wise work). With micro-batches the model
+    FLOPs stay, XLA's count falls, since it counts the scan's body once."""
+    over = ["sft_agent.max_len=128", "sft_agent.batch_size=8", "model.arch.hidden_size=256",
+            "model.arch.intermediate_size=768", "model.arch.num_hidden_layers=2"]  # fmt: skip
+    one = plan(load_config(RunConfig, QUICKSTART, over), "sft_agent", jax.devices()[:1])
+    assert 1.0 < one["xla_flops_per_device"] / one["flops_per_device"] < 1.25, one
+    four = plan(
+        load_config(RunConfig, QUICKSTART, [*over, "sft_agent.micro_batches=4"]),
+        "sft_agent",
+        jax.devices()[:1],
+    )
+    assert four["flops_per_device"] == one["flops_per_device"]
+    assert four["xla_flops_per_device"] < 0.5 * one["xla_flops_per_device"]
+
+
+def test_the_sampler_plan_sizes_the_longest_turn_and_blockwise_prefill_needs_less():
+    cfg = load_config(RunConfig, QUICKSTART, ["episode.concurrency=20", "episode.max_len=600"])
+    dense = plan_sampler(cfg, jax.devices()[:4], chip="v5e")
+    arch = cfg.model.arch
+    assert dense["rows"] == 32 and dense["prompt"] == 640 and dense["new_tokens"] == cfg.episode.turn_tokens
+    whole = 2 * arch["num_hidden_layers"] * 32 * (640 + dense["new_tokens"]) * arch["num_key_value_heads"]
+    assert dense["bytes"]["kv_cache_whole"] == whole * arch["head_dim"] * 4  # fp32
+    assert dense["chip"] == "v5e" and dense["fits"] is True and dense["bytes"]["temp"] > 0
+    cfg = load_config(
+        RunConfig, QUICKSTART, ["episode.concurrency=20", "episode.max_len=600", "model.attention=blockwise"]
+    )
+    lean = plan_sampler(cfg, jax.devices()[:4])
+    assert lean["bytes"]["temp"] < dense["bytes"]["temp"]
 
 
 def test_chips_and_advice():
@@ -59,7 +93,12 @@ def test_chips_and_advice():
         "hbm_bytes": 100,
         "micro_batches": 2,
     }
-    assert "micro-batches (now 2" in advice(act)[0]
+    tips = advice(act)
+    assert "micro-batches (now 2" in tips[0]
+    assert any("model.attention: splash" in t for t in tips) and any("logits_chunk" in t for t in tips)
+    assert not any(
+        "model.attention" in t for t in advice({**act, "attention": "splash", "logits_chunk": 1024})
+    )
 
 
 def test_the_command_on_this_hosts_devices():
@@ -90,6 +129,23 @@ def test_a_tiny_model_fits_a_v5p_slice_and_a_huge_one_is_refused_with_advice():
     report = json.loads(out.stdout)
     assert report["chip"] == "v5p" and report["devices"] == 4 and report["fits"] is True
     assert report["step_s_at_peak"] == pytest.approx(report["flops_per_device"] / CHIPS["v5p"][1])
+    # the long-context options compile for the TPU: splash attention (Mosaic) under shard_map, the
+    # LM head in chunks; at 2,048 tokens they need less than dense attention and the whole head
+    long = [*cmd[:-1], "sft_agent.max_len=2048", "sft_agent.batch_size=8", "model.arch.head_dim=128"]
+    dense = json.loads(subprocess.run(long, capture_output=True, text=True, cwd=ROOT, env=env).stdout)
+    out = subprocess.run(
+        [*long, "model.attention=splash", "model.logits_chunk=512"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lean = json.loads(out.stdout)
+    assert lean["attention"] == "splash" and lean["bytes"]["temp"] < 0.5 * dense["bytes"]["temp"], (
+        lean,
+        dense,
+    )
     # ~15B parameters in fp32 with Adam: ~42 GiB per chip on 4 v5e chips of 16 GiB
     arch = {"hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 4,
             "num_attention_heads": 128, "num_key_value_heads": 8, "head_dim": 128}  # fmt: skip

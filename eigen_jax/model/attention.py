@@ -60,8 +60,7 @@ def attend(
     """Attention output [B, T, heads, d] (float32) for q [B, T, heads, d], k/v [B, S, kv_heads, d];
     ``impl`` one of ``IMPLS``; ``mesh`` (splash) the mesh the batch is sharded over; ``interpret``
     runs the splash kernel in Pallas' interpreter (tests on CPU)."""
-    b, t, nh, d = q.shape
-    nkv = k.shape[2]
+    t, nh, nkv = q.shape[1], q.shape[2], k.shape[2]
     if nh % nkv:
         raise ValueError(f"{nh} query heads do not group over {nkv} key/value heads")
     if impl == "dense":
@@ -125,7 +124,9 @@ def _blockwise(q, k, v, mask: AttnMask, bq: int, bk: int) -> jax.Array:
                 new_top = jnp.maximum(top, sc.max(-1))
                 p = jnp.where(seen, jnp.exp(sc - new_top[..., None]), 0.0)
                 fix = jnp.exp(top - new_top)
-                pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(qi.dtype), vj, preferred_element_type=jnp.float32)
+                pv = jnp.einsum(
+                    "bkgts,bskd->bkgtd", p.astype(qi.dtype), vj, preferred_element_type=jnp.float32
+                )
                 return acc * fix[..., None] + pv, new_top, den * fix + p.sum(-1)
 
             # a key block wholly after every query of this block adds nothing: skip its work
@@ -157,7 +158,7 @@ def _splash(q, k, v, mask: AttnMask, mesh: Mesh | None, interpret: bool) -> jax.
             f"model.attention: splash is a TPU kernel and this model is on {_platform(mesh)}; "
             "use blockwise (any backend) or cudnn (NVIDIA GPUs)"
         )
-    b, t, nh, d = q.shape
+    t, nh, d = q.shape[1:]
     s, nkv = k.shape[1], k.shape[2]
     if s != t:
         raise ValueError("splash attention serves full sequences (no KV cache): queries and keys differ")
@@ -191,9 +192,8 @@ def _splash(q, k, v, mask: AttnMask, mesh: Mesh | None, interpret: bool) -> jax.
         return local(q, k, v, seg)
     heads_axis = "tensor" if nkv % mesh.shape["tensor"] == 0 else None
     spec = P(("data", "fsdp"), None, heads_axis, None)
-    fn = jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, spec, P(("data", "fsdp"), None)), out_specs=spec, check_vma=False
-    )
+    rows = P(("data", "fsdp"), None)
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, rows), out_specs=spec, check_vma=False)
     return fn(q, k, v, seg)
 
 
