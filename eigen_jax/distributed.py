@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -149,3 +149,20 @@ def agree(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def share(value: Any) -> Any:
+    """Process 0's ``value`` (any picklable object; the others pass anything, e.g. None) on every
+    process: what only process 0 computed, such as a GRPO batch from its rollouts."""
+    if process_count() == 1:
+        return value
+    import pickle
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = pickle.dumps(value) if is_primary() else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int64)))
+    buf = np.frombuffer(data, np.uint8) if is_primary() else np.zeros(size, np.uint8)
+    # pickle is safe here: the bytes come from process 0 of this same program, not from outside
+    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())

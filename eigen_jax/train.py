@@ -147,11 +147,11 @@ PRIMARY_STAGES = ("generate", "selfcheck")
 def multi_process_gaps(cfg: RunConfig) -> list[str]:
     """What this run asks of several processes that is not built yet (each names its way out)."""
     gaps = []
-    if "grpo" in cfg.run.stages and cfg.grpo.source == "episodes":
+    if "grpo" in cfg.run.stages and cfg.grpo.source == "episodes" and not cfg.grpo.remote.servers:
         gaps.append(
-            "grpo on episodes runs on one process for now (its asynchronous rollouts would issue "
-            "the sharded sampler's steps in a different order on each process); use grpo.source: "
-            "toy, or run the stage with one process"
+            "grpo on episodes across processes runs its episodes on rollout servers (set "
+            "grpo.remote.servers and grpo.remote.agent): the in-process sampler would need every "
+            "process to issue the same generate calls in the same order"
         )
     if "eval" in cfg.run.stages:
         gaps.append(

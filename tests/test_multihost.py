@@ -168,9 +168,46 @@ def test_stages_not_built_for_several_processes_are_refused_by_name():
 
     cfg = RunConfig.model_validate({"run": {"stages": ["generate", "sft_agent", "grpo", "eval"]}})
     gaps = multi_process_gaps(cfg)
-    assert len(gaps) == 2 and "grpo on episodes" in gaps[0] and "eval stage" in gaps[1]
+    assert len(gaps) == 2 and "grpo on episodes" in gaps[0] and "rollout servers" in gaps[0]
+    assert "eval stage" in gaps[1]
+    remote = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"remote": cfg.grpo.remote.model_copy(
+        update={"servers": ["http://127.0.0.1:1"]})})})  # fmt: skip
+    assert len(multi_process_gaps(remote)) == 1
     toy = RunConfig.model_validate({"run": {"stages": ["sft_agent", "grpo"]}, "grpo": {"source": "toy"}})
     assert multi_process_gaps(toy) == []
+
+
+@pytest.mark.slow
+def test_grpo_on_episodes_across_two_processes_through_rollout_servers(tmp_path):
+    """Process 0 runs the controller and every episode (on two rollout servers, policy on
+    ``eigen_jax.serve``) and shares each batch; both processes update one 8-device model and
+    export it together once per update, which the engine reloads."""
+    import urllib.request
+
+    from rollout_topology import pool_and_agent, topology
+
+    pool_and_agent(tmp_path)
+    with topology(tmp_path, rate=0.0) as (_, ports):
+        remote = (
+            "run.stages=[grpo]", f"model.hf_dir={tmp_path / 'agent'}", f"model.tokenizer={tmp_path / 'tok'}",
+            "model.mesh=[1,-1,1]", "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",
+            "episode.max_len=1024", "episode.prompt=full", "grpo.steps=3", "grpo.tasks_per_step=2",
+            "grpo.group_size=4", "grpo.filter_groups=false", "checkpoint.every=2",
+            f"grpo.remote.servers=[http://127.0.0.1:{ports['f1']},http://127.0.0.1:{ports['f2']}]",
+            f"grpo.remote.agent.url=http://127.0.0.1:{ports['fe']}", "grpo.remote.agent.model=agent",
+        )  # fmt: skip
+        out = tmp_path / "two"
+        _run(out, remote, 2, f"pool.dir={tmp_path}/run/pool")
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports['r1']}/health").read())
+        assert health["episodes"] > 0 and health["version"] == 3  # one sync per update, announced
+    rows = _metrics(out / "grpo/metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(len(r["groups"]) == 2 for r in rows)
+    sessions = [x for x in (out / "grpo/groups.jsonl").read_text().splitlines() if '"session"' in x]
+    assert len(sessions) == 1  # process 0 alone ran (and recorded) the rollouts
+    assert sorted(p.name for p in (out / "grpo/served_weights").iterdir()) == ["v2", "v3"]
+    assert (out / "grpo/hf/model.safetensors").exists()
+    assert "Traceback" not in (out / "p1.log").read_text()
 
 
 LOAD_AND_EXPORT = """

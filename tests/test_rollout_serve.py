@@ -2,29 +2,23 @@
 runs through launched servers (policy on ``eigen_jax.serve``) while one of them is killed."""
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from flax import nnx
+from rollout_topology import pool_and_agent, topology
 
 from eigen_apps.rollout_server import RolloutServer, RolloutServerConfig
 from eigen_core.configio import load_config
 from eigen_core.contracts import Termination, Trajectory
 from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.config import RunConfig
-from eigen_jax.model import Decoder, DecoderConfig
-from eigen_jax.model.hf import save_hf
 from eigen_jax.train import run
-from eigen_jax.train_config import TINY_ARCH
 from rollout.http_engine import EngineError
 from rollout.remote import RemoteEpisodes, SettingsMismatch
 from rollout.vllm_server import free_port
@@ -170,104 +164,12 @@ def test_bad_episode_request_is_a_400(shop_tasks, tmp_path):
     asyncio.run(main())
 
 
-def _launch(args, log):
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def _wait_health(url, proc, timeout=180):
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def _pool_and_agent(tmp_path):
-    """A pool, the run's tokenizer (in tmp/tok) and a random tiny agent (tmp/agent)."""
-    cfg = load_config(
-        RunConfig,
-        ROOT / "configs/quickstart.yaml",
-        [
-            f"run.out_dir={tmp_path}/run",
-            f"pool.dir={tmp_path}/run/pool",
-            "run.progress=false",
-            "procedural.num_tasks=40",
-            "run.stages=[generate]",
-        ],
-    )
-    run(cfg)  # the pool, and the run's tokenizer
-    from eigen_jax.train import stage_context
-
-    tok = stage_context(cfg).tok
-    tok.save(tmp_path / "tok")
-    arch = {**TINY_ARCH, "vocab_size": -(-tok.vocab_size // 64) * 64}
-    save_hf(
-        Decoder(DecoderConfig.from_hf(arch), rngs=nnx.Rngs(0)),
-        tmp_path / "agent",
-        tokenizer_dir=tmp_path / "tok",
-    )
-
-
-@contextlib.contextmanager
-def _topology(tmp_path):
-    """A policy engine and two rollout servers, each behind a fault proxy injecting 20% faults
-    of every kind; yields the processes and their ports."""
-    logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2", "fe", "f1", "f2")}
-    ep, p1, p2 = free_port(), free_port(), free_port()
-    fe, f1, f2 = free_port(), free_port(), free_port()  # fault proxies in front of each
-    procs = {
-        "engine": _launch(
-            ["eigen_jax.serve", "--model", str(tmp_path / "agent"), "--port", str(ep)], logs["engine"]
-        )
-    }
-    for name, port, up, seed in (("fe", fe, ep, 1), ("f1", f1, p1, 2), ("f2", f2, p2, 3)):
-        procs[name] = _launch(
-            ["rollout.fault_proxy", f"--upstream=http://127.0.0.1:{up}", f"--port={port}", "--rate=0.2",
-             f"--seed={seed}", "--hang-s=2", "--retry-after-s=0.05"],
-            logs[name],
-        )  # fmt: skip
-    for name, port in (("r1", p1), ("r2", p2)):
-        procs[name] = _launch(
-            [
-                "eigen_apps.rollout_server", f"server.port={port}", f"agent.url=http://127.0.0.1:{fe}",
-                "agent.timeout_s=30", "agent.max_retries=6", "agent.model=agent",
-                f"agent.tokenizer={tmp_path / 'tok'}",
-                "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",
-                "episode.max_len=1024", "server.progress_every=1",
-            ],
-            logs[name],
-        )  # fmt: skip
-    try:
-        _wait_health(f"http://127.0.0.1:{ep}", procs["engine"])
-        for port, name in ((p1, "r1"), (p2, "r2"), (fe, "fe"), (f1, "f1"), (f2, "f2")):
-            _wait_health(f"http://127.0.0.1:{port}", procs[name])  # (a proxy: until one gets through)
-        yield procs, {"engine": ep, "r1": p1, "r2": p2, "fe": fe, "f1": f1, "f2": f2}
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
-
-
 @pytest.mark.slow
 def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
     """Also through 20% injected faults of every kind in front of the policy engine (episodes and
     weight sync) and of each rollout server (rollout.fault_proxy)."""
-    _pool_and_agent(tmp_path)
-    with _topology(tmp_path) as (procs, ports):
+    pool_and_agent(tmp_path)
+    with topology(tmp_path) as (procs, ports):
         fe, f1, f2, p1 = ports["fe"], ports["f1"], ports["f2"], ports["r1"]
         cfg = load_config(
             RunConfig,

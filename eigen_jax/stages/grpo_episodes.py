@@ -6,6 +6,10 @@ keeps groups in flight under the staleness bound while the learner updates in a 
 after each update the sampler swaps to the new weights (version = learner step) and the
 controller admits the next groups. Checkpoints carry the controller's position, so ``--resume``
 reruns the groups that were in flight and nothing else.
+
+Across processes, episodes run on rollout servers: process 0 runs the controller and shares each
+batch (``distributed.share``); the others (``MirrorRollouts``) take part in the update and in the
+collective export of each sync.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
+from eigen_jax.distributed import is_primary, process_count, share
 from eigen_jax.sampler import bucket
 from eigen_jax.stages.common import StageContext, episode_engine, pad_rows
 from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
-from eigen_jax.stages.rollouts import InProcessRollouts, RemoteRollouts, Rollouts
+from eigen_jax.stages.rollouts import InProcessRollouts, MirrorRollouts, RemoteRollouts, Rollouts
 from eigen_jax.train_config import GRPOSection
 from rollout.config import EpisodeConfig, episode_settings
 from rollout.controller import RolloutController
@@ -206,15 +211,19 @@ class EpisodeGRPO(StageProgram):
         self.next_index = data["controller"]["next_index"]
 
     def data_state(self) -> dict[str, Any]:
-        assert self.controller is not None
-        return {"controller": self.controller.state_dict()}
+        # process 0 runs the controller; its position is what the checkpoint keeps
+        return {"controller": self.controller.state_dict()} if self.controller is not None else {}
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         g = self.g
-        self.groups.note({"session": {"step": self.learner.step, "next_index": self.next_index}})
+        if is_primary():
+            self.groups.note({"session": {"step": self.learner.step, "next_index": self.next_index}})
         try:
             await self.policy.sync(self.learner, self.export_dir)  # serve exactly the learner's weights
+            if not is_primary():  # process 0 runs the rollouts and shares each batch (``step``)
+                yield
+                return
             self.controller = RolloutController(
                 self.groups,
                 keep=self.keep,
@@ -232,6 +241,11 @@ class EpisodeGRPO(StageProgram):
             await self.policy.close()
 
     async def step(self) -> dict[str, Any]:
+        if not is_primary():
+            host = share(None)  # process 0's batch, as it assembled it
+            await asyncio.to_thread(self.update, host)
+            await self.policy.sync(self.learner, self.export_dir)
+            return {}
         g, learner, controller, groups = self.g, self.learner, self.controller, self.groups
         assert controller is not None
         t0 = time.perf_counter()
@@ -242,7 +256,7 @@ class EpisodeGRPO(StageProgram):
         shaped = np.concatenate([grp.train_rewards(g.episodes.action_credit) for grp in batch])
         adv, _ = advantages(shaped, g.group_size, g)
         length = min(bucket(max(len(t.tokens) for t in trajs), 256), self.max_len)
-        host = episode_batch(trajs, adv, length, self.pad_id)
+        host = share(episode_batch(trajs, adv, length, self.pad_id))  # the same batch on every process
         assert len(trajs) == self.rows
         row: dict[str, Any] = {"groups": [grp.index for grp in batch]}  # what this update trains on
         row.update(_rollout_metrics(groups.finished), **staleness(trajs, learner.step))
@@ -292,6 +306,14 @@ def episode_rollouts(
     """Where the stage's episodes run: on the rollout servers of ``grpo.remote``, or in this
     process on the learner's model (and the user model from ``user_from``)."""
     tok, ep = ctx.tok, episode
+    if process_count() > 1 and not g.remote.servers:
+        raise ValueError(
+            "grpo on episodes across processes runs its episodes on rollout servers (grpo.remote.servers "
+            "and grpo.remote.agent): the in-process sampler would need every process to issue the same "
+            "generate calls in the same order. Launch rollout servers, or run with one process"
+        )
+    if not is_primary():
+        return MirrorRollouts()
     if g.remote.servers:
         tok_dir = ctx.stage_dir("grpo").root / "tokenizer"
         tok.save(tok_dir)

@@ -119,3 +119,28 @@ class RemoteRollouts(Rollouts):
     async def close(self) -> None:
         await self.remote.close()
         await self.engine.close()
+
+
+class MirrorRollouts(Rollouts):
+    """A learner process other than process 0 in a multi-process GRPO run: process 0 runs every
+    episode (on rollout servers) and shares each batch; this process takes part in the update and
+    in the collective export of each sync, and talks to no engine."""
+
+    def __init__(self) -> None:
+        self.policy_version = PolicyVersion()
+
+    async def run(self, task: Task, seed: int, group_id: str = "", sample_index: int = 0) -> Trajectory:
+        raise RuntimeError("episodes run on process 0 only")
+
+    async def sync(self, learner: Learner, export_dir: Path) -> None:
+        # save_hf gathers every shard from every process; only process 0 writes
+        await asyncio.to_thread(save_hf, learner.model(), export_dir / f"v{learner.step}")
+
+    def retries(self) -> int:
+        return 0
+
+    def engine_metrics(self) -> dict[str, float]:
+        return {}
+
+    async def close(self) -> None:
+        pass
