@@ -380,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--chip",
         choices=sorted(CHIPS),
-        help="with --devices: hold the figures against this chip (e.g. h200 from a CPU host: XLA:CPU's "
-        "buffer assignment standing in for the GPU compiler's; confirm on the GPU with --device-kind gpu)",
+        help="hold the figures against this chip instead of the compiled-for one: a stand-in plan for "
+        "hardware not at hand (e.g. --topology v5p:2x2x2 --chip h200 model.attention=blockwise for 8 "
+        "GPUs: XLA:TPU's buffer assignment is close to the GPU compiler's, XLA:CPU's is not; confirm "
+        "on the GPUs with --devices 8 --device-kind gpu)",
     )
     ap.add_argument(
         "--stage",
@@ -397,8 +399,6 @@ def main(argv: list[str] | None = None) -> int:
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
     cfg = config_from_args(RunConfig, args, foreign_sections=())
-    if args.chip and args.topology:
-        ap.error("--chip goes with --devices (a topology names its own chip)")
     if args.stage == "sample":
         report = plan_sampler(cfg, _devices(args), args.chip)
     else:
