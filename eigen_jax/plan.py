@@ -96,6 +96,20 @@ def _devices(args: argparse.Namespace) -> list[Any]:
     return devs[: args.devices]
 
 
+def _vocab(cfg: RunConfig) -> int:
+    """The vocabulary a from-scratch model of ``cfg`` gets (as ``stages.common.base_model`` sizes
+    it: the tokenizer's, rounded up to a multiple of 64); ``small`` is taken at its configured
+    size, since it is trained only when the run starts."""
+    m = cfg.model
+    if m.tokenizer == "small":
+        size = m.small_vocab_size
+    else:
+        from eigen_core.tokenizer import Tokenizer, qwen3_tokenizer_dir
+
+        size = Tokenizer.from_dir(qwen3_tokenizer_dir() if m.tokenizer == "qwen3" else m.tokenizer).vocab_size
+    return -(-size // 64) * 64
+
+
 def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     """(graphdef, abstract TrainState with shardings, optimiser, arch) of the stage's model."""
     import jax
@@ -180,8 +194,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
     from eigen_jax.objectives import GRPOLoss, SFTLoss
 
     mesh = make_mesh(cfg.model.mesh, devices)
-    vocab = -(-cfg.model.small_vocab_size // 64) * 64 if cfg.model.tokenizer == "small" else 151_936
-    graphdef, state, tx, arch = _abstract_state(cfg, stage, mesh, vocab)
+    graphdef, state, tx, arch = _abstract_state(cfg, stage, mesh, _vocab(cfg))
     shape = stage_shape(cfg, stage)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if shape.rows % (ways * shape.micro_batches):
@@ -261,8 +274,7 @@ def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) ->
     from eigen_jax.sampler import _generate, _Knobs, bucket
 
     mesh = make_mesh(cfg.model.mesh, devices)
-    vocab = -(-cfg.model.small_vocab_size // 64) * 64 if cfg.model.tokenizer == "small" else 151_936
-    graphdef, state, _, arch = _abstract_state(cfg, "grpo", mesh, vocab)
+    graphdef, state, _, arch = _abstract_state(cfg, "grpo", mesh, _vocab(cfg))
     ep = cfg.episode
     rows, new = bucket(ep.concurrency, 8), ep.turn_tokens
     prompt = -(-(ep.max_len - new) // 128) * 128

@@ -166,47 +166,55 @@ def save_hf(
     """Write ``model`` as an HF checkpoint (config.json + safetensors, sharded past
     ``max_shard_bytes``), optionally with the tokenizer files from ``tokenizer_dir``.
 
-    ``dtype`` is the stored dtype (default: the parameters' own). Tensors are gathered one at a
-    time, so peak host memory is one tensor beyond what is written.
+    ``dtype`` is the stored dtype (default: the parameters' own). Across processes every process
+    takes part in gathering each tensor and process 0 writes. Shards are planned from the shapes,
+    then gathered and written one at a time: host memory peaks at one shard, not the model.
     """
     root = Path(root)
     hf_cfg = model.cfg.to_hf()
-    tensors: dict[str, np.ndarray] = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        key, transpose = hf_key(path)
-        arr = host_array(var[...])
-        if dtype is not None:
-            arr = arr.astype(dtype)
-        tensors[key] = np.ascontiguousarray(arr.T if transpose else arr)
+    params = [(hf_key(path), var) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    stored = np.dtype(dtype or params[0][1][...].dtype)
     hf_cfg["torch_dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
-        str(next(iter(tensors.values())).dtype), "float32"
+        str(stored), "float32"
     )
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]
-    if jax.process_index() != 0:  # every process took part in the gathers; process 0 writes
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-
-    shards: list[dict[str, np.ndarray]] = [{}]
+    plan: list[list[int]] = [[]]
     size = 0
-    for key, arr in tensors.items():
-        if size and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
+    for i, (_, var) in enumerate(params):
+        nbytes = int(np.prod(var[...].shape)) * (
+            stored.itemsize if dtype else np.dtype(var[...].dtype).itemsize
+        )
+        if size and size + nbytes > max_shard_bytes:
+            plan.append([])
             size = 0
-        shards[-1][key] = arr
-        size += arr.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], root / "model.safetensors", metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        plan[-1].append(i)
+        size += nbytes
+    primary = jax.process_index() == 0
+    if primary:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    names = (
+        ["model.safetensors"]
+        if len(plan) == 1
+        else [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    )
+    weight_map, total = {}, 0
+    for name, members in zip(names, plan, strict=True):
+        shard: dict[str, np.ndarray] = {}
+        for i in members:  # every process takes part in each gather
+            (key, transpose), var = params[i]
+            arr = host_array(var[...])
+            arr = arr.astype(dtype) if dtype is not None else arr
+            shard[key] = np.ascontiguousarray(arr.T if transpose else arr)
+        if primary:
             save_file(shard, root / name, metadata={"format": "pt"})
-            weight_map.update({k: name for k in shard})
-        index = {
-            "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
-            "weight_map": weight_map,
-        }
+        weight_map.update({k: name for k in shard})
+        total += sum(a.nbytes for a in shard.values())
+        del shard
+    if not primary:
+        return root
+    if len(plan) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
