@@ -78,6 +78,8 @@ def _devices(args: argparse.Namespace) -> list[Any]:
     if args.topology:
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's probe; compile-only
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        # a compile-only client owns no TPU: let several plans (and a test) run side by side
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         from jax.experimental import topologies
 
         try:
