@@ -228,7 +228,9 @@ def test_a_synth_round_through_faults_completes_and_counts_its_retries(tmp_path)
             url = str(front.make_url("")).rstrip("/")
             roles = ["planner", "synthesizer", "judge", "user", "assistant", "reflector"]
             over = [
-                f"endpoints.{r}={{kind: endpoint, url: '{url}', timeout_s: 1.0, max_retries: 6}}"
+                # 2 s: a hang (3 s) times out, a sound answer on a loaded CI machine does not (at
+                # 1 s one did, and its retry had no injected fault to count against)
+                f"endpoints.{r}={{kind: endpoint, url: '{url}', timeout_s: 2.0, max_retries: 6}}"
                 for r in roles
             ]
             cfg = load_config(
