@@ -95,7 +95,9 @@ def _assert_same_run(a: Path, b: Path, stage: str) -> None:
     assert [m["step"] for m in ma] == [m["step"] for m in mb]
     for x, y in zip(ma, mb, strict=True):
         for key in ("loss", "grad_norm"):
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["step"], key)
+            # abs 1e-6: an on-policy GRPO loss is -mean(ratio x advantage) with ratio 1, a sum of
+            # O(1) terms cancelling to ~0, so reduction order alone moves it by ~1e-7
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key)
     wa, wb = load_file(a / stage / "hf/model.safetensors"), load_file(b / stage / "hf/model.safetensors")
     assert set(wa) == set(wb)
     for k in wa:
