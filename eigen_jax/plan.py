@@ -102,6 +102,8 @@ def _vocab(cfg: RunConfig) -> int:
     """The vocabulary a from-scratch model of ``cfg`` gets (as ``stages.common.base_model`` sizes
     it: the tokenizer's, rounded up to a multiple of 64); ``small`` is taken at its configured
     size, since it is trained only when the run starts."""
+    from eigen_jax.stages.common import padded_vocab
+
     m = cfg.model
     if m.tokenizer == "small":
         size = m.small_vocab_size
@@ -109,7 +111,7 @@ def _vocab(cfg: RunConfig) -> int:
         from eigen_core.tokenizer import Tokenizer, qwen3_tokenizer_dir
 
         size = Tokenizer.from_dir(qwen3_tokenizer_dir() if m.tokenizer == "qwen3" else m.tokenizer).vocab_size
-    return -(-size // 64) * 64
+    return padded_vocab(size)
 
 
 def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
@@ -155,20 +157,25 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
     return graphdef, TrainState(params, opt, scalar, rng), tx, arch
 
 
+def matmul_params(arch: Any) -> int:
+    """Parameters that take part in a matmul per token: every projection and the LM head (the
+    embedding lookup is free, a tied head still multiplies)."""
+    h, hd, nh, nkv = arch.hidden_size, arch.head_dim, arch.num_attention_heads, arch.num_key_value_heads
+    per_layer = h * hd * (2 * nh + 2 * nkv) + 3 * h * arch.intermediate_size
+    return arch.num_hidden_layers * per_layer + arch.vocab_size * h
+
+
 def model_flops(arch: Any, rows: int, length: int) -> float:
     """Training FLOPs of one update of ``rows`` sequences of ``length`` tokens: forward + backward
     (3 x the forward), no recomputation counted (the convention of MFU: PaLM, MaxText).
 
-    Forward per sequence: 2 x matmul parameters x length (every projection and the LM head; the
-    embedding lookup is free), plus causal attention's QK^T and PV, 2 x heads x head_dim x
-    length^2 per layer (half of the full square). XLA's own cost analysis cannot stand in: it
-    counts a loop body once, and micro-batches, blockwise attention and LM-head chunks are loops.
+    Forward per sequence: 2 x ``matmul_params`` x length, plus causal attention's QK^T and PV,
+    2 x heads x head_dim x length^2 per layer (half of the full square). XLA's own cost analysis
+    cannot stand in: it counts a loop body once, and micro-batches, blockwise attention and
+    LM-head chunks are loops.
     """
-    h, hd, nh, nkv = arch.hidden_size, arch.head_dim, arch.num_attention_heads, arch.num_key_value_heads
-    per_layer = h * hd * (2 * nh + 2 * nkv) + 3 * h * arch.intermediate_size
-    matmul = arch.num_hidden_layers * per_layer + arch.vocab_size * h
-    forward = 2 * matmul * length + 2 * arch.num_hidden_layers * nh * hd * length**2
-    return 3.0 * forward * rows
+    attention = 2 * arch.num_hidden_layers * arch.num_attention_heads * arch.head_dim * length**2
+    return 3.0 * (2 * matmul_params(arch) * length + attention) * rows
 
 
 def _per_device_bytes(tree: Any) -> int:
@@ -303,10 +310,7 @@ def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) ->
     cache_b = 2 * arch.num_hidden_layers * rows * length * arch.num_key_value_heads * arch.head_dim * itemsize
     temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
     total = params_b + temp_b  # the cache is made inside the call: it is part of the temporaries
-    h, nh, hd = arch.hidden_size, arch.num_attention_heads, arch.head_dim
-    matmul = arch.num_hidden_layers * (
-        h * hd * (2 * nh + 2 * arch.num_key_value_heads) + 3 * h * arch.intermediate_size
-    )
+    attention = 4 * arch.num_hidden_layers * arch.num_attention_heads * arch.head_dim * length
     return {
         "stage": "sample",
         "devices": len(devices),
@@ -320,7 +324,7 @@ def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) ->
         "hbm_bytes": hbm,
         "fits": None if hbm is None else total <= hbm,
         # the last decode step: every row reads the whole cache
-        "flops_per_token": 2 * (matmul + arch.vocab_size * h) + 4 * arch.num_hidden_layers * nh * hd * length,
+        "flops_per_token": 2 * matmul_params(arch) + attention,
     }
 
 

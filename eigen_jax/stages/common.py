@@ -88,6 +88,12 @@ def model_mesh(model: Decoder):
     return getattr(model.embed_tokens[...].sharding, "mesh", None)
 
 
+def padded_vocab(size: int) -> int:
+    """A from-scratch model's vocabulary for a tokenizer of ``size`` ids: the next multiple of 64
+    (shards and tiles better)."""
+    return -(-size // 64) * 64
+
+
 def base_model(m: ModelSection, tok: Tokenizer, start: str | Path | None = None) -> Decoder:
     """The model a stage starts from: ``start`` (an earlier stage's HF export), else
     ``model.hf_dir``, else ``model.arch`` from scratch; sharded over ``model.mesh``."""
@@ -97,8 +103,7 @@ def base_model(m: ModelSection, tok: Tokenizer, start: str | Path | None = None)
     if source is not None:
         model = load_hf(source, dtype=dtype, param_dtype=pdtype, mesh=mesh)
     else:
-        vocab = -(-tok.vocab_size // 64) * 64  # a multiple of 64 shards and tiles better
-        arch = DecoderConfig.from_hf({**m.arch, "vocab_size": vocab})
+        arch = DecoderConfig.from_hf({**m.arch, "vocab_size": padded_vocab(tok.vocab_size)})
         model = shard_model(Decoder(arch, rngs=nnx.Rngs(m.seed), dtype=dtype, param_dtype=pdtype), mesh)
     return configure(model, m, mesh)
 
