@@ -166,3 +166,14 @@ def share(value: Any) -> Any:
     buf = np.frombuffer(data, np.uint8) if is_primary() else np.zeros(size, np.uint8)
     # pickle is safe here: the bytes come from process 0 of this same program, not from outside
     return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
+
+
+def agreed_max(value: int) -> int:
+    """The largest of every process's ``value`` (e.g. the padded width of a batch whose rows
+    each process built for itself)."""
+    if process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))

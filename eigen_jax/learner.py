@@ -20,8 +20,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from eigen_jax.feed import Build, feed, take
 from eigen_jax.model import Decoder
-from eigen_jax.model.sharding import batch_sharding
 from eigen_jax.train_config import OptimSection
 
 Batch = dict[str, jax.Array]
@@ -176,18 +176,15 @@ class Learner:
         """Advance ``step`` without an update (a stage step that produced nothing to learn from)."""
         self.state = self.state._replace(step=self.state.step + 1)
 
-    def put(self, batch: dict[str, np.ndarray]) -> Batch:
-        """Host arrays -> device arrays, batch axis sharded over the mesh."""
-        if self.mesh is None:
-            return {k: jnp.asarray(v) for k, v in batch.items()}
-        ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        lead = len(next(iter(batch.values())))
-        if lead % ways:
-            raise ValueError(
-                f"a batch of {lead} sequences does not split over the mesh's data x fsdp = {ways} "
-                "devices: make the batch size a multiple of it (or change model.mesh)"
-            )
-        return {k: jax.device_put(v, batch_sharding(self.mesh, np.ndim(v))) for k, v in batch.items()}
+    def feed(self, n: int, build: Build, trim: int | None = None) -> Batch:
+        """The global ``n``-row batch on device, this process building only its devices' rows
+        with ``build(rows)`` (``feed.feed``; ``trim``: cut padding columns to a multiple)."""
+        return feed(self.mesh, n, build, trim)
+
+    def put(self, batch: dict[str, np.ndarray], trim: int | None = None) -> Batch:
+        """A host batch every process holds whole -> device arrays, batch axis sharded over the
+        mesh (each process places its rows)."""
+        return self.feed(len(next(iter(batch.values()))), take(batch), trim)
 
     def update(self, batch: Batch, denom: jax.Array, advance: bool = True) -> dict[str, float]:
         """One optimiser step on ``batch`` (already on device); returns its metrics as floats.

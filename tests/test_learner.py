@@ -159,7 +159,7 @@ def test_sharded_state_survives_a_checkpoint(tmp_path):
 def test_trimming_trailing_padding_changes_nothing():
     """SFT batches are cut to the longest row (in 128-column steps): the same update as the
     full-width batch, fewer columns."""
-    from eigen_jax.stages.common import trim_padding
+    from eigen_jax.feed import trim_padding
 
     b = _batch(n=4, t=300)
     b["attn_mask"][:, 140:] = 0  # every row ends by column 140

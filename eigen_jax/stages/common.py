@@ -28,16 +28,6 @@ from rollout.config import EpisodeConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def trim_padding(batch: dict[str, np.ndarray], multiple: int = 128) -> dict[str, np.ndarray]:
-    """``batch`` with its trailing all-padding columns cut from every [N, T] array, keeping a
-    multiple of ``multiple`` columns (few shapes, so few compiles). Exact for right-padded rows:
-    the cut columns hold nothing any row attends to or is trained on; it spares their compute."""
-    width = batch["attn_mask"].shape[1]
-    used = int(batch["attn_mask"].any(axis=0).nonzero()[0].max(initial=-1)) + 1
-    keep = min(width, max(multiple, -(-used // multiple) * multiple))
-    return batch if keep == width else {k: v[:, :keep] if v.ndim == 2 else v for k, v in batch.items()}
-
-
 def pad_rows(rows: list[dict[str, list]], length: int, pad_id: int) -> dict[str, np.ndarray]:
     """[len(rows), length] right-padded arrays from per-token lists, each row cut at ``length``:
     ``tokens`` (padded with ``pad_id``, int32), an ``attn_mask``, and every other key (zeros;

@@ -23,7 +23,7 @@ from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer
 from eigen_jax.learner import Learner, make_optimizer
 from eigen_jax.objectives import SFTLoss
-from eigen_jax.stages.common import StageContext, model_mesh, pad_rows, trim_padding
+from eigen_jax.stages.common import StageContext, model_mesh, pad_rows
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
@@ -74,15 +74,16 @@ def to_arrays(
 
 
 class SFT(StageProgram):
-    """Shuffled epochs of the pool's scripted dialogues (grain; its iterator is the data
-    position), the loss on ``role``'s turns, the held-out loss on the test split."""
+    """Shuffled epochs of the pool's scripted dialogues (grain: a stream of row indices, the
+    same on every process, its iterator the data position; each process pads only the rows its
+    devices hold), the loss on ``role``'s turns, the held-out loss on the test split."""
 
     def __init__(
         self, ctx: StageContext, scfg: SFTSection, role: Role, data: SFTData, start_from: str | None
     ):
         import grain
 
-        self.scfg, self.role, self.data, self.truncated = scfg, role, data.splits, data.truncated
+        self.scfg, self.role, self.data = scfg, role, data
         model = ctx.base_model(start_from)
         self.loss_fn = SFTLoss(scfg.aggregation)
         self.learner = Learner(
@@ -93,7 +94,7 @@ class SFT(StageProgram):
             mesh=model_mesh(model),
             seed=ctx.run.seed,
         )
-        n_train = len(self.data["train"]["tokens"])
+        n_train = len(data.splits["train"])
         batches = grain.MapDataset.range(n_train).shuffle(seed=ctx.run.seed).repeat().batch(scfg.batch_size)
         self.it = iter(batches)
         self._eval = _eval_fn(self.learner, self.loss_fn)
@@ -101,12 +102,12 @@ class SFT(StageProgram):
 
     def step(self) -> dict[str, Any]:
         rows = np.asarray(next(self.it))
-        batch = self.learner.put(trim_padding({k: v[rows] for k, v in self.data["train"].items()}))
+        batch = self.learner.feed(len(rows), lambda mine: self.data.rows("train", rows[mine]), trim=128)
         m = self.learner.update(batch, self.loss_fn.denom(batch))
         return {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
 
     def evaluate(self) -> dict[str, Any]:
-        self.last_eval = self._eval(self.data["test"], self.scfg.batch_size * self.scfg.eval_batches)
+        self.last_eval = self._eval(self.data, self.scfg.batch_size * self.scfg.eval_batches)
         return {"eval_loss": self.last_eval}
 
     def data_state(self) -> dict[str, Any]:
@@ -118,20 +119,31 @@ class SFT(StageProgram):
     def summary(self) -> dict[str, Any]:
         return {
             "role": self.role,
-            "train_dialogues": len(self.data["train"]["tokens"]),
-            "test_dialogues": len(self.data["test"]["tokens"]),
-            "truncated_dialogues": self.truncated,
+            "train_dialogues": len(self.data.splits["train"]),
+            "test_dialogues": len(self.data.splits["test"]),
+            "truncated_dialogues": self.data.truncated,
             "final_eval_loss": self.last_eval,
         }
 
 
+Example = tuple[list[int], list[int]]
+"""A rendered dialogue: token ids and the mask of the trained role's tokens."""
+
+
 @dataclass
 class SFTData:
-    """A role's SFT examples: per split, [N, max_len] ``tokens`` / ``loss_mask`` / ``attn_mask``."""
+    """A role's SFT examples per split, unpadded; rows are padded when a batch asks for them."""
 
-    splits: dict[str, dict[str, np.ndarray]]
+    splits: dict[str, list[Example]]
+    max_len: int
+    """Rows are cut at this many tokens."""
+    pad_id: int
     truncated: int
     """Dialogues longer than ``max_len`` (cut)."""
+
+    def rows(self, split: str, index: np.ndarray) -> dict[str, np.ndarray]:
+        """[len(index), max_len] ``tokens`` / ``loss_mask`` / ``attn_mask`` of those examples."""
+        return to_arrays([self.splits[split][int(i)] for i in index], self.max_len, self.pad_id)
 
 
 def sft_data(
@@ -155,14 +167,14 @@ def sft_data(
         trajs = asyncio.run(scripted_dialogues(tasks, domain.name, ep))
         examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
         truncated += sum(len(ids) > max_len for ids, _ in examples)
-        out[split] = to_arrays(examples, max_len, tok.pad_id)
-        if not out[split]["loss_mask"].any():
+        out[split] = examples
+        if not any(any(mask[:max_len]) for _, mask in examples):
             longest = max(len(ids) for ids, _ in examples)
             raise ValueError(
                 f"{stage}.max_len: {max_len} tokens cut every {split} dialogue before the first "
                 f"{role} turn (dialogues run up to {longest} tokens); raise it"
             )
-    return SFTData(out, truncated)
+    return SFTData(out, max_len, tok.pad_id, truncated)
 
 
 def run_sft(
@@ -194,18 +206,25 @@ def _eval_fn(learner: Learner, loss_fn: SFTLoss):
         _, s = loss_fn(nnx.merge(learner.graphdef, params), batch, jnp.ones(()))
         return s["nll_sum"], s["tokens"]
 
-    def run(split: dict[str, np.ndarray], limit: int) -> float:
-        """Mean held-out NLL per trained token over the first ``limit`` dialogues (fixed set)."""
+    def chunk(data: SFTData, rows: np.ndarray, real: np.ndarray):
+        def build(mine: np.ndarray) -> dict[str, np.ndarray]:
+            part = data.rows("test", rows[mine])
+            part["loss_mask"][~real[mine]] = 0  # repeated rows that fill the last chunk count nothing
+            return part
+
+        return build
+
+    def run(data: SFTData, limit: int) -> float:
+        """Mean held-out NLL per trained token over the first ``limit`` test dialogues (a fixed
+        set, read in chunks of 8 rows: one shape, one compile)."""
         total = count = 0.0
-        n = min(limit, len(split["tokens"]))
+        n = min(limit, len(data.splits["test"]))
         bs = 8
         for i in range(0, n, bs):
             real = min(bs, n - i)
-            rows = np.pad(np.arange(i, i + real), (0, bs - real), mode="edge")  # one shape: one compile
-            part = {k: v[rows] for k, v in split.items()}
-            part["loss_mask"][real:] = 0
-            part = trim_padding(part)
-            s, c = sums(learner.state.params, learner.put(part))
+            rows = np.pad(np.arange(i, i + real), (0, bs - real), mode="edge")
+            batch = learner.feed(bs, chunk(data, rows, np.arange(bs) < real), trim=128)
+            s, c = sums(learner.state.params, batch)
             total, count = total + float(s), count + float(c)
         return total / max(count, 1.0)
 
