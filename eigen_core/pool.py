@@ -1,18 +1,19 @@
-"""The task pool: a directory of append-only JSONL shards plus a manifest.
+"""The task pool: append-only JSONL shards plus a manifest, in a directory or a bucket.
 
-Layout::
+Layout (keys of a ``PoolStore``: a directory, or a tensorstore kvstore such as ``gs://b/pool``)::
 
-    POOL/manifest.json          {"format", "shards": [{"file", "sha256", "ids", "splits"}],
-                                 "sha256" (of the shard list), "quarantined": [...]}
-    POOL/manifest.prev.json     the manifest before the last change (for repair)
-    POOL/shards/<uuid>.jsonl    one Task per line
-    POOL/quarantine/            shards that failed their checksum, moved aside
+    manifest.json          {"format", "shards": [{"file", "sha256", "ids", "splits"}],
+                            "sha256" (of the shard list), "quarantined": [...]}
+    manifest.prev.json     the manifest before the last change (for repair)
+    shards/<t>-<id>.jsonl  one Task per line; <t> (hex nanoseconds) orders them by write time
+    quarantine/            shards that failed their checksum, moved aside
 
-Atomicity: a shard is written to a hidden temp file, fsync'd and renamed; only then is it added
-to the manifest, which is itself replaced atomically under an advisory lock (several writers may
-share a pool). Readers see only shards the manifest lists, so a writer killed at any point leaves
-no partial shard visible. The manifest keeps each task's id and split, so a split's index is
-built without parsing shards; shards are parsed lazily.
+Atomicity: a shard is written whole, and only then added to the manifest, which is replaced by
+a compare-and-swap on its generation: a writer that lost the race to another re-reads the
+manifest, drops the ids the other published and tries again. No lock spans hosts, so several
+synth hosts and the learner share one pool in a bucket. Readers see only shards the manifest
+lists, so a writer killed at any point leaves no partial shard visible. The manifest keeps each
+task's id and split, so a split's index is built without parsing shards; shards are parsed lazily.
 
 Damage is contained, not fatal: opening a pool checks every listed shard against its sha256 and
 line count; a truncated, bit-flipped, replaced or missing shard is moved to ``quarantine/``, taken
@@ -20,80 +21,56 @@ out of the manifest (recorded under ``quarantined`` with the reason and its task
 and the rest of the pool reads as before. A manifest that is not valid JSON or fails its own
 checksum is rebuilt from ``manifest.prev.json`` plus the shard files written after it.
 
-This lives in ``rollout`` (not ``synth``) because verifiers and the learner read pools and must
+This lives in ``eigen_core`` (not ``synth``) because verifiers and the learner read pools and must
 not import ``synth``; ``synth`` is the main writer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
+import random
 import time
 import uuid
 from collections.abc import Iterator
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from eigen_core.contracts import Task
 from eigen_core.crashpoints import crash_point
+from eigen_core.storage import Blob, PoolStore, open_store
 
 FORMAT = "eigen-task-pool/1"
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 QUARANTINE = "quarantine"
+MAX_SWAPS = 1000
+"""Manifest updates a writer attempts before giving up (each lost race means another writer
+published, so this bounds only pathological contention)."""
 log = logging.getLogger(__name__)
 
 
 class PoolError(Exception):
-    """A pool directory that cannot be read as a task pool (names the file and the problem)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all; a failure (disk full, read-only) leaves no temp file."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point("pool.before_rename")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """A pool that cannot be read as a task pool (names the object and the problem)."""
 
 
 def _shards_digest(shards: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_manifest(path: Path) -> dict[str, Any]:
-    """One manifest file, checked; raises PoolError naming the file and the problem."""
+def _parse_manifest(name: str, data: bytes) -> dict[str, Any]:
+    """One manifest's bytes, checked; raises PoolError naming ``name`` and the problem."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data.decode())
     except json.JSONDecodeError as e:
-        raise PoolError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise PoolError(f"{name}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except UnicodeDecodeError as e:
-        raise PoolError(f"{path}: not UTF-8 text ({e.reason})") from None
+        raise PoolError(f"{name}: not UTF-8 text ({e.reason})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise PoolError(f"{path}: format {got!r}, expected {FORMAT!r}")
+        raise PoolError(f"{name}: format {got!r}, expected {FORMAT!r}")
     shards = manifest.get("shards")
     ok = isinstance(shards, list) and all(
         isinstance(sh, dict)
@@ -105,40 +82,40 @@ def _parse_manifest(path: Path) -> dict[str, Any]:
         for sh in shards
     )
     if not ok:
-        raise PoolError(f"{path}: 'shards' must list objects with file, sha256, ids and splits")
+        raise PoolError(f"{name}: 'shards' must list objects with file, sha256, ids and splits")
     if "sha256" in manifest and manifest["sha256"] != _shards_digest(shards):
-        raise PoolError(f"{path}: the shard list does not match the manifest's own sha256 (corrupted)")
+        raise PoolError(f"{name}: the shard list does not match the manifest's own sha256 (corrupted)")
     return manifest
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    if not path.exists():
-        return {"format": FORMAT, "shards": []}
+def _read_manifest(store: PoolStore) -> tuple[dict[str, Any], Blob]:
+    """The manifest (repaired from the previous one if damaged) and the current object as read,
+    whose generation a change must swap against."""
+    blob = store.read(MANIFEST)
+    if blob.data is None:
+        return {"format": FORMAT, "shards": []}, blob
     try:
-        return _parse_manifest(path)
+        return _parse_manifest(store.name(MANIFEST), blob.data), blob
     except PoolError as e:
         damaged = e
-    prev = root / PREVIOUS
-    if not prev.exists():
+    prev = store.read(PREVIOUS)
+    if prev.data is None:
         raise damaged
     try:
-        manifest = _parse_manifest(prev)
+        manifest = _parse_manifest(store.name(PREVIOUS), prev.data)
     except PoolError:
         raise damaged from None
-    return _adopt_orphans(root, manifest, f"rebuilt from {PREVIOUS} ({damaged})")
+    return _adopt_orphans(store, manifest, f"rebuilt from {PREVIOUS} ({damaged})"), blob
 
 
-def _adopt_orphans(root: Path, manifest: dict[str, Any], why: str) -> dict[str, Any]:
-    """``manifest`` plus the intact shard files it does not list (oldest first, new ids only)."""
+def _adopt_orphans(store: PoolStore, manifest: dict[str, Any], why: str) -> dict[str, Any]:
+    """``manifest`` plus the intact shards it does not list (oldest first, new ids only)."""
     listed = {sh["file"] for sh in manifest["shards"]} | {q["file"] for q in manifest.get("quarantined", [])}
     ids = {i for sh in manifest["shards"] for i in sh["ids"]}
-    orphans = sorted((root / "shards").glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    for path in orphans:
-        name = f"shards/{path.name}"
-        if name in listed:
+    for key in store.keys("shards/"):  # names start with their write time: oldest first
+        if key in listed or not key.endswith(".jsonl"):
             continue
-        data = path.read_bytes()
+        data = store.read(key).data or b""
         try:
             tasks = [Task.model_validate_json(line) for line in data.decode().splitlines()]
         except (ValueError, UnicodeDecodeError):
@@ -146,36 +123,44 @@ def _adopt_orphans(root: Path, manifest: dict[str, Any], why: str) -> dict[str, 
         fresh = [t for t in tasks if t.id not in ids]
         if fresh and len(fresh) == len(tasks):
             ids.update(t.id for t in tasks)
-            manifest["shards"].append(
-                {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
-                 "ids": [t.id for t in tasks], "splits": [t.split for t in tasks]}
-            )  # fmt: skip
+            manifest["shards"].append(_entry(key, data, tasks))
     manifest["repaired"] = why
-    log.warning("task pool %s: manifest %s", root, why)
+    log.warning("task pool %s: manifest %s", store.location, why)
     return manifest
 
 
-def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically, keeping the one it replaces as ``manifest.prev.json``."""
+def _entry(key: str, data: bytes, tasks: list[Task]) -> dict[str, Any]:
+    return {"file": key, "sha256": hashlib.sha256(data).hexdigest(),
+            "ids": [t.id for t in tasks], "splits": [t.split for t in tasks]}  # fmt: skip
+
+
+def _commit(store: PoolStore, manifest: dict[str, Any], read: Blob) -> bool:
+    """Replace the manifest ``read`` by ``manifest`` if no one changed it since (False if someone
+    did), keeping a sound replaced manifest as ``manifest.prev.json``."""
     manifest = {k: v for k, v in manifest.items() if k != "repaired"}
     manifest["sha256"] = _shards_digest(manifest["shards"])
-    current = root / MANIFEST
-    if current.exists():
-        with contextlib.suppress(PoolError):
-            _parse_manifest(current)  # only a sound manifest becomes the fallback
-            _atomic_write(root / PREVIOUS, current.read_bytes())
-    _atomic_write(current, json.dumps(manifest).encode())
+    if read.data is not None:
+        try:
+            _parse_manifest(MANIFEST, read.data)  # only a sound manifest becomes the fallback
+            store.write(PREVIOUS, read.data)
+        except PoolError:
+            pass
+    return store.swap(MANIFEST, json.dumps(manifest).encode(), read.generation)
 
 
-def _shard_problem(root: Path, shard: dict[str, Any]) -> str | None:
+def _backoff(attempt: int) -> None:
+    """A short random pause after a lost race, so racing writers spread out."""
+    time.sleep(random.uniform(0, 0.002 * min(attempt, 50)))
+
+
+def _shard_problem(store: PoolStore, shard: dict[str, Any]) -> str | None:
     """Why a listed shard cannot be trusted (None: its bytes are what the manifest recorded)."""
-    path = root / shard["file"]
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return "missing"
+        data = store.read(shard["file"]).data
     except OSError as e:
-        return f"unreadable ({e.strerror})"
+        return f"unreadable ({e.strerror or e})"
+    if data is None:
+        return "missing"
     if hashlib.sha256(data).hexdigest() != shard["sha256"]:
         return "sha256 does not match the manifest (truncated or corrupted)"
     lines = data.count(b"\n")
@@ -184,42 +169,34 @@ def _shard_problem(root: Path, shard: dict[str, Any]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    with open(root / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _shard_key() -> str:
+    return f"shards/{time.time_ns():016x}-{uuid.uuid4().hex[:16]}.jsonl"
 
 
 class PoolWriter:
     """Appends tasks to a pool in shards of ``shard_size``. Use as a context manager (flushes).
 
     Ids are unique in a pool: ``add`` skips ids already published or queued, and ``flush`` drops
-    ids that another writer published meanwhile (it writes under the pool lock). So a generator
-    that was killed and restarted with the same seed, or two writers racing on the same tasks,
-    neither duplicate nor lose tasks.
+    ids that another writer published meanwhile (its manifest swap fails if one did; it re-reads
+    and retries). So a generator that was killed and restarted with the same seed, or writers on
+    several hosts racing on the same tasks, neither duplicate nor lose tasks.
     """
 
-    def __init__(self, root: str | Path, shard_size: int = 256):
+    def __init__(self, root: str | os.PathLike[str], shard_size: int = 256):
         if shard_size < 1:
             raise ValueError("shard_size must be >= 1")
-        self.root = Path(root)
+        self.root = os.fspath(root)
+        self.store = open_store(self.root)
         self.shard_size = shard_size
-        (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self._published: set[str] = set()
-        self._shards_seen = 0
-        self._refresh(_read_manifest(self.root))
+        self._refresh(_read_manifest(self.store)[0])
         self._buffer: dict[str, Task] = {}
         self.written = 0
         """Tasks this writer has published."""
 
     def _refresh(self, manifest: dict[str, Any]) -> None:
-        for shard in manifest["shards"][self._shards_seen :]:
-            self._published.update(shard["ids"])
-        self._shards_seen = len(manifest["shards"])
+        # recomputed, not accumulated: ids of quarantined shards may be published again
+        self._published = {i for shard in manifest["shards"] for i in shard["ids"]}
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._published or task_id in self._buffer
@@ -246,34 +223,39 @@ class PoolWriter:
             ) from e
 
     def _publish(self) -> None:
-        with _locked(self.root):
-            manifest = _read_manifest(self.root)
-            self._refresh(manifest)
-            tasks = [t for i, t in self._buffer.items() if i not in self._published]
-            if not tasks:
-                self._buffer = {}
-                return
-            data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
-            name = f"shards/{uuid.uuid4().hex}.jsonl"
-            _atomic_write(self.root / name, data)
-            crash_point("pool.before_publish")  # the shard is on disk, the manifest knows nothing
-            manifest["shards"].append(
-                {
-                    "file": name,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "ids": [t.id for t in tasks],
-                    "splits": [t.split for t in tasks],
-                }
-            )
-            try:
-                _write_manifest(self.root, manifest)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    (self.root / name).unlink()  # never published: leave no orphan behind
-                raise
-            self._refresh(manifest)
-            self._buffer = {}
-        self.written += len(tasks)
+        key: str | None = None
+        ids: list[str] = []
+        try:
+            for attempt in range(MAX_SWAPS):
+                manifest, read = _read_manifest(self.store)
+                self._refresh(manifest)
+                tasks = [t for i, t in self._buffer.items() if i not in self._published]
+                if not tasks:
+                    break  # another writer published every one of them
+                if [t.id for t in tasks] != ids:  # first try, or someone published some of ours
+                    if key is not None:
+                        self.store.delete(key)
+                    data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
+                    key, ids = _shard_key(), [t.id for t in tasks]
+                    self.store.write(key, data)
+                    crash_point("pool.before_publish")  # the shard is written, the manifest knows nothing
+                    entry = _entry(key, data, tasks)
+                manifest["shards"].append(entry)
+                if _commit(self.store, manifest, read):
+                    self._refresh(manifest)
+                    self.written += len(tasks)
+                    key = None  # published: it stays
+                    break
+                _backoff(attempt)
+            else:
+                raise PoolError(f"{self.root}: the manifest changed under {MAX_SWAPS} tries in a row")
+        finally:
+            if key is not None:  # never published: leave no orphan behind
+                try:
+                    self.store.delete(key)
+                except OSError:
+                    pass
+        self._buffer = {}
 
     def __enter__(self) -> PoolWriter:
         return self
@@ -283,18 +265,36 @@ class PoolWriter:
         self.flush()
 
 
+def _quarantine(where: str, manifest: dict[str, Any], bad: dict[str, str]) -> dict[str, Any]:
+    """``manifest`` without the ``bad`` shards, which it records under ``quarantined``."""
+    keep, out = [], list(manifest.get("quarantined", []))
+    for sh in manifest["shards"]:
+        if sh["file"] not in bad:
+            keep.append(sh)
+            continue
+        out.append({**sh, "reason": bad[sh["file"]], "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log.warning(
+            "task pool %s: quarantined %s (%s): %d tasks excluded",
+            where, sh["file"], bad[sh["file"]], len(sh["ids"]),
+        )  # fmt: skip
+    return {**manifest, "shards": keep, "quarantined": out}
+
+
 class TaskPool:
     """Read access to a pool: ``len``, ids, splits, random access, iteration, grain datasets.
 
     Opening checks every shard (see the module docstring); ``quarantined`` lists the shards set
     aside, now and before, each with its reason and task ids."""
 
-    def __init__(self, root: str | Path, *, _shards: list[dict[str, Any]] | None = None):
-        self.root = Path(root)
-        if not (self.root / MANIFEST).exists():
-            raise PoolError(f"{self.root}: no {MANIFEST}; not a task pool (create one with synth.procedural)")
+    def __init__(self, root: str | os.PathLike[str], *, _shards: list[dict[str, Any]] | None = None):
+        self.root = os.fspath(root)
+        self.store = open_store(self.root)
         if _shards is None:  # a worker reopening a pool it was handed keeps that pool's shards
-            manifest = self._checked(_read_manifest(self.root))
+            manifest, read = _read_manifest(self.store)
+            if read.data is None:
+                hint = "create one with synth.procedural"
+                raise PoolError(f"{self.root}: no {MANIFEST}; not a task pool ({hint})")
+            manifest = self._checked(manifest)
             _shards = manifest["shards"]
             self.quarantined: list[dict[str, Any]] = manifest.get("quarantined", [])
         else:
@@ -305,36 +305,26 @@ class TaskPool:
 
     def _checked(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Quarantine damaged shards (and save a repaired manifest) when this process may write."""
-        bad = {sh["file"]: why for sh in manifest["shards"] if (why := _shard_problem(self.root, sh))}
+        bad = self._problems(manifest)
         if not bad and "repaired" not in manifest:
             return manifest
         try:
-            with _locked(self.root):
-                current = _read_manifest(self.root)  # another process may have acted meanwhile
-                bad = {sh["file"]: w for sh in current["shards"] if (w := _shard_problem(self.root, sh))}
-                manifest = self._quarantine(current, bad)
-                _write_manifest(self.root, manifest)
+            for attempt in range(MAX_SWAPS):
+                current, read = _read_manifest(self.store)  # another process may have acted meanwhile
+                bad = self._problems(current)
+                fixed = _quarantine(self.root, current, bad)
+                if _commit(self.store, fixed, read):
+                    for key in bad:  # set aside once no manifest lists them
+                        self.store.move(key, f"{QUARANTINE}/{key.rpartition('/')[2]}")
+                    return fixed
+                _backoff(attempt)
+            raise PoolError(f"{self.root}: the manifest changed under {MAX_SWAPS} tries in a row")
         except OSError as e:  # a read-only pool: leave the files, exclude in memory
             log.warning("task pool %s: cannot record the quarantine (%s); excluding in memory", self.root, e)
-            manifest = self._quarantine(manifest, bad, move=False)
-        return manifest
+            return _quarantine(self.root, manifest, bad)
 
-    def _quarantine(self, manifest: dict[str, Any], bad: dict[str, str], move: bool = True) -> dict[str, Any]:
-        keep, out = [], list(manifest.get("quarantined", []))
-        for sh in manifest["shards"]:
-            if sh["file"] not in bad:
-                keep.append(sh)
-                continue
-            src = self.root / sh["file"]
-            if move and src.exists():
-                (self.root / QUARANTINE).mkdir(exist_ok=True)
-                shutil.move(src, self.root / QUARANTINE / src.name)
-            out.append({**sh, "reason": bad[sh["file"]], "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            log.warning(
-                "task pool %s: quarantined %s (%s): %d tasks excluded",
-                self.root, sh["file"], bad[sh["file"]], len(sh["ids"]),
-            )  # fmt: skip
-        return {**manifest, "shards": keep, "quarantined": out}
+    def _problems(self, manifest: dict[str, Any]) -> dict[str, str]:
+        return {sh["file"]: why for sh in manifest["shards"] if (why := _shard_problem(self.store, sh))}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -356,8 +346,10 @@ class TaskPool:
 
     def _parse_shard(self, s: int) -> list[Task]:
         shard = self._shards[s]
-        path = self.root / shard["file"]
-        data = path.read_bytes()
+        path = self.store.name(shard["file"])
+        data = self.store.read(shard["file"]).data
+        if data is None:
+            raise PoolError(f"{path}: missing (listed in the manifest)")
         if hashlib.sha256(data).hexdigest() != shard["sha256"]:
             raise PoolError(f"{path}: sha256 does not match the manifest (corrupted shard)")
         tasks = []

@@ -34,15 +34,30 @@ def _flat(state: TrainState) -> tuple[dict[str, Any], Any]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}, treedef
 
 
+def _path(directory: str | Path) -> Any:
+    """A local path (absolute) or a URL as orbax's own path type (``gs://``: etils + gcsfs)."""
+    if "://" in str(directory):
+        from etils import epath
+
+        return epath.Path(str(directory))
+    return Path(directory).absolute()
+
+
 class Checkpointer:
     """Keeps the newest ``keep`` checkpoints of one stage under ``directory``."""
 
     def __init__(self, directory: str | Path, keep: int = 3):
-        self.directory = Path(directory).absolute()
-        self._mngr = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        )
+        self.directory = _path(directory)
+        try:
+            self._mngr = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            )
+        except ImportError as e:  # etils reaches buckets through gcsfs (and s3fs)
+            raise CheckpointError(
+                f"checkpoints under {directory}: this storage needs a package not installed "
+                f"({e}); for gs:// install the gcs extra (pip install 'eigen-jax[gcs]')"
+            ) from e
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()

@@ -273,6 +273,14 @@ class CheckpointSection(Section):
     """Save every this many optimiser steps (and at the end of each stage)."""
     keep: int = Field(3, ge=1)
     """Keep the newest this many checkpoints per stage."""
+    dir: str = ""
+    """Where the stages' orbax checkpoints go, as ``{dir}/{stage}``: a path, or a URL orbax
+    writes (``gs://bucket/run``: needs the ``gcs`` extra). Empty: ``{run.out_dir}/{stage}/
+    checkpoints``. Every process of a multi-host run must reach it (pod hosts share a bucket)."""
+    export_to: str = ""
+    """Also copy each stage's HF export (and its tokenizer) to ``{export_to}/{stage}/hf`` when
+    the stage ends: a path or a tensorstore kvstore URL (``gs://bucket/run``, ``file://...``),
+    e.g. where vLLM servers on other hosts load it from. Empty: no copy."""
 
 
 class EvalSection(SharedEvalSection):

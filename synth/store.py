@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eigen_core.crashpoints import crash_point
-from eigen_core.pool import _atomic_write
+from eigen_core.storage import atomic_write as _atomic_write
 from synth.plans import PlanPair
 from synth.worker import AttemptRecord
 

@@ -198,3 +198,17 @@ def test_per_token_arrays_share_one_alignment():
     m = np.asarray(target_mask(batch))
     assert m.shape == lp.shape and not m[:, 0].any()
     np.testing.assert_array_equal(m[:, 1:], (batch["loss_mask"] * batch["attn_mask"])[:, 1:])
+
+
+def test_checkpoints_on_a_bucket_without_its_client_say_what_to_install(tmp_path):
+    import importlib.util
+
+    from eigen_jax.checkpoint import CheckpointError
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here: this covers the message for when it is missing")
+    want = r"gs://bucket/run/sft: .*gcsfs.*pip install 'eigen-jax\[gcs\]'"
+    with pytest.raises(CheckpointError, match=want):
+        Checkpointer("gs://bucket/run/sft")
+    # a plain path is made absolute, as before
+    assert Checkpointer(tmp_path / "ck").directory.is_absolute()

@@ -50,16 +50,16 @@ def test_writer_killed_mid_shard_leaves_nothing_visible(tmp_path, shop_tasks):
     # manifest, leaving a half-written temp file behind as well.
     script = textwrap.dedent(f"""
         import os, signal
-        import eigen_core.pool as p
+        import eigen_core.storage as p
         from eigen_core.pool import PoolWriter, TaskPool
-        real = p._atomic_write
+        real = p.atomic_write
         def dying(path, data):
             if path.name == "manifest.json":
                 os.kill(os.getpid(), signal.SIGKILL)
             with open(path.with_name(".tmp-partial-" + path.name), "wb") as f:
                 f.write(data[: len(data) // 2])
             real(path, data)
-        p._atomic_write = dying
+        p.atomic_write = dying
         w = PoolWriter({str(tmp_path)!r}, shard_size=100)
         for t in TaskPool({str(src)!r}).tasks():
             w.add(t)

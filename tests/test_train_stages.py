@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,34 @@ def test_sft_user_and_grpo_write_metrics_checkpoints_and_hf(tmp_path):
     # a rerun with --resume skips finished stages
     again = run(cfg, resume=True)
     assert again["sft_user"] == sft
+
+
+def test_a_run_reads_its_pool_and_writes_checkpoints_and_exports_where_it_is_told(tmp_path):
+    """Pod storage: the pool on a tensorstore kvstore (``file://`` here, ``gs://`` on a pod),
+    checkpoints under ``checkpoint.dir``, the HF export copied to ``checkpoint.export_to``."""
+    from eigen_core.storage import open_store
+
+    export = f"memory://export-{uuid.uuid4().hex}"
+    cfg = _cfg(
+        tmp_path / "run",
+        f"pool.dir=file://{tmp_path}/bucket/pool",
+        f"checkpoint.dir={tmp_path}/bucket/checkpoints",
+        f"checkpoint.export_to={export}",
+        "run.stages=[generate,sft_user]",
+        "sft_user.steps=2",
+        "checkpoint.every=1",
+    )
+    summary = run(cfg)
+    assert (tmp_path / "bucket/pool/manifest.json").exists() and not (tmp_path / "run/pool").exists()
+    saved = (tmp_path / "bucket/checkpoints/sft_user").iterdir()
+    assert sorted(p.name for p in saved if p.name.isdigit()) == ["1", "2"]
+    assert not (tmp_path / "run/sft_user/checkpoints").exists()
+    store, hf = open_store(summary["sft_user"]["hf_copy"]), tmp_path / "run/sft_user/hf"
+    assert summary["sft_user"]["hf_copy"] == f"{export}/sft_user/hf"
+    local = sorted(p.relative_to(hf).as_posix() for p in hf.rglob("*") if p.is_file())
+    assert store.keys("") == local and "model.safetensors" in local
+    for key in local:
+        assert store.read(key).data == (hf / key).read_bytes(), key
 
 
 @pytest.mark.slow

@@ -97,7 +97,7 @@ def run_stage(
     """Run ``program`` to ``ls.steps`` (from its latest checkpoint when ``resume``), export the
     model and mark the stage done; returns the stage summary."""
     learner = program.learner
-    ckpt = sd.checkpointer(ls.checkpoint.keep)
+    ckpt = sd.checkpointer(ls.checkpoint)
     start = ckpt.latest_step() if resume else None
     if start is not None:
         learner.state, meta = ckpt.restore(learner.state)
@@ -110,4 +110,5 @@ def run_stage(
     finally:
         log.close()
         ckpt.close()
-    return sd.finish(learner, tok, {"steps": ls.steps, **program.summary()})
+    summary = {"steps": ls.steps, **program.summary()}
+    return sd.finish(learner, tok, summary, export_to=ls.checkpoint.export_to)

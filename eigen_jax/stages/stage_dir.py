@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eigen_core.storage import upload
 from eigen_core.tokenizer import Tokenizer
 from eigen_jax.distributed import primary_first
+from eigen_jax.train_config import CheckpointSection
 
 if TYPE_CHECKING:
     from eigen_jax.checkpoint import Checkpointer
@@ -24,13 +26,18 @@ class StageDir:
         self.hf = self.root / "hf"
         self.done = self.root / "done.json"
 
-    def checkpointer(self, keep: int) -> Checkpointer:
+    def checkpointer(self, c: CheckpointSection) -> Checkpointer:
+        """The stage's checkpoints: under ``checkpoint.dir`` when set, else in the stage dir."""
         from eigen_jax.checkpoint import Checkpointer
 
-        return Checkpointer(self.root / "checkpoints", keep=keep)
+        where = f"{c.dir.rstrip('/')}/{self.root.name}" if c.dir else self.root / "checkpoints"
+        return Checkpointer(where, keep=c.keep)
 
-    def finish(self, learner: Learner, tok: Tokenizer, summary: dict[str, Any]) -> dict[str, Any]:
-        """The HF export (gathered by every process, written by process 0) and the done marker."""
+    def finish(
+        self, learner: Learner, tok: Tokenizer, summary: dict[str, Any], export_to: str = ""
+    ) -> dict[str, Any]:
+        """The HF export (gathered by every process, written by process 0; copied to
+        ``{export_to}/{stage}/hf`` too when given) and the done marker."""
         from eigen_jax.model.hf import save_hf
 
         tok_dir = self.root / "tokenizer"
@@ -40,6 +47,10 @@ class StageDir:
         with primary_first(f"{self.root.name} export") as mine:
             save_hf(learner.model(), self.hf, tokenizer_dir=tok_dir)
             summary = {**summary, "hf_dir": str(self.hf)}
+            if mine and export_to:
+                copy = f"{export_to.rstrip('/')}/{self.root.name}/hf"
+                upload(self.hf, copy)  # the export holds the tokenizer's files too
+                summary["hf_copy"] = copy
             if mine:
                 self.done.write_text(json.dumps(summary, indent=2))
         return summary
