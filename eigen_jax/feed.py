@@ -29,13 +29,13 @@ Build = Callable[[np.ndarray], HostBatch]
 """``build(rows)``: host arrays for the global row indices ``rows`` (in that order)."""
 
 
-def row_slices(index_map: dict[Any, tuple], devices: Iterable[Any]) -> dict[Any, range]:
-    """For each of ``devices``: the rows (leading-axis range) it holds, from a sharding's
-    ``devices_indices_map``."""
+def row_slices(index_map: dict[Any, tuple], devices: Iterable[Any], n: int) -> dict[Any, range]:
+    """For each of ``devices``: the rows (leading-axis range of ``n``) it holds, from a
+    sharding's ``devices_indices_map`` (an unsharded axis is ``slice(None)``: every row)."""
     out = {}
     for d in devices:
         rows = index_map[d][0]
-        out[d] = range(*rows.indices(10**18)) if isinstance(rows, slice) else range(rows, rows + 1)
+        out[d] = range(*rows.indices(n)) if isinstance(rows, slice) else range(rows, rows + 1)
     return out
 
 
@@ -82,7 +82,7 @@ def feed(mesh: Mesh | None, n: int, build: Build, trim: int | None = None) -> Ba
             "devices: make the batch size a multiple of it (or change model.mesh)"
         )
     sharding = batch_sharding(mesh, 1)
-    slices = row_slices(sharding.devices_indices_map((n,)), sharding.addressable_devices)
+    slices = row_slices(sharding.devices_indices_map((n,)), sharding.addressable_devices, n)
     rows = local_rows(slices)
     host = build(rows)
     if trim:

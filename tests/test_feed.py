@@ -22,9 +22,10 @@ def _batch(n: int, t: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (1, 8, 1)])
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (1, 8, 1), (1, 1, 1)])
 def test_a_fed_batch_equals_the_whole_batch_placed_on_the_mesh(shape):
-    mesh = make_mesh(shape)
+    # (1, 1, 1): one device holds the unsplit batch (its index is slice(None): every row)
+    mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
     whole = _batch(16)
     asked = []
 
@@ -48,11 +49,11 @@ def test_a_process_builds_exactly_the_rows_its_devices_hold():
     sharding = batch_sharding(mesh, 1)
     index = sharding.devices_indices_map((16,))
     mine = list(mesh.devices[0].flat)  # data row 0: 4 devices, 2 distinct row slices
-    rows = local_rows(row_slices(index, mine))
+    rows = local_rows(row_slices(index, mine, 16))
     assert list(rows) == list(range(8))
     other = list(mesh.devices[1].flat)
-    assert list(local_rows(row_slices(index, other))) == list(range(8, 16))
-    every = row_slices(index, jax.devices())
+    assert list(local_rows(row_slices(index, other, 16))) == list(range(8, 16))
+    every = row_slices(index, jax.devices(), 16)
     assert sorted(len(s) for s in every.values()) == [4] * 8
 
 
