@@ -65,11 +65,18 @@ def stage_shape(cfg: RunConfig, stage: str) -> StageShape:
     return StageShape(g.tasks_per_step * g.group_size // g.minibatches, length, g.micro_batches, keys)
 
 
+DEVICE_KINDS = {"tpuv5": "v5p", "tpuv5p": "v5p", "tpuv5lite": "v5e", "tpuv6lite": "v6e", "tpuv4": "v4"}
+"""What libtpu calls each chip (``device_kind``, spaces removed, lower case) -> our name."""
+
+
 def chip_of(kind: str) -> tuple[str, float | None, float | None]:
-    """(name, memory bytes, peak FLOP/s) of a device kind ("TPU v5", "cpu", "NVIDIA H100 ...")."""
+    """(name, memory bytes, peak FLOP/s) of a device kind ("TPU v5", "TPU v6 lite", "cpu",
+    "NVIDIA H100 ...") or of a chip name ("v6e", "h200")."""
     k = kind.lower().replace(" ", "")
+    if k in DEVICE_KINDS:
+        return DEVICE_KINDS[k], *CHIPS[DEVICE_KINDS[k]]
     for name in sorted(CHIPS, key=len, reverse=True):
-        if name in k or (name == "v5p" and k in ("tpuv5", "tpuv5p")):
+        if name in k:
             return name, *CHIPS[name]
     return kind, None, None
 
@@ -335,9 +342,19 @@ def advice(report: dict[str, Any]) -> list[str]:
     if b["params"] + b["opt_state"] > 0.6 * hbm:
         out.append("more fsdp in model.mesh (parameters and optimiser state split over more devices)")
     if b["temp"] + b["batch"] > 0.3 * hbm or report.get("compiler_refused"):
-        out.append(
-            f"more micro-batches (now {report['micro_batches']}: activations scale with rows per micro-batch)"
-        )
+        mesh = report.get("mesh", {})
+        ways = mesh.get("data", 1) * mesh.get("fsdp", 1)
+        per_chip = report.get("rows", 0) // max(ways * report["micro_batches"], 1)
+        if per_chip > 1 or "rows" not in report:
+            out.append(
+                f"more micro-batches (now {report['micro_batches']}: activations scale with rows per "
+                "micro-batch)"
+            )
+        else:  # one row per chip per micro-batch already: split each row's activations instead
+            out.append(
+                "tensor parallelism (model.mesh [1, -1, 2] or more: each row's activations and "
+                "attention heads split over several chips; a micro-batch already holds one row per chip)"
+            )
         if report.get("attention", "dense") == "dense":
             out.append(
                 "model.attention: splash (TPU) or blockwise (any backend): dense attention materializes "
@@ -372,6 +389,8 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(
             f"{'memory':<14}{r['hbm_bytes'] / gib:>10.3f}  ({'fits' if r['fits'] else 'DOES NOT FIT'})"
         )
+    elif not r.get("compiler_refused"):
+        lines.append("memory: not checked (this chip's memory is unknown; --chip NAME holds it against one)")
     if r["stage"] == "sample":
         lines.append(
             f"FLOPs per generated token (the last one, over the whole cache): {r['flops_per_token']:.3e}"

@@ -80,7 +80,9 @@ def test_the_sampler_plan_sizes_the_longest_turn_and_blockwise_prefill_needs_les
 
 
 def test_chips_and_advice():
-    assert chip_of("TPU v5")[0] == "v5p" and chip_of("TPU v6 lite")[0] != "v5p"
+    assert chip_of("TPU v5")[0] == "v5p" and chip_of("TPU v6 lite")[0] == "v6e"
+    assert chip_of("TPU v5 lite")[0] == "v5e" and chip_of("TPU v4")[0] == "v4"
+    assert chip_of("cpu") == ("cpu", None, None)
     assert chip_of("NVIDIA H100 80GB HBM3")[1] == CHIPS["h100"][0]
     big = {
         "bytes": {"params": 50, "opt_state": 40, "temp": 5, "batch": 1},
@@ -99,6 +101,12 @@ def test_chips_and_advice():
     assert not any(
         "model.attention" in t for t in advice({**act, "attention": "splash", "logits_chunk": 1024})
     )
+    # 128 rows over 32 chips in 4 micro-batches is one row per chip: more micro-batches cannot help
+    one_row = {**act, "rows": 128, "micro_batches": 4, "mesh": {"data": 1, "fsdp": 32, "tensor": 1}}
+    assert "tensor parallelism" in advice(one_row)[0] and not any(
+        "micro-batches (now" in t for t in advice(one_row)
+    )
+    assert "micro-batches (now 2" in advice({**one_row, "micro_batches": 2})[0]
 
 
 def test_the_command_on_this_hosts_devices():
