@@ -232,11 +232,11 @@ class PoolWriter:
                 tasks = [t for i, t in self._buffer.items() if i not in self._published]
                 if not tasks:
                     break  # another writer published every one of them
-                if [t.id for t in tasks] != ids:  # first try, or someone published some of ours
+                if (now := [t.id for t in tasks]) != ids:  # first try, or others published some
                     if key is not None:
                         self.store.delete(key)
                     data = "".join(t.model_dump_json() + "\n" for t in tasks).encode()
-                    key, ids = _shard_key(), [t.id for t in tasks]
+                    key, ids = _shard_key(), now
                     self.store.write(key, data)
                     crash_point("pool.before_publish")  # the shard is written, the manifest knows nothing
                     entry = _entry(key, data, tasks)

@@ -63,8 +63,7 @@ def trim_padding(batch: HostBatch, multiple: int = 128) -> HostBatch:
     """``batch`` with its trailing all-padding columns cut, keeping a multiple of ``multiple``
     columns (few shapes, so few compiles). Exact for right-padded rows: the cut columns hold
     nothing any row attends to or is trained on; it spares their compute."""
-    width = used_width(batch, multiple)
-    return batch if width == batch["attn_mask"].shape[1] else cut_columns(batch, width)
+    return cut_columns(batch, used_width(batch, multiple))
 
 
 def feed(mesh: Mesh | None, n: int, build: Build, trim: int | None = None) -> Batch:
@@ -73,20 +72,22 @@ def feed(mesh: Mesh | None, n: int, build: Build, trim: int | None = None) -> Ba
     ``trim``: cut trailing padding columns to a multiple of it (the width agreed by all
     processes). Without a mesh: the whole batch on the default device."""
     if mesh is None:
-        host = build(np.arange(n))
-        return {k: jnp.asarray(v) for k, v in (trim_padding(host, trim) if trim else host).items()}
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if n % ways:
-        raise ValueError(
-            f"a batch of {n} sequences does not split over the mesh's data x fsdp = {ways} "
-            "devices: make the batch size a multiple of it (or change model.mesh)"
-        )
-    sharding = batch_sharding(mesh, 1)
-    slices = row_slices(sharding.devices_indices_map((n,)), sharding.addressable_devices, n)
-    rows = local_rows(slices)
+        rows = np.arange(n)
+    else:
+        ways = mesh.shape["data"] * mesh.shape["fsdp"]
+        if n % ways:
+            raise ValueError(
+                f"a batch of {n} sequences does not split over the mesh's data x fsdp = {ways} "
+                "devices: make the batch size a multiple of it (or change model.mesh)"
+            )
+        sharding = batch_sharding(mesh, 1)
+        slices = row_slices(sharding.devices_indices_map((n,)), sharding.addressable_devices, n)
+        rows = local_rows(slices)
     host = build(rows)
     if trim:
         host = cut_columns(host, agreed_max(used_width(host, trim)))
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in host.items()}
     where = {int(r): i for i, r in enumerate(rows)}
     out = {}
     for key, value in host.items():

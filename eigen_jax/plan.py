@@ -65,8 +65,9 @@ def stage_shape(cfg: RunConfig, stage: str) -> StageShape:
     return StageShape(g.tasks_per_step * g.group_size // g.minibatches, length, g.micro_batches, keys)
 
 
-DEVICE_KINDS = {"tpuv5": "v5p", "tpuv5p": "v5p", "tpuv5lite": "v5e", "tpuv6lite": "v6e", "tpuv4": "v4"}
-"""What libtpu calls each chip (``device_kind``, spaces removed, lower case) -> our name."""
+DEVICE_KINDS = {"tpuv5": "v5p", "tpuv5lite": "v5e", "tpuv6lite": "v6e"}
+"""libtpu's ``device_kind`` (spaces removed, lower case) -> our name, where it does not contain
+our name ("TPU v4" and "TPU v5p" do: the search below finds them)."""
 
 
 def chip_of(kind: str) -> tuple[str, float | None, float | None]:
