@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ from flax import nnx
 from eigen_jax.model.decoder import Decoder, LayerCache, positions_from_mask
 from eigen_jax.prefix_cache import CachedPrefix, PrefixStore
 from rollout.engine import ContextOverflow, Generation, SamplingParams
+from rollout.lockstep import current_cohort
 from rollout.version import PolicyVersion
 
 __all__ = ["ContextOverflow", "Sampler", "bucket"]
@@ -194,6 +196,8 @@ class Sampler:
             ``max_position_embeddings``); longer requests raise ``ContextOverflow``.
         policy_version: the process's ``PolicyVersion``, set by every weight swap (default: its
             own).
+        keep_versions: how many of the latest weight versions stay servable by ``version`` (a
+            lockstep cohort, ``rollout.lockstep``, runs wholly on the version it was pinned to).
     """
 
     def __init__(
@@ -209,7 +213,10 @@ class Sampler:
         max_len: int | None = None,
         prefix_cache_mb: float = 0.0,
         policy_version: PolicyVersion | None = None,
+        keep_versions: int = 1,
     ):
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
         self.graphdef, state = nnx.split(model)
         self.cfg = model.cfg
         self._kv_dtype = np.dtype(model.dtype)  # the KV cache holds activations (compute dtype)
@@ -228,6 +235,10 @@ class Sampler:
         # Counts weight swaps (the public version may repeat): what prefix-cache entries are
         # tagged with, so KV computed by other weights is never reused.
         self._weights_id = 0
+        self.keep_versions = keep_versions
+        # version -> (weights, weights id): the latest ``keep_versions`` swaps, for pinned batches
+        self._versions: dict[int, tuple[nnx.State, int]] = {self.policy_version.value: (state, 0)}
+        self._batch_lock = threading.Lock()  # one batch at a time, whichever thread asks
         self.prefix_cache = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.max_len = max_len or model.cfg.max_position_embeddings
         self._key = jax.random.key(seed)
@@ -252,17 +263,37 @@ class Sampler:
         new_version = self.version + 1 if version is None else version
         self._served = (state, new_version)
         self._weights_id += 1
+        self._versions[new_version] = (state, self._weights_id)
+        for old in sorted(self._versions)[: -self.keep_versions]:
+            del self._versions[old]
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
         self.policy_version.set(new_version)
         return new_version
 
+    def new_prefix_store(self) -> PrefixStore | None:
+        """An empty prefix cache of this engine's budget (a lockstep cohort's own: what it finds
+        there does not depend on what other cohorts ran)."""
+        return PrefixStore(self.prefix_cache.budget) if self.prefix_cache is not None else None
+
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], sampling: Sequence[SamplingParams] | SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: Sequence[SamplingParams] | SamplingParams,
+        *,
+        version: int | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> list[Generation]:
-        """Complete every prompt (one compiled call per bucket; blocks until all are done)."""
+        """Complete every prompt (one compiled call per bucket; blocks until all are done).
+
+        ``version``: serve that weight version (one of the last ``keep_versions``) instead of
+        the current one; ``prefix_store``: use that prefix cache instead of the engine's."""
         if not prompts:
             return []
+        with self._batch_lock:
+            return self._generate_batch(prompts, sampling, version, prefix_store)
+
+    def _generate_batch(self, prompts, sampling, version, store) -> list[Generation]:
         params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
         if len(params) != len(prompts) or any(len(p) == 0 for p in prompts):
             raise ValueError("generate_batch: one SamplingParams per prompt, and no empty prompt")
@@ -272,9 +303,18 @@ class Sampler:
                     f"prompt of {len(x)} tokens + max_new_tokens {sp.max_new_tokens} "
                     f"exceeds max_len {self.max_len}"
                 )
-        state, version = self._served
-        weights_id = self._weights_id
-        hits = [self._lookup(x, weights_id) for x in prompts]
+        if version is None:
+            state, version = self._served
+            weights_id = self._weights_id
+        elif version in self._versions:
+            state, weights_id = self._versions[version]
+        else:
+            raise ValueError(
+                f"weights of version {version} are gone (kept: {sorted(self._versions)}); a pinned "
+                "batch needs keep_versions to cover the oldest version still in flight"
+            )
+        store = self.prefix_cache if store is None else store
+        hits = [store.lookup(x, weights_id) if store is not None else (0, None) for x in prompts]
         news = [x[c:] for x, (c, _) in zip(prompts, hits, strict=True)]
         b = bucket(len(prompts), self.min_batch_bucket)
         reused = max(c for c, _ in hits)
@@ -321,7 +361,7 @@ class Sampler:
                 jnp.asarray(max_rows),
                 jnp.asarray(live),
                 max_new=n,
-                return_cache=self.prefix_cache is not None,
+                return_cache=store is not None,
             )
         )
         gens = [
@@ -333,14 +373,9 @@ class Sampler:
             )
             for r in range(len(prompts))
         ]
-        if self.prefix_cache is not None:
-            self._keep(cache, prompts, hits, gens, cpre, p, weights_id)
+        if store is not None:
+            self._keep(store, cache, prompts, hits, gens, cpre, p, weights_id)
         return gens
-
-    def _lookup(self, prompt: Sequence[int], weights_id: int) -> tuple[int, CachedPrefix | None]:
-        if self.prefix_cache is None:
-            return 0, None
-        return self.prefix_cache.lookup(prompt, weights_id)
 
     def _prefix_arrays(self, hits: list[tuple[int, CachedPrefix | None]], b: int, cpre: int):
         """Per layer (k, v) [b, cpre, kv_heads, head_dim] holding each row's cached prefix
@@ -359,19 +394,22 @@ class Sampler:
             mask[r, cpre - used :] = 1
         return [(jnp.asarray(k), jnp.asarray(v)) for k, v in zip(ks, vs, strict=True)], mask
 
-    def _keep(self, cache, prompts, hits, gens, cpre: int, p: int, weights_id: int) -> None:
+    def _keep(self, store, cache, prompts, hits, gens, cpre: int, p: int, weights_id: int) -> None:
         """Store each row's whole served sequence (prompt + sampled tokens) with its KV."""
-        assert self.prefix_cache is not None
         for r, (x, (used, _), g) in enumerate(zip(prompts, hits, gens, strict=True)):
             new = len(x) - used
             slots = np.r_[cpre - used : cpre, cpre + p - new : cpre + p, cpre + p : cpre + p + len(g.tokens)]
             k = np.stack([layer.k[r, slots] for layer in cache])
             v = np.stack([layer.v[r, slots] for layer in cache])
             ids = np.asarray(list(x) + g.tokens, np.int32)
-            self.prefix_cache.put(CachedPrefix(ids, k, v, weights_id))
+            store.put(CachedPrefix(ids, k, v, weights_id))
 
     async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
-        """Queue one request; requests that arrive while a batch runs form the next batch."""
+        """Queue one request; requests that arrive while a batch runs form the next batch (inside
+        a lockstep cohort: the cohort's next batch)."""
+        cohort = current_cohort.get()
+        if cohort is not None:
+            return await cohort.submit(self, list(prompt_tokens), sampling)
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((list(prompt_tokens), sampling, fut))
         if self._worker is None or self._worker.done():

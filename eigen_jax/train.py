@@ -179,6 +179,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
     summary: dict[str, Any] = {}
+    seconds: dict[str, float] = {}  # wall-clock per stage: summary["stage_seconds"], not a stage
     for stage in cfg.run.stages:
         t0 = time.perf_counter()
         if primary:
@@ -188,10 +189,16 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             summary[stage] = done or {"finished": True}
         else:
             summary[stage] = _run_stage(cfg, stage, resume)
+        seconds[stage] = round(time.perf_counter() - t0, 1)
         if primary:
-            print(f"[{cfg.run.name}] stage {stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+            print(f"[{cfg.run.name}] stage {stage} done in {seconds[stage]:.1f}s", file=sys.stderr)
+            (out / "summary.json").write_text(json.dumps(_timed(summary, seconds), indent=2))
+    return _timed(summary, seconds)
+
+
+def _timed(summary: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """``summary`` with each stage's wall-clock seconds and their total (``stage_seconds``)."""
+    return {**summary, "stage_seconds": {**seconds, "total": round(sum(seconds.values()), 1)}}
 
 
 def _print_table(summary: dict[str, Any]) -> None:
@@ -228,6 +235,9 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"eval: {e['tasks']} {e['split']} tasks x {e['trials']} trials (user: {e['user']})")
         print(passk_table(pk))
         print(f"eval results: {e['results_json']}, plot: {e['plot']}")
+    if times := summary.get("stage_seconds"):
+        parts = ", ".join(f"{k} {v:.0f}s" for k, v in times.items() if k != "total")
+        print(f"stage times: {parts}; total {times['total'] / 60:.1f} min")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,13 +147,37 @@ class GRPOEpisodesSection(Section):
     earn 1; pass rates and evaluation stay binary. 0: the recipe's binary reward."""
     max_staleness: int = Field(2, ge=0)
     """eta, how many policy versions a group may start before the update that consumes it
-    (AReaL's admission control; 0 is synchronous GRPO, and the only setting whose runs are
-    reproducible today)."""
+    (AReaL's admission control; 0 is synchronous GRPO)."""
+    deterministic: bool = False
+    """Reproducible asynchrony: which groups feed each update and which policy version generates
+    each are a function of the seed and eta, not of timing (``rollout.controller``'s
+    deterministic mode), and the embedded engines batch each admission's episodes in lockstep
+    (``rollout.lockstep``), so the same config and seed give the same losses and weights bit for
+    bit on one machine. Costs: stragglers hold their cohort's batches, up to eta + 2 weight
+    versions stay in memory, and each cohort keeps its own prefix cache. Needs the in-process
+    engines (``grpo.remote.servers`` empty)."""
     groups_in_flight: int = Field(8, ge=1)
-    """Most groups running at once (their requests batch in the engine)."""
+    """Most groups running at once (their requests batch in the engine). Not used when
+    ``deterministic``: each admission starts its groups together (at most (eta + 1) x
+    ``tasks_per_step`` groups plus refills for filtered ones)."""
     max_filtered_in_a_row: int = Field(64, ge=1)
     """Stop with an error after this many consecutive groups were all-equal (dynamic filtering
     finds no learning signal: the policy solves every task or none)."""
+
+
+class HeldoutSection(SharedEvalSection):
+    """GRPO's learning curve: held-out pass^k of the policy being trained, before the first step
+    and every ``every`` steps (``grpo/heldout.jsonl`` and ``grpo/heldout.png``; the metric
+    ``heldout_pass1``), with the same trial seeds at every point (common random numbers)."""
+
+    every: int | None = Field(None, ge=1)
+    """Steps between points (and one at the last step); None: no curve."""
+    split: Literal["train", "test"] = "test"
+    """Pool split the points are measured on."""
+    max_tasks: int | None = Field(50, ge=1)
+    """The split's first this many tasks."""
+    trials: int = Field(2, ge=1)
+    """Episodes per task at each point."""
 
 
 class RemoteRolloutsSection(Section):
@@ -257,6 +281,8 @@ class GRPOSection(Section):
     """``source: episodes``: rollout servers and the policy engine, when episodes run remotely."""
     toy: GRPOToySection = GRPOToySection()
     """``source: toy``: the token task."""
+    heldout: HeldoutSection = HeldoutSection()
+    """``source: episodes``: the held-out learning curve (off unless ``heldout.every`` is set)."""
     optim: OptimSection = OptimSection()
     """Optimiser of this stage."""
     log_every: int = Field(5, ge=1)
@@ -295,3 +321,7 @@ class EvalSection(SharedEvalSection):
     """Pool split to evaluate on (held-out: test)."""
     temperature: float = Field(1.0, ge=0)
     """The agent's sampling temperature (with 0 every trial of a task is the same episode)."""
+    deterministic: bool = False
+    """Run the trials in lockstep waves of ``episode.concurrency`` (``rollout.lockstep``): the
+    same agents give the same records bit for bit, whatever the timing; a wave waits for its
+    longest episode."""

@@ -18,15 +18,31 @@ own version.
 The controller owns no model and no learner: it calls ``run_group(task, index)`` and hands kept
 groups to whoever awaits ``next_batch``. It reads the learner's version from the process's
 ``PolicyVersion`` (which the weight swap writes) and is woken when it changes.
+
+Deterministic mode (``deterministic=True``) takes timing out of the schedule too. Which groups
+start under which version is decided only where the learner's version is known without a race:
+when ``next_batch`` is called (after the weight swap: version v for batch v) and as it walks past
+a dropped group. The limit is then
+
+    started < (batches_handed_out + eta + 1) * B + floor(dropped_walked / k) * k,   k = clip(eta * B, 1, B)
+
+(drops free slots in chunks of k, counted in index order, never in completion order), and each
+admission starts its groups as one lockstep cohort (``rollout.lockstep``) pinned to version v,
+so every group is generated wholly by one version and every batch has a fixed make-up. Which
+groups feed update v, and which version generated each, is then a function of the groups'
+outcomes alone. ``concurrency`` does not apply there (a cohort starts all of its groups at
+once: at most (eta + 1) * B groups plus refills are in flight); the staleness bound still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from rollout.lockstep import Cohort, in_cohort
 from rollout.version import PolicyVersion
 
 G = TypeVar("G")
@@ -49,6 +65,8 @@ class RolloutController(Generic[G]):
         max_staleness: eta (0 = synchronous).
         concurrency: most groups in flight at once.
         start_index: the first group index to run (from ``state_dict`` when resuming).
+        deterministic: the timing-free schedule of the module docstring; ``members_per_group``
+            is then how many episodes (cohort members) each group runs.
     """
 
     def __init__(
@@ -61,6 +79,8 @@ class RolloutController(Generic[G]):
         concurrency: int = 8,
         start_index: int = 0,
         version: PolicyVersion | None = None,
+        deterministic: bool = False,
+        members_per_group: int = 1,
     ):
         if batch_groups < 1 or max_staleness < 0 or concurrency < 1:
             raise ValueError("batch_groups >= 1, max_staleness >= 0 and concurrency >= 1 are required")
@@ -81,6 +101,10 @@ class RolloutController(Generic[G]):
         self._producer: asyncio.Task | None = None
         self.stats = {"started": 0, "kept": 0, "dropped": 0}
         """Groups started / kept / dropped since construction (the admission rule counts them)."""
+        self.deterministic, self.members_per_group = deterministic, members_per_group
+        self._handed = 0  # batches handed out since construction (deterministic mode)
+        self._walked_drops = 0  # dropped groups next_batch has walked past (deterministic mode)
+        self.cohorts = 0  # lockstep cohorts started (deterministic mode)
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -90,6 +114,9 @@ class RolloutController(Generic[G]):
     def start(self) -> None:
         """Begin producing (call inside the running event loop)."""
         self._changed = asyncio.Condition()
+        if self.deterministic:  # admissions happen in next_batch, where the version is known
+            self._admit_cohort()
+            return
         self._producer = asyncio.create_task(self._produce())
         loop = asyncio.get_running_loop()
 
@@ -110,7 +137,7 @@ class RolloutController(Generic[G]):
         """Cancel in-flight groups and the producer."""
         if self._unsubscribe is not None:
             self._unsubscribe()
-        tasks = [self._producer, *self._in_flight.values()] if self._producer else []
+        tasks = [t for t in (self._producer, *self._in_flight.values()) if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -126,6 +153,34 @@ class RolloutController(Generic[G]):
             self.batch_groups,
             self.max_staleness,
         )
+
+    def _deterministic_limit(self) -> int:
+        """How many groups may have started by now (deterministic mode; module docstring)."""
+        b, eta = self.batch_groups, self.max_staleness
+        k = min(max(eta * b, 1), b)
+        return (self._handed + eta + 1) * b + math.floor(self._walked_drops / k) * k
+
+    def _admit_cohort(self) -> None:
+        """Start every group the deterministic limit allows, as one cohort pinned to the version
+        served now."""
+        n = self._deterministic_limit() - self.stats["started"]
+        if n <= 0:
+            return
+        want = self._base_version + self._handed
+        if self.version != want:
+            raise RuntimeError(
+                f"deterministic rollouts: the engines serve policy version {self.version} where "
+                f"batch {self._handed} expects {want}: swap weights after every update, before "
+                "asking for the next batch"
+            )
+        cohort = Cohort(n * self.members_per_group, self.policy_version, self.version)
+        self.cohorts += 1
+        for _ in range(n):
+            index = self.next_index
+            self.next_index += 1
+            self.stats["started"] += 1
+            task = asyncio.get_running_loop().create_task(self._run(index), context=in_cohort(cohort))
+            self._in_flight[index] = task
 
     async def _produce(self) -> None:
         assert self._changed is not None
@@ -170,6 +225,8 @@ class RolloutController(Generic[G]):
         """The next B kept groups in start order (waiting for a straggler, never overtaking it)."""
         assert self._changed is not None, "call start() first"
         batch: list[G] = []
+        if self.deterministic:
+            self._admit_cohort()
         async with self._changed:
             while len(batch) < self.batch_groups:
                 i = self._next_consume
@@ -179,8 +236,12 @@ class RolloutController(Generic[G]):
                 self._next_consume += 1
                 if i in self._dropped:
                     self._dropped.discard(i)
+                    if self.deterministic:
+                        self._walked_drops += 1
+                        self._admit_cohort()
                 else:
                     batch.append(self._ready.pop(i))
+        self._handed += 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:

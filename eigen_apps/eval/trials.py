@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.crashpoints import crash_point
+from rollout import lockstep
 from rollout.http_engine import rerun_on_engine_error
+from rollout.lockstep import Cohort
 
 RunFn = Callable[[Task, int, str, int], Awaitable[Trajectory]]
 
@@ -84,11 +86,16 @@ async def run_trials(
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
     reruns: list[str] | None = None,
+    cohorts: Callable[[int], Cohort] | None = None,
 ) -> dict[str, list[float]]:
     """Rewards per task id (``trials`` each) from ``out`` plus the trials it lacked. ``settings``:
     what else decides an episode (agent, user, limits); only records made with the same
     ``settings`` and ``seed`` are reused. An episode whose engine failed for good (retries spent)
-    is rerun from scratch, twice at most; ``reruns`` collects why."""
+    is rerun from scratch, twice at most; ``reruns`` collects why.
+
+    ``cohorts``: ``n -> Cohort`` makes the run reproducible bit for bit on embedded engines: the
+    missing trials run in waves of ``concurrency``, each wave one lockstep cohort
+    (``rollout.lockstep``), one wave after another (a wave waits for its longest episode)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     key = trials_key(seed, settings)
     records = _records(out)
@@ -116,8 +123,11 @@ async def run_trials(
 
     async def one(i: int, task: Task, k: int) -> None:
         async with sem:
-            traj = await rerun_on_engine_error(
-                lambda: run(task, trial_seed(seed, i, k), f"eval-{i}", k), 3, _heard.append
+            traj = await lockstep.member(
+                (i, k),
+                lambda: rerun_on_engine_error(
+                    lambda: run(task, trial_seed(seed, i, k), f"eval-{i}", k), 3, _heard.append
+                ),
             )
         info = traj.reward_info
         rec = {
@@ -139,7 +149,16 @@ async def run_trials(
         bar.update()
 
     try:
-        await asyncio.gather(*(one(i, t, k) for i, t, k in todo))
+        if cohorts is None:
+            await asyncio.gather(*(one(*x) for x in todo))
+        else:
+            loop = asyncio.get_running_loop()
+            for w in range(0, len(todo), concurrency):
+                wave = todo[w : w + concurrency]
+                cohort = cohorts(len(wave))
+                await asyncio.gather(
+                    *(loop.create_task(one(*x), context=lockstep.in_cohort(cohort)) for x in wave)
+                )
     finally:
         bar.close()
     return {t.id: [float(done[(t.id, k)]["reward"] or 0.0) for k in range(trials)] for t in tasks}

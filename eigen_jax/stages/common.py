@@ -105,7 +105,9 @@ def configure(model: Decoder, m: ModelSection, mesh) -> Decoder:
     return model.use_attention(m.attention, mesh)
 
 
-def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True) -> Sampler:
+def episode_engine(
+    model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True, keep_versions: int = 1
+) -> Sampler:
     """The embedded engine of an episode party (the policy or the user model): batches of 8 and
     up, the episode's prefix cache, and (``capped``) its ``max_len``."""
     return Sampler(
@@ -114,6 +116,7 @@ def episode_engine(model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bo
         min_batch_bucket=8,
         max_len=ep.max_len if capped else None,
         prefix_cache_mb=ep.prefix_cache_mb,
+        keep_versions=keep_versions,
     )
 
 

@@ -18,6 +18,7 @@ from eigen_core.pool import TaskPool
 from eigen_jax.stages.common import StageContext, episode_engine
 from eigen_jax.train_config import EvalSection
 from rollout.config import EpisodeConfig
+from rollout.lockstep import Cohort
 from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
@@ -114,6 +115,7 @@ def run_eval(
                     desc=f"eval {name}",
                     progress=ctx.run.progress,
                     settings=trial_settings(ctx, e, domain.name, ep, source, user_from),
+                    cohorts=Cohort if e.deterministic else None,
                 )
             )
             results[name] = pass_hat_ks(outcomes)

@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from eigen_apps.eval.passk import pass_hat_ks
+from eigen_apps.eval.report import plot_curve
+from eigen_apps.eval.trials import run_trials
 from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
+from eigen_core.storage import atomic_write
 from eigen_jax.distributed import is_primary, process_count, share
 from eigen_jax.sampler import bucket
 from eigen_jax.stages.common import StageContext, episode_engine, pad_rows
@@ -38,6 +42,7 @@ from eigen_jax.stages.grpo import GRPOUpdate, advantages
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
 from eigen_jax.stages.rollouts import InProcessRollouts, MirrorRollouts, RemoteRollouts, Rollouts
 from eigen_jax.train_config import GRPOSection
+from rollout import lockstep
 from rollout.config import EpisodeConfig, episode_settings
 from rollout.controller import RolloutController
 from rollout.http_engine import rerun_on_engine_error
@@ -111,8 +116,11 @@ class GroupRunner:
 
         def episode(j: int):  # rerun from scratch, same seed, if its engine failed for good
             seed = episode_seed(self.seed, index, j)
-            return rerun_on_engine_error(
-                lambda: self.episodes.run(task, seed, f"g{index}", j), 3, self.reruns.append
+            return lockstep.member(
+                (index, j),
+                lambda: rerun_on_engine_error(
+                    lambda: self.episodes.run(task, seed, f"g{index}", j), 3, self.reruns.append
+                ),
             )
 
         trajs = await asyncio.gather(*(episode(j) for j in range(self.group_size)))
@@ -188,10 +196,13 @@ class EpisodeGRPO(StageProgram):
         write_tools: frozenset[str],
         max_len: int,
         confinement: dict[str, Any],
+        heldout: Sequence[Task] = (),
+        concurrency: int = 32,
     ):
         """``tasks``: one epoch of the train tasks (``TaskPool.dataset``, a grain ``MapDataset``);
         ``write_tools``: the domain's (for action credit); ``max_len``: the longest episode
-        transcript (``episode.max_len``), the widest batch."""
+        transcript (``episode.max_len``), the widest batch; ``heldout``: the learning curve's
+        tasks (``grpo.heldout``), run ``concurrency`` episodes at a time."""
         self.g, self.tasks, self.update, self.policy = g, tasks, update, policy
         self.max_len = max_len
         self.learner = update.learner
@@ -206,9 +217,16 @@ class EpisodeGRPO(StageProgram):
         self.controller: RolloutController[Group] | None = None
         self.passes: list[float] = []
         self.confinement = confinement
+        self.heldout, self.concurrency = list(heldout), concurrency
+        self.heldout_dir = sd.root / "heldout"
+        self.curve: list[dict[str, float]] = []
 
     def restore(self, data: dict[str, Any]) -> None:
         self.next_index = data["controller"]["next_index"]
+        curve = self.heldout_dir.parent / "heldout.jsonl"
+        if curve.exists():  # the points up to the checkpoint; later ones are measured again
+            points = [json.loads(x) for x in curve.read_text().splitlines() if x.strip()]
+            self.curve = [p for p in points if p["step"] <= self.learner.step]
 
     def data_state(self) -> dict[str, Any]:
         # process 0 runs the controller; its position is what the checkpoint keeps
@@ -232,6 +250,8 @@ class EpisodeGRPO(StageProgram):
                 concurrency=g.episodes.groups_in_flight,
                 start_index=self.next_index,
                 version=self.policy.policy_version,  # at the learner's step now; sync writes it
+                deterministic=g.episodes.deterministic,
+                members_per_group=g.group_size,
             )
             self.controller.start()
             yield
@@ -282,6 +302,27 @@ class EpisodeGRPO(StageProgram):
             self.passes.append(row["pass_rate"])
         return row
 
+    async def evaluate(self) -> dict[str, Any]:
+        """One point of the held-out curve: pass^k of the policy at this step (process 0 runs
+        it; records per step under ``grpo/heldout/``, so a resumed run reuses them)."""
+        if not is_primary() or not self.heldout:
+            return {}
+        h, step, pv = self.g.heldout, self.learner.step, self.policy.policy_version
+        version = pv.value
+        cohorts = (lambda n: lockstep.Cohort(n, pv, version)) if self.g.episodes.deterministic else None
+        outcomes = await run_trials(
+            self.heldout, self.policy.run, h.trials, h.seed, self.heldout_dir / f"step_{step}.jsonl",
+            concurrency=self.concurrency, desc=f"held-out @ step {step}", progress=False,
+            settings={"step": step, "version": version}, cohorts=cohorts,
+        )  # fmt: skip
+        point = {"step": step, **{f"pass^{k}": x for k, x in pass_hat_ks(outcomes).items()}}
+        self.curve = [p for p in self.curve if p["step"] != step] + [point]
+        lines = "".join(json.dumps(p) + "\n" for p in self.curve)
+        atomic_write(self.heldout_dir.parent / "heldout.jsonl", lines.encode())
+        title = f"{len(self.heldout)} {h.split} tasks x {h.trials}"
+        plot_curve(self.curve, self.heldout_dir.parent / "heldout.png", title)
+        return {"heldout_pass1": point["pass^1"]}
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.g.source,
@@ -290,6 +331,7 @@ class EpisodeGRPO(StageProgram):
             "first_pass_rate": self.passes[0] if self.passes else None,
             "last_pass_rate": self.passes[-1] if self.passes else None,
             "sandbox": self.confinement,
+            **({"heldout_curve": self.curve} if self.curve else {}),
         }
 
 
@@ -312,13 +354,20 @@ def episode_rollouts(
             "and grpo.remote.agent): the in-process sampler would need every process to issue the same "
             "generate calls in the same order. Launch rollout servers, or run with one process"
         )
+    if g.episodes.deterministic and g.remote.servers:
+        raise ValueError(
+            "grpo.episodes.deterministic needs the in-process engines (grpo.remote.servers empty): "
+            "remote engines batch requests as they arrive, so their numbers depend on timing"
+        )
     if not is_primary():
         return MirrorRollouts()
     if g.remote.servers:
         tok_dir = ctx.stage_dir("grpo").root / "tokenizer"
         tok.save(tok_dir)
         return RemoteRollouts(g.remote, g.temperature, tok_dir, episode_settings(domain.name, ep))
-    sampler = episode_engine(update.learner.model(), tok.pad_id, ep)
+    # a deterministic cohort runs wholly on its pinned version: at most eta + 1 back
+    keep = g.episodes.max_staleness + 2 if g.episodes.deterministic else 1
+    sampler = episode_engine(update.learner.model(), tok.pad_id, ep, keep_versions=keep)
     user_engine = episode_engine(ctx.base_model(user_from), tok.pad_id, ep) if ep.user == "model" else None
     episodes = lm_episodes(
         get_domain(domain.name), sampler, tok, ep, verifier.score,
@@ -351,7 +400,7 @@ def run_grpo_episodes(
     tasks = TaskPool(pool.dir).dataset("train", seed=ctx.run.seed, limit=g.episodes.max_tasks)
     if not len(tasks):
         raise ValueError(f"grpo: the pool at {pool.dir} has no 'train' tasks (run 'generate')")
-    ls = LoopSettings(g.steps, g.log_every, ctx.checkpoint)
+    ls = LoopSettings(g.steps, g.log_every, ctx.checkpoint, eval_every=g.heldout.every, eval_first=True)
     d = get_domain(domain.name)
     with Sandbox.from_config(verifier) as sb:
         update = GRPOUpdate(g, ctx.run.seed, ctx.base_model(start_from), g.steps)
@@ -359,5 +408,10 @@ def run_grpo_episodes(
         policy = episode_rollouts(
             ctx, g, update, domain=domain, episode=episode, verifier=scorer, user_from=user_from
         )
-        program = EpisodeGRPO(ctx, g, tasks, update, policy, d.write_tools, episode.max_len, sb.describe())
+        h = g.heldout
+        heldout = list(TaskPool(pool.dir).tasks(h.split))[: h.max_tasks] if h.every else []
+        program = EpisodeGRPO(
+            ctx, g, tasks, update, policy, d.write_tools, episode.max_len, sb.describe(),
+            heldout=heldout, concurrency=episode.concurrency,
+        )  # fmt: skip
         return run_stage(program, ctx.stage_dir("grpo"), ctx.tok, ls, resume=resume)

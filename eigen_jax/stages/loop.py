@@ -39,8 +39,9 @@ class StageProgram(Protocol):
         """One optimiser step (or a skipped one: ``learner.skip()``); its metrics."""
         ...
 
-    def evaluate(self) -> Metrics:
-        """Held-out metrics, every ``eval_every`` steps and at the last."""
+    def evaluate(self) -> Metrics | Awaitable[Metrics]:
+        """Held-out metrics, every ``eval_every`` steps and at the last (an asynchronous stage's
+        may be awaitable)."""
         return {}
 
     def data_state(self) -> dict[str, Any]:
@@ -70,22 +71,29 @@ class LoopSettings:
     """How often to save (and one at the last step) and how many to keep."""
     eval_every: int | None = None
     """Steps between ``evaluate`` calls (and one at the last step); None: never."""
+    eval_first: bool = False
+    """Also evaluate before the first step of a fresh run (logged as step 0: where a learning
+    curve starts)."""
 
 
 def _due(step: int, every: int | None, last: int) -> bool:
     return every is not None and (step % every == 0 or step == last)
 
 
+async def _metrics(row: Metrics | Awaitable[Metrics]) -> Metrics:
+    return await row if inspect.isawaitable(row) else row
+
+
 async def _steps(program: StageProgram, ls: LoopSettings, log: MetricsLogger, ckpt: Checkpointer) -> None:
     learner = program.learner
     async with program.session():
+        if ls.eval_first and ls.eval_every is not None and learner.step == 0:
+            log.log(0, await _metrics(program.evaluate()))
         while learner.step < ls.steps:
-            row = program.step()
-            if inspect.isawaitable(row):
-                row = await row
+            row = await _metrics(program.step())
             step = learner.step
             if _due(step, ls.eval_every, ls.steps):
-                row = {**row, **program.evaluate()}
+                row = {**row, **await _metrics(program.evaluate())}
             log.log(step, row)
             if _due(step, ls.checkpoint.every, ls.steps):
                 ckpt.save(learner.state, {"data": program.data_state()})
