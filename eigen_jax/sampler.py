@@ -315,6 +315,10 @@ class Sampler:
             )
         store = self.prefix_cache if store is None else store
         hits = [store.lookup(x, weights_id) if store is not None else (0, None) for x in prompts]
+        if store is not None and store is not self.prefix_cache and self.prefix_cache is not None:
+            # a cohort's own store: the engine's hit rate still counts every prompt it served
+            self.prefix_cache.looked_up_tokens += sum(len(x) for x in prompts)
+            self.prefix_cache.hit_tokens += sum(c for c, _ in hits)
         news = [x[c:] for x, (c, _) in zip(prompts, hits, strict=True)]
         b = bucket(len(prompts), self.min_batch_bucket)
         reused = max(c for c, _ in hits)
