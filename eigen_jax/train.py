@@ -234,6 +234,8 @@ def _print_table(summary: dict[str, Any]) -> None:
         pk = {a: {int(k): x for k, x in r.items()} for a, r in e["pass_hat_k"].items()}
         print(f"eval: {e['tasks']} {e['split']} tasks x {e['trials']} trials (user: {e['user']})")
         print(passk_table(pk))
+        if d := e.get("rl_minus_sft"):
+            print(f"rl - sft pass^1: {d['pass1']:+.3f} (paired standard error {d['paired_se']:.3f})")
         print(f"eval results: {e['results_json']}, plot: {e['plot']}")
     if times := summary.get("stage_seconds"):
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in times.items() if k != "total")

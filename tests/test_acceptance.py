@@ -162,7 +162,14 @@ def test_quickstart_stage_list_runs_end_to_end_in_miniature(tmp_path):
         "sft_agent",
         "grpo",
         "eval",
+        "stage_seconds",  # wall-clock per stage, and the total
     ]
+    times = summary["stage_seconds"]
+    assert list(times) == [*list(summary)[:-1], "total"] and times["total"] >= times["grpo"] > 0
     assert summary["grpo"]["source"] == "episodes" and summary["eval"]["user"] == "model"
     assert set(summary["eval"]["pass_hat_k"]) == {"base", "sft", "rl"}
+    assert set(summary["eval"]["rl_minus_sft"]) == {"pass1", "paired_se"}
     assert "pass^2" in out.stdout and (tmp_path / "eval/passk.png").exists()
+    assert "stage times:" in out.stdout and "rl - sft pass^1" in out.stdout
+    curve = summary["grpo"]["heldout_curve"]  # the quickstart's learning curve: step 0 and the last
+    assert [p["step"] for p in curve] == [0, 2] and (tmp_path / "grpo/heldout.png").exists()

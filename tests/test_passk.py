@@ -96,3 +96,15 @@ def test_equals_tau2_compute_metrics():
     for c in range(5):
         for k in range(1, 5):
             assert pass_hat_k_task(c, 4, k) == metrics.pass_hat_k(4, c, k)
+
+
+def test_paired_difference_by_hand():
+    from eigen_apps.eval.passk import paired_difference
+
+    sft = {"a": [1, 0], "b": [0, 0], "c": [1, 1], "only_sft": [0, 0]}
+    rl = {"a": [1, 1], "b": [1, 0], "c": [1, 1]}
+    diff, se = paired_difference(sft, rl)  # per task: +0.5, +0.5, 0 (common tasks only)
+    assert diff == pytest.approx(1 / 3)
+    assert se == pytest.approx((((1 / 6) ** 2 * 2 + (1 / 3) ** 2) / 2 / 3) ** 0.5)
+    with pytest.raises(ValueError, match="common tasks"):
+        paired_difference({"a": [1]}, {"b": [1]})

@@ -42,3 +42,23 @@ def pass_hat_ks(outcomes: Mapping[str, Sequence[float]], ks: Iterable[int] | Non
     if ks is None:
         ks = range(1, min(len(r) for r in outcomes.values()) + 1)
     return {k: pass_hat_k(outcomes, k) for k in ks}
+
+
+def paired_difference(
+    a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]
+) -> tuple[float, float]:
+    """pass^1 of ``b`` minus that of ``a`` over their common tasks, and its standard error paired
+    over tasks: the spread of the per-task differences of success rates, over sqrt(tasks). With
+    common trial seeds (``eigen_apps.eval.trials.trial_seed``) pairing removes the task-difficulty
+    variance both agents share."""
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        raise ValueError(f"paired_difference: {len(common)} common tasks, need at least 2")
+
+    def rate(rewards: Sequence[float]) -> float:
+        return sum(is_success(r) for r in rewards) / len(rewards)
+
+    d = [rate(b[t]) - rate(a[t]) for t in common]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return mean, (var / len(d)) ** 0.5

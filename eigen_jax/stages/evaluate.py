@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from eigen_apps.eval.passk import pass_hat_ks
+from eigen_apps.eval.passk import paired_difference, pass_hat_ks
 from eigen_apps.eval.report import passk_table, plot_passk
 from eigen_apps.eval.trials import checkpoint_identity, run_trials
 from eigen_core.config import DomainConfig, PoolConfig
@@ -89,6 +89,7 @@ def run_eval(
         user_engine = episode_engine(ctx.base_model(user_from), tok.pad_id, ep, capped=False)
     results: dict[str, dict[int, float]] = {}
     details: dict[str, Any] = {}
+    by_agent: dict[str, dict[str, list[float]]] = {}
     with Sandbox.from_config(v) as sb:
         confinement = sb.describe()
         scorer = Verifier(d, sb, v.components)
@@ -119,6 +120,7 @@ def run_eval(
                 )
             )
             results[name] = pass_hat_ks(outcomes)
+            by_agent[name] = outcomes
             details[name] = {"source": source or "from-scratch init", "tasks": len(outcomes)}
     report = {
         "split": e.split,
@@ -130,8 +132,14 @@ def run_eval(
         "agents": details,
         "sandbox": confinement,
     }
+    if {"sft", "rl"} <= by_agent.keys() and len(tasks) > 1:  # the headline, paired over tasks
+        diff, se = paired_difference(by_agent["sft"], by_agent["rl"])
+        report["rl_minus_sft"] = {"pass1": diff, "paired_se": se}
     (root / "results.json").write_text(json.dumps(report, indent=2))
     if results:
         plot_passk(results, root / "passk.png", f"{domain.name}: {len(tasks)} {e.split} tasks × {e.trials}")
     print(passk_table(results))
+    if "rl_minus_sft" in report:
+        d = report["rl_minus_sft"]
+        print(f"rl - sft pass^1: {d['pass1']:+.3f} (paired standard error {d['paired_se']:.3f})")
     return {**report, "results_json": str(root / "results.json"), "plot": str(root / "passk.png")}
