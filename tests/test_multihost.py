@@ -195,6 +195,7 @@ def test_grpo_on_episodes_across_two_processes_through_rollout_servers(tmp_path)
             "model.mesh=[1,-1,1]", "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",
             "episode.max_len=1024", "episode.prompt=full", "grpo.steps=3", "grpo.tasks_per_step=2",
             "grpo.group_size=4", "grpo.filter_groups=false", "checkpoint.every=2",
+            "grpo.episodes.deterministic=false", "grpo.heldout.every=null",  # remote engines: no lockstep
             f"grpo.remote.servers=[http://127.0.0.1:{ports['f1']},http://127.0.0.1:{ports['f2']}]",
             f"grpo.remote.agent.url=http://127.0.0.1:{ports['fe']}", "grpo.remote.agent.model=agent",
         )  # fmt: skip

@@ -189,6 +189,8 @@ def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
                 "grpo.tasks_per_step=2",
                 "grpo.group_size=4",
                 "grpo.filter_groups=false",
+                "grpo.episodes.deterministic=false",  # remote engines batch by arrival: no lockstep
+                "grpo.heldout.every=null",
                 f"grpo.remote.servers=[http://127.0.0.1:{f1},http://127.0.0.1:{f2}]",
                 f"grpo.remote.agent.url=http://127.0.0.1:{fe}",
                 "grpo.remote.agent.model=agent",

@@ -38,7 +38,7 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
         f"run.out_dir={tmp_path}/run", f"pool.dir={tmp_path}/run/pool", "run.progress=false",
         "procedural.num_tasks=200", "run.stages=[generate,grpo]", "grpo.steps=100000", "grpo.log_every=1",
         f"episode.prefix_cache_mb={budget_mb}", "checkpoint.every=20", "episode.user=scripted",
-        "grpo.filter_groups=false",
+        "grpo.filter_groups=false", "grpo.heldout.every=null",
     ]  # fmt: skip
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)

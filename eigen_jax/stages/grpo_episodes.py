@@ -108,7 +108,7 @@ class GroupRunner:
         self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
         self.write_tools, self.record = write_tools, record
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
-        self.finished: list[Group] = []  # drained by the logger
+        self.finished: list[Group] = []  # drained by the logger, batch by batch (``settled``)
         self.reruns: list[str] = []  # episodes rerun after an engine failed for good (drained too)
 
     async def __call__(self, index: int) -> Group:
@@ -130,6 +130,13 @@ class GroupRunner:
         digests = [hashlib.sha256(np.asarray(t.tokens, np.int64).tobytes()).hexdigest()[:16] for t in trajs]
         self.note({"index": index, "task_id": task.id, "rewards": group.rewards.tolist(), "tokens": digests})
         return group
+
+    def settled(self, before: int) -> list[Group]:
+        """Take the finished groups with an index below ``before`` (those a batch has walked
+        past), in index order; later ones wait for their batch."""
+        taken = sorted((g for g in self.finished if g.index < before), key=lambda g: g.index)
+        self.finished = [g for g in self.finished if g.index >= before]
+        return taken
 
     def note(self, entry: dict[str, Any]) -> None:
         with self.record.open("a") as f:
@@ -165,7 +172,8 @@ def staleness(trajs: list[Trajectory], version: int) -> dict[str, float]:
 
 
 def _rollout_metrics(groups: list[Group]) -> dict[str, float]:
-    """Metrics over every group that finished since the last step (kept or filtered)."""
+    """Metrics over the groups one batch walked past (kept or filtered): the same groups whatever
+    the timing, so with a deterministic schedule the metrics are deterministic too."""
     trajs = [t for g in groups for t in g.trajectories]
     if not trajs:
         return {}
@@ -214,6 +222,7 @@ class EpisodeGRPO(StageProgram):
         self.groups = GroupRunner(tasks.repeat(), policy, g.group_size, ctx.run.seed, write_tools, record)
         self.keep = _keep_fn(g)
         self.next_index = 0
+        self.walked = 0  # groups the batches walked past since the stage began (kept or filtered)
         self.controller: RolloutController[Group] | None = None
         self.passes: list[float] = []
         self.confinement = confinement
@@ -222,7 +231,7 @@ class EpisodeGRPO(StageProgram):
         self.curve: list[dict[str, float]] = []
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.next_index = data["controller"]["next_index"]
+        self.next_index = self.walked = data["controller"]["next_index"]
         curve = self.heldout_dir.parent / "heldout.jsonl"
         if curve.exists():  # the points up to the checkpoint; later ones are measured again
             points = [json.loads(x) for x in curve.read_text().splitlines() if x.strip()]
@@ -279,20 +288,21 @@ class EpisodeGRPO(StageProgram):
         host = share(episode_batch(trajs, adv, length, self.pad_id))  # the same batch on every process
         assert len(trajs) == self.rows
         row: dict[str, Any] = {"groups": [grp.index for grp in batch]}  # what this update trains on
-        row.update(_rollout_metrics(groups.finished), **staleness(trajs, learner.step))
+        walked = groups.settled(controller.state_dict()["next_index"])
+        row.update(_rollout_metrics(walked), **staleness(trajs, learner.step))
         row.update(
             episodes_rerun=float(len(groups.reruns)), request_retries_total=float(self.policy.retries())
         )
-        groups.finished, groups.reruns = [], []
+        groups.reruns = []
         row.update(await asyncio.to_thread(self.update, host))
         engine = self.policy.engine_metrics()  # before the swap, which empties the prefix cache
         await self.policy.sync(learner, self.export_dir)  # the new version admits the next groups
         elapsed = time.perf_counter() - t0
-        stats = controller.stats
+        self.walked += len(walked)
         row.update(
             batch_pass_rate=float((rewards >= 1).mean()),
             train_reward_mean=float(shaped.mean()),
-            filtered_group_frac=stats["dropped"] / max(stats["kept"] + stats["dropped"], 1),
+            filtered_group_frac=1 - self.learner.step * g.tasks_per_step / max(self.walked, 1),
             step_s=elapsed,
             learner_idle_frac=waited / elapsed,
             episodes_per_s=row.get("groups_finished", 0.0) * g.group_size / elapsed,

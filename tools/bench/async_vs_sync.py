@@ -3,6 +3,7 @@ latencies: wall time per step, learner idle fraction, episodes/s.
 
     python tools/bench/async_vs_sync.py [--steps 8] [--etas 0,2] [--user-latency 1.0]
                                         [--tool-latency 0.3] [--sft-steps 60]
+                                        [--modes free,deterministic]
 
 The quickstart's pieces, end to end: procedural shop tasks, a short SFT of the agent (so episodes
 have realistic lengths: several tool calls and user turns), then ``grpo.source: episodes`` with the
@@ -10,7 +11,8 @@ scripted user, once per eta, from the same SFT checkpoint. Latency stands in for
 a real deployment: every user-simulator turn waits a log-normal delay (mean ``--user-latency`` s,
 an LLM call), and every tool call ``--tool-latency`` s (a service call) before the agent's next
 turn. The learner's update is real. Each eta runs in its own process; the step time is the median
-over steps after the first (which compiles).
+over steps after the first (which compiles). ``--modes`` also runs each eta with
+``grpo.episodes.deterministic`` (lockstep cohorts): what reproducibility costs.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def prepare(out: Path, sft_steps: int) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
-def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: float) -> None:
-    """Runs in its own process: GRPO at this eta with latency injected."""
+def child(out: Path, eta: int, mode: str, steps: int, user_latency: float, tool_latency: float) -> None:
+    """Runs in its own process: GRPO at this eta (and mode) with latency injected."""
     import asyncio
 
     import numpy as np
@@ -87,7 +89,9 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
         ROOT / "configs/quickstart.yaml",
         [
             *_base(out),
-            f"run.out_dir={out}/eta{eta}",
+            f"run.out_dir={out}/{mode}{eta}",
+            f"grpo.episodes.deterministic={mode == 'deterministic'}",
+            "grpo.heldout.every=null",
             "grpo.filter_groups=false",  # every group counts: the same work per step for both etas
             f"grpo.steps={steps}",
             f"grpo.episodes.max_staleness={eta}",
@@ -96,8 +100,8 @@ def child(out: Path, eta: int, steps: int, user_latency: float, tool_latency: fl
             f"grpo.episodes.groups_in_flight={4 * (eta + 1)}",
         ],
     )
-    (out / f"eta{eta}").mkdir(exist_ok=True)
-    (out / f"eta{eta}" / "tokenizer").symlink_to(out / "tokenizer")
+    (out / f"{mode}{eta}").mkdir(exist_ok=True)
+    (out / f"{mode}{eta}" / "tokenizer").symlink_to(out / "tokenizer")
     run_grpo_episodes(
         stage_context(cfg), cfg.grpo, domain=cfg.domain, pool=cfg.pool, episode=cfg.episode,
         verifier=cfg.verifier, start_from=str(out / "sft_agent/hf"),
@@ -111,37 +115,41 @@ def main() -> None:
     ap.add_argument("--user-latency", type=float, default=1.0)
     ap.add_argument("--tool-latency", type=float, default=0.3)
     ap.add_argument("--sft-steps", type=int, default=60)
+    ap.add_argument("--modes", default="free", help="free and/or deterministic, comma-separated")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        out, eta = args.child.split(":")
-        child(Path(out), int(eta), args.steps, args.user_latency, args.tool_latency)
+        out, eta, mode = args.child.split(":")
+        child(Path(out), int(eta), mode, args.steps, args.user_latency, args.tool_latency)
         return
     out = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
     prepare(out, args.sft_steps)
     print(f"prepared in {time.perf_counter() - t0:.0f}s", flush=True)
     results = {}
-    for eta in (int(e) for e in args.etas.split(",")):
+    runs = [(int(e), m) for m in args.modes.split(",") for e in args.etas.split(",")]
+    for eta, mode in runs:
         own = [a for a in sys.argv[1:] if not a.startswith("--child")]
-        subprocess.run([sys.executable, __file__, *own, "--child", f"{out}:{eta}"], check=True, cwd=ROOT)
-        rows = [json.loads(x) for x in (out / f"eta{eta}/grpo/metrics.jsonl").read_text().splitlines()]
+        subprocess.run(
+            [sys.executable, __file__, *own, "--child", f"{out}:{eta}:{mode}"], check=True, cwd=ROOT
+        )
+        rows = [json.loads(x) for x in (out / f"{mode}{eta}/grpo/metrics.jsonl").read_text().splitlines()]
         later = rows[1:]  # the first step compiles
-        results[eta] = {
+        results[(eta, mode)] = {
             "step_s": statistics.median(r["step_s"] for r in later),
             "idle": statistics.median(r["learner_idle_frac"] for r in later),
             "eps": sum(r.get("groups_finished", 0) * 8 for r in later) / sum(r["step_s"] for r in later),
             "stale": max(r.get("staleness_max", 0) for r in rows),
             "samples": [round(r["step_s"], 1) for r in later],
         }
-        print(eta, results[eta], flush=True)
-    base = results[min(results)]
+        print(eta, mode, results[(eta, mode)], flush=True)
+    base = results[runs[0]]
     lines = "\n".join(
-        f"| {eta} | {r['step_s']:.1f} | {base['step_s'] / r['step_s']:.2f}× | {r['idle']:.0%} | "
+        f"| {eta} | {mode} | {r['step_s']:.1f} | {base['step_s'] / r['step_s']:.2f}× | {r['idle']:.0%} | "
         f"{r['eps']:.2f} | {r['stale']:.0f} |"
-        for eta, r in results.items()
+        for (eta, mode), r in results.items()
     )
-    samples = "; ".join(f"eta={e}: {r['samples']}" for e, r in results.items())
+    samples = "; ".join(f"eta={e} {m}: {r['samples']}" for (e, m), r in results.items())
     top = results[max(results)]
     why = (
         "At the largest η the learner is never idle: the step is bound by the update itself, which "
@@ -158,10 +166,12 @@ The quickstart's tiny agent after {args.sft_steps} SFT steps, 4 groups × 8 epis
 procedural shop tasks with the scripted user; each user turn waits a log-normal delay (mean
 {args.user_latency} s, σ 0.5: an LLM user simulator), each tool call {args.tool_latency} s; real
 learner updates on this CPU. Groups in flight: 4 × (η + 1). Median over steps 2–{args.steps} (step 1
-compiles); every eta in its own process, one after the other, in this run.
+compiles); every eta in its own process, one after the other, in this run. Schedule `free`:
+AReaL's admission as episodes finish; `deterministic`: lockstep cohorts (README: reproducible
+asynchrony), where each admission starts (η + 1) × 4 groups at once.
 
-| η (max staleness) | s / step | speed-up vs η=0 | learner idle | episodes / s | max token staleness |
-|---:|---:|---:|---:|---:|---:|
+| η | schedule | s / step | speed-up vs the first row | learner idle | episodes / s | max staleness |
+|---:|---|---:|---:|---:|---:|---:|
 {lines}
 
 Step times (s): {samples}. {why}
