@@ -303,16 +303,7 @@ class Sampler:
                     f"prompt of {len(x)} tokens + max_new_tokens {sp.max_new_tokens} "
                     f"exceeds max_len {self.max_len}"
                 )
-        if version is None:
-            state, version = self._served
-            weights_id = self._weights_id
-        elif version in self._versions:
-            state, weights_id = self._versions[version]
-        else:
-            raise ValueError(
-                f"weights of version {version} are gone (kept: {sorted(self._versions)}); a pinned "
-                "batch needs keep_versions to cover the oldest version still in flight"
-            )
+        state, version, weights_id = self._weights(version)
         store = self.prefix_cache if store is None else store
         hits = [store.lookup(x, weights_id) if store is not None else (0, None) for x in prompts]
         if store is not None and store is not self.prefix_cache and self.prefix_cache is not None:
@@ -331,25 +322,7 @@ class Sampler:
             tok[r, p - len(x) :] = x  # left padding: every row's last prompt token is in the last column
             msk[r, p - len(x) :] = 1
         prefix, prefix_mask = self._prefix_arrays(hits, b, cpre)
-        k = max(1, max(len(sp.stop_token_ids) for sp in params))
-        stops = np.full((b, k), -1, np.int32)
-        for r, sp in enumerate(params):
-            stops[r, : len(sp.stop_token_ids)] = sp.stop_token_ids
-        keys = []
-        for sp in params:
-            if sp.seed is None:
-                self._key, sub = jax.random.split(self._key)
-            else:
-                sub = jax.random.key(sp.seed)
-            keys.append(sub)
-        keys += [jax.random.key(0)] * (b - len(params))
-        pad_rows = b - len(params)
-        knobs = _Knobs(
-            temperature=jnp.asarray([sp.temperature for sp in params] + [1.0] * pad_rows, jnp.float32),
-            top_p=jnp.asarray([sp.top_p for sp in params] + [1.0] * pad_rows, jnp.float32),
-            top_k=jnp.asarray([sp.top_k for sp in params] + [0] * pad_rows, jnp.int32),
-        )
-        max_rows = np.asarray([sp.max_new_tokens for sp in params] + [1] * pad_rows, np.int32)
+        keys, knobs, stops, max_rows = self._sampling_arrays(params, b)
         live = np.arange(b) < len(params)
         out_tok, out_lp, lengths, stopped, cache = jax.device_get(
             _generate(
@@ -359,7 +332,7 @@ class Sampler:
                 jnp.asarray(prefix_mask),
                 jnp.asarray(tok),
                 jnp.asarray(msk),
-                jnp.stack(keys),
+                keys,
                 knobs,
                 jnp.asarray(stops),
                 jnp.asarray(max_rows),
@@ -380,6 +353,43 @@ class Sampler:
         if store is not None:
             self._keep(store, cache, prompts, hits, gens, cpre, p, weights_id)
         return gens
+
+    def _weights(self, version: int | None) -> tuple[nnx.State, int, int]:
+        """(weights, version, weights id) of ``version`` (None: the current ones)."""
+        if version is None:
+            state, version = self._served
+            return state, version, self._weights_id
+        if version not in self._versions:
+            raise ValueError(
+                f"weights of version {version} are gone (kept: {sorted(self._versions)}); a pinned "
+                "batch needs keep_versions to cover the oldest version still in flight"
+            )
+        state, weights_id = self._versions[version]
+        return state, version, weights_id
+
+    def _sampling_arrays(self, params: list[SamplingParams], b: int):
+        """Per row of a batch of ``b``: PRNG keys, sampling knobs, stop ids and token budgets
+        (padding rows: one greedy token, never kept)."""
+        k = max(1, max(len(sp.stop_token_ids) for sp in params))
+        stops = np.full((b, k), -1, np.int32)
+        for r, sp in enumerate(params):
+            stops[r, : len(sp.stop_token_ids)] = sp.stop_token_ids
+        keys = []
+        for sp in params:
+            if sp.seed is None:
+                self._key, sub = jax.random.split(self._key)
+            else:
+                sub = jax.random.key(sp.seed)
+            keys.append(sub)
+        keys += [jax.random.key(0)] * (b - len(params))
+        pad_rows = b - len(params)
+        knobs = _Knobs(
+            temperature=jnp.asarray([sp.temperature for sp in params] + [1.0] * pad_rows, jnp.float32),
+            top_p=jnp.asarray([sp.top_p for sp in params] + [1.0] * pad_rows, jnp.float32),
+            top_k=jnp.asarray([sp.top_k for sp in params] + [0] * pad_rows, jnp.int32),
+        )
+        max_rows = np.asarray([sp.max_new_tokens for sp in params] + [1] * pad_rows, np.int32)
+        return jnp.stack(keys), knobs, stops, max_rows
 
     def _prefix_arrays(self, hits: list[tuple[int, CachedPrefix | None]], b: int, cpre: int):
         """Per layer (k, v) [b, cpre, kv_heads, head_dim] holding each row's cached prefix
