@@ -28,6 +28,7 @@ KNOWN_SECTIONS: frozenset[str] = frozenset(
     {
         "run",
         "domain",
+        "imports",
         "procedural",
         "pool",
         "episode",

@@ -7,6 +7,7 @@ Layout (keys of a ``PoolStore``: a directory, or a tensorstore kvstore such as `
     manifest.prev.json     the manifest before the last change (for repair)
     shards/<t>-<id>.jsonl  one Task per line; <t> (hex nanoseconds) orders them by write time
     quarantine/            shards that failed their checksum, moved aside
+    snapshots/             DB snapshots tasks start from, stored once (``eigen_core.snapshots``)
 
 Atomicity: a shard is written whole, and only then added to the manifest, which is replaced by
 a compare-and-swap on its generation: a writer that lost the race to another re-reads the
@@ -38,6 +39,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
+from eigen_core import snapshots
 from eigen_core.contracts import Task
 from eigen_core.crashpoints import crash_point
 from eigen_core.storage import Blob, PoolStore, open_store
@@ -289,6 +291,7 @@ class TaskPool:
     def __init__(self, root: str | os.PathLike[str], *, _shards: list[dict[str, Any]] | None = None):
         self.root = os.fspath(root)
         self.store = open_store(self.root)
+        snapshots.register(self.store)  # the DB snapshots its tasks start from resolve here
         if _shards is None:  # a worker reopening a pool it was handed keeps that pool's shards
             manifest, read = _read_manifest(self.store)
             if read.data is None:

@@ -22,10 +22,10 @@ from eigen_jax.train_config import (
     SFTSection,
 )
 from rollout.config import EpisodeConfig
-from synth.config import ProceduralConfig
+from synth.config import ImportSection, ProceduralConfig
 from verifiers.config import VerifierConfig
 
-Stage = Literal["generate", "selfcheck", "pretrain", "sft_user", "sft_agent", "grpo", "eval"]
+Stage = Literal["import", "generate", "selfcheck", "pretrain", "sft_user", "sft_agent", "grpo", "eval"]
 """Stages ``eigen_jax.train`` can run."""
 
 
@@ -41,6 +41,7 @@ class RunConfig(Section):
 
     run: TrainRunSection = TrainRunSection()
     domain: DomainConfig = DomainConfig()
+    imports: ImportSection = ImportSection()
     procedural: ProceduralConfig = ProceduralConfig()
     pool: PoolConfig = PoolConfig()
     episode: EpisodeConfig = EpisodeConfig()

@@ -1,7 +1,8 @@
 """``python -m eigen_jax.train --config configs/X.yaml [key.path=value ...]``
 
 The composition root: runs the stages the config lists, in order, and writes a summary to
-``run.out_dir``. Stages: ``generate`` (procedural tasks into the pool), ``selfcheck`` (model-free
+``run.out_dir``. Stages: ``import`` (tau² tasks and the AReaL-SEA RL data into the pool),
+``generate`` (procedural tasks into the pool), ``selfcheck`` (model-free
 episodes through the verifier), ``sft_user`` / ``sft_agent`` (SFT of the user-simulator model and
 of the agent on the pool's dialogues), ``grpo`` (from the SFT agent when the run has one).
 
@@ -32,6 +33,12 @@ from eigen_jax.config import RunConfig
 
 if TYPE_CHECKING:  # the learner stages import JAX; generate and selfcheck do not need it
     from eigen_jax.stages.common import StageContext
+
+
+def _stage_import(cfg: RunConfig) -> dict[str, Any]:
+    from synth.importer import import_to_pool
+
+    return import_to_pool(cfg.imports, cfg.pool, progress=cfg.run.progress).as_dict()
 
 
 def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
@@ -127,6 +134,7 @@ def _stage_eval(cfg: RunConfig, resume: bool) -> dict[str, Any]:
 
 
 STAGES = {
+    "import": lambda cfg, resume: _stage_import(cfg),
     "generate": lambda cfg, resume: _stage_generate(cfg),
     "selfcheck": lambda cfg, resume: _stage_selfcheck(cfg),
     "pretrain": _stage_pretrain,
@@ -140,7 +148,7 @@ STAGES = {
 LEARNER_STAGES = ("pretrain", "sft_user", "sft_agent", "grpo")
 """Stages that run on the stage loop (``eigen_jax.stages.loop``) and mark themselves done."""
 
-PRIMARY_STAGES = ("generate", "selfcheck")
+PRIMARY_STAGES = ("import", "generate", "selfcheck")
 """Stages that run on process 0 alone when there are several (the others wait for them)."""
 
 
@@ -202,6 +210,13 @@ def _timed(summary: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]
 
 
 def _print_table(summary: dict[str, Any]) -> None:
+    if "import" in summary:
+        s = summary["import"]
+        print(
+            f"import: {s['imported']} tasks imported of {s['rows']} rows ({s['already_in_pool']} already "
+            f"in pool, {s['duplicates']} duplicates, {s['skipped']} skipped, {s['gold_errors']} with a "
+            f"gold action that errors; {s['seconds']}s)"
+        )
     if "generate" in summary:
         g = summary["generate"]
         print(

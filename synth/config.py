@@ -119,3 +119,48 @@ class CurriculumConfig(Section):
     """Hardest setting the curriculum may reach (requests per task)."""
     keep_saturated: bool = True
     """Put tasks every sample solved or none did into the pool too (with their pass rate)."""
+
+
+class ImportSource(Section):
+    """One source of tasks for the ``import`` stage."""
+
+    kind: Literal["tau2", "areal_rl"]
+    """``tau2``: tau²-bench's own tasks of ``domain`` in ``split``; ``areal_rl``: the RL rows of
+    the released AReaL-SEA data (``tau2_rl_train.jsonl``: one tau² task per line on a DB
+    snapshot named by its ``db_path``)."""
+    domain: str | None = None
+    """tau²: the domain (required). areal_rl: import only this domain's rows (None: every row;
+    a row's domain is read from its ``db_path``, else from its user instructions)."""
+    split: str = "train"
+    """tau²: its split to import (``train``, ``test``, ``base``; telecom also ``small``, ``full``)."""
+    as_split: str | None = None
+    """The pool split the tasks go to (None: ``split`` for tau², ``train`` for areal_rl)."""
+    path: str | None = None
+    """areal_rl: the JSONL file of RL rows (required)."""
+    database_dir: str | None = None
+    """areal_rl: where the rows' DB files are (None: ``tau2_rl_database/`` next to ``path``)."""
+    limit: int | None = Field(None, ge=1)
+    """Only the source's first ``limit`` tasks (None: all); the same ones on a rerun."""
+
+    @model_validator(mode="after")
+    def _needs(self) -> ImportSource:
+        if self.kind == "tau2" and self.domain is None:
+            raise ValueError("a tau2 source needs 'domain' (airline, retail or telecom)")
+        if self.kind == "areal_rl" and not self.path:
+            raise ValueError("an areal_rl source needs 'path' (its tau2_rl_train.jsonl)")
+        return self
+
+
+class ImportSection(Section):
+    """The ``import`` stage (``python -m synth.importer``): tasks from outside into the pool."""
+
+    sources: list[ImportSource] = Field(default_factory=list)
+    """What to import, in order (ids already in the pool are skipped, so a rerun adds nothing)."""
+    check_gold: bool = True
+    """Replay every imported task's gold actions on its start DB and report the tasks whose
+    replay raises a tool error (they are kept: tau²'s own golds do this too, and the gold DB is
+    whatever the actions achieve)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A row that cannot be imported (invalid JSON or task, unknown domain, a missing DB file, a
+    reward basis we cannot score): ``error`` stops naming file and line; ``skip`` goes on and
+    lists every skipped row with its reason in the report."""

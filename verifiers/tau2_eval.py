@@ -15,7 +15,7 @@ import datetime as dt
 from typing import Any
 
 from eigen_core.contracts import Message, RewardInfo, Task, Termination, Trajectory
-from eigen_core.domains.tau2 import to_tau2
+from eigen_core.domains.tau2 import tau2_domain, to_tau2
 from eigen_core.domains.tau2._import import tau2_module
 from rollout.workflow import ScoreFn
 
@@ -73,14 +73,16 @@ def to_tau2_simulation(traj: Trajectory) -> Any:
 
 
 def tau2_reward(task: Task, traj: Trajectory, domain: str | None = None) -> Any:
-    """tau²'s ``RewardInfo`` for ``traj`` on ``task`` (evaluation type ``all``, not solo)."""
+    """tau²'s ``RewardInfo`` for ``traj`` on ``task`` (evaluation type ``all``, not solo); a task
+    on a DB snapshot is evaluated on that snapshot (``Tau2Domain.registry_name``)."""
     ev = tau2_module("evaluator.evaluator")
+    name = tau2_domain(domain or task.domain).registry_name(task)
     return ev.evaluate_simulation(
         simulation=to_tau2_simulation(traj),
         task=to_tau2(task),
         evaluation_type=ev.EvaluationType.ALL,
         solo_mode=False,
-        domain=domain or task.domain,
+        domain=name,
     )
 
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from typing import Any
 
+from pydantic import ValidationError
+
+from eigen_core import snapshots
 from eigen_core.contracts import Action, EnvAssertion, Task, ToolCall, ToolResult
 from eigen_core.domains.tau2._import import tau2_module
 from eigen_core.domains.tau2.cow import cow_copy
@@ -39,13 +43,14 @@ class Tau2Env:
         out = self.env.get_response(tc)
         return ToolResult(tool_call_id=call.id, name=call.name, content=out.content or "", error=out.error)
 
-    def run_action(self, action: Action) -> None:
+    def run_action(self, action: Action) -> str | None:
         """Apply a gold action as tau²'s evaluator does for its gold environment: no sync, and an
-        error is ignored (the gold DB is whatever the actions achieve)."""
+        error is ignored (the gold DB is whatever the actions achieve) but returned, for reports."""
         try:
             self.env.make_tool_call(action.name, requestor=action.requestor, **action.arguments)
-        except Exception:
-            pass
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
 
     def check_assertion(self, a: EnvAssertion) -> bool:
         """Whether ``a`` holds now (tau²'s ``run_env_assertion``)."""
@@ -95,6 +100,8 @@ class Tau2Domain:
         self._db = probe.tools.db
         self._user_db = probe.user_tools.db if probe.user_tools is not None else None
         self._initial_hashes = self._hashes()
+        self._snapshots: dict[str, Any] = {}  # snapshot reference -> parsed agent DB
+        self._lock = threading.RLock()  # environments are built from several threads
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [dict(s) for s in self._schemas]
@@ -103,13 +110,42 @@ class Tau2Domain:
         """Tools on the user's side (telecom's phone); empty for airline and retail."""
         return [dict(s) for s in self._user_schemas]
 
-    def _fresh(self) -> Any:
+    def _fresh(self, reference: str | None = None, solo_mode: bool = False) -> Any:
         # Parsing airline's 7 MB db.json costs ~0.3 s and so does a deep copy; a copy-on-access
         # view of the DB parsed once costs next to nothing (see cow.py).
-        kw: dict[str, Any] = {"db": cow_copy(self._db)}
+        db = self.snapshot_db(reference) if snapshots.is_snapshot(reference) else self._db
+        kw: dict[str, Any] = {"db": cow_copy(db)}
         if self._user_db is not None:
             kw["user_db"] = cow_copy(self._user_db)
-        return self._make(**kw)
+        return self._make(solo_mode=solo_mode, **kw) if solo_mode else self._make(**kw)
+
+    def registry_name(self, task: Task) -> str:
+        """The name under which tau²'s registry builds ``task``'s environment (its evaluator
+        rebuilds environments by name): the domain's, or for a task on a DB snapshot a name
+        registered here whose environments start from that snapshot."""
+        ref = task.initial_state.reference
+        if not snapshots.is_snapshot(ref):
+            return self.name
+        name = f"{self.name}@{ref}"
+        registry = tau2_module("registry").registry
+        with self._lock:
+            if name not in registry.get_domains():
+                self.snapshot_db(ref)  # fail here, naming the snapshot, not inside tau²'s evaluator
+                registry.register_domain(lambda solo_mode=False: self._fresh(ref, solo_mode), name)
+        return name
+
+    def snapshot_db(self, reference: str) -> Any:
+        """The agent DB of a stored snapshot (``eigen_core.snapshots``), parsed once."""
+        with self._lock:
+            if reference not in self._snapshots:
+                try:
+                    db = type(self._db).model_validate(snapshots.parse(reference))
+                except ValidationError as e:
+                    raise ValueError(f"{reference}: not a tau² {self.name} DB: {e}") from None
+                self._snapshots[reference] = db
+                while len(self._snapshots) > 8:  # each a whole DB in memory (airline: ~7 MB of JSON)
+                    self._snapshots.pop(next(iter(self._snapshots)))
+            return self._snapshots[reference]
 
     def user_system_prompt(self, task: Task) -> str:
         """tau²'s own user-simulator system prompt for ``task``: its global simulation guidelines
@@ -133,9 +169,9 @@ class Tau2Domain:
 
     def make_env(self, task: Task) -> Tau2Env:
         """A fresh environment in ``task``'s initial state (tau²'s ``set_state`` without
-        message history)."""
+        message history), on the DB snapshot its ``initial_state.reference`` names if any."""
         tasks = tau2_module("data_model.tasks")
-        env = self._fresh()
+        env = self._fresh(task.initial_state.reference)
         init = task.initial_state
         data = None
         if init.data is not None or init.user_data is not None:
