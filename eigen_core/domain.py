@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from eigen_core.contracts import Action, Task, ToolCall, ToolResult
+from eigen_core.contracts import Action, Message, Task, ToolCall, ToolResult
 
 
 class ToolError(Exception):
@@ -160,3 +160,58 @@ def replay(domain: Domain, task: Task, calls: list[ToolCall]) -> tuple[ToolEnv, 
     """Run ``calls`` in a fresh env from the task's initial state; return the env and results."""
     env = domain.make_env(task)
     return env, [env.call(c) for c in calls]
+
+
+class ReplayMismatch(ValueError):
+    """A conversation's tool call returned, when replayed, something other than what the
+    conversation recorded: it did not happen in this task's environment."""
+
+
+def same_output(replayed: str, recorded: str) -> bool:
+    """tau²'s comparison of a replayed tool output with the recorded one: equal as JSON values
+    where a side parses as JSON, else as text."""
+
+    def value(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    return value(replayed) == value(recorded)
+
+
+def _recorded_outputs(messages: list[Message]) -> list[tuple[ToolCall, str | None]]:
+    """Every tool call of ``messages`` (everyone's, in order) with the output recorded for it:
+    the tool message with its id among those that directly follow the call (None: unanswered)."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.role not in ("assistant", "user") or not m.tool_calls:
+            continue
+        answers: dict[str, str] = {}
+        for reply in messages[i + 1 :]:
+            if reply.role != "tool":
+                break
+            answers.setdefault(reply.tool_call_id or "", reply.content or "")
+        out += [(c, answers.get(c.id)) for c in m.tool_calls]
+    return out
+
+
+def replay_conversation(domain: Domain, task: Task, messages: list[Message]) -> ToolEnv:
+    """The environment after the tool calls of ``messages``, replayed from the task's initial
+    state as tau²'s evaluator rebuilds it (``Environment.set_state``): a call whose output
+    differs from the recorded one raises ``ReplayMismatch`` (a non-deterministic tool, another
+    start DB, an edited transcript), and the environment then settles (``settle``, where it has
+    one: tau²'s last device sync, which a failed last call would otherwise skip)."""
+    env = domain.make_env(task)
+    for n, (call, recorded) in enumerate(_recorded_outputs(messages)):
+        result = env.call(call)
+        if recorded is not None and not same_output(result.content, recorded):
+            raise ReplayMismatch(
+                f"task {task.id}: tool call {n} ({call.name}) returned {result.content[:200]!r} on replay, "
+                f"but the conversation recorded {recorded[:200]!r}: it did not happen in this task's "
+                "environment (tau²'s evaluator refuses it too)"
+            )
+    settle = getattr(env, "settle", None)
+    if settle is not None:
+        settle()
+    return env

@@ -6,7 +6,11 @@ trajectories): the DB check replays the trajectory's tool calls (agent's and use
 actions in fresh environments and compares the hashes of the final states; a required output must
 appear, lower-cased, in one assistant message's text with its commas removed; a gold action counts
 as done when some call has its name and equal compared arguments; an episode that ended other
-than by a user or agent stop scores 0. The checker (untrusted code) runs only in the ``Sandbox``.
+than by a user or agent stop scores 0. As in tau², a conversation whose tool calls return other
+outputs on replay is refused (``ReplayMismatch``: it did not happen in this task's environment),
+the replayed environment syncs once more at the end, and a task converted from tau² with neither
+actions nor env assertions (null, not empty) passes the DB check unchecked. The checker
+(untrusted code) runs only in the ``Sandbox``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from eigen_core.contracts import Action, Message, RewardComponent, RewardInfo, Task, Termination, Trajectory
-from eigen_core.domain import Domain, ToolEnv, action_to_call, replay
+from eigen_core.domain import Domain, ToolEnv, action_to_call, replay, replay_conversation
 from verifiers.sandbox import Sandbox
 
 Component = RewardComponent
@@ -64,6 +68,17 @@ def gold_state(domain: Domain, task: Task) -> dict[str, Any]:
     return gold_env(domain, task).state()
 
 
+def unchecked_components(task: Task) -> frozenset[str]:
+    """Components tau²'s evaluator passes without checking, for a task that came from tau²'s
+    format: every one when the task has no evaluation criteria; the DB and env-assertion checks
+    when its actions and its env assertions are both null (not empty lists)."""
+    if task.metadata.get("no_evaluation_criteria"):
+        return frozenset(("db", "outputs", "actions", "env_assertions", "checker"))
+    if {"actions", "env_assertions"} <= set(task.metadata.get("null_criteria", ())):
+        return frozenset(("db", "env_assertions"))
+    return frozenset()
+
+
 def failed_assertions(env: ToolEnv, task: Task) -> list[str]:
     """Messages of the task's env assertions that do not hold in ``env``."""
     check = getattr(env, "check_assertion", None)
@@ -110,9 +125,11 @@ class Verifier:
                 reward=0.0, reasons={"termination": f"episode ended by {traj.termination.value}"}
             )
         wanted = tuple(task.reward_basis) if task.reward_basis is not None else self.components
-        comps: dict[str, float] = {}
+        free = unchecked_components(task)
+        comps: dict[str, float] = {c: 1.0 for c in wanted if c in free}
+        wanted = tuple(c for c in wanted if c not in free)
         reasons: dict[str, str] = {}
-        env, _ = replay(self.domain, task, traj.tool_calls())
+        env = replay_conversation(self.domain, task, traj.messages)
         if "db" in wanted:
             ok = env.state_hash() == self._gold_hash_for(task)
             comps["db"] = float(ok)

@@ -52,6 +52,11 @@ class Tau2Env:
             return f"{type(e).__name__}: {e}"
         return None
 
+    def settle(self) -> None:
+        """tau²'s sync of the user's device with the agent's DB, as its ``set_state`` runs once
+        more after replaying a conversation (every successful call syncs; a failed one does not)."""
+        self.env.sync_tools()
+
     def check_assertion(self, a: EnvAssertion) -> bool:
         """Whether ``a`` holds now (tau²'s ``run_env_assertion``)."""
         tasks = tau2_module("data_model.tasks")
