@@ -236,7 +236,7 @@ def import_to_pool(cfg: ImportSection, pool: PoolConfig, *, progress: bool = Tru
     """Import every source of ``cfg`` into the pool at ``pool.dir``, in order."""
     if not cfg.sources:
         raise ValueError(
-            "imports.sources is empty: list what to import (see configs/tau2_airline_smollm2.yaml)"
+            "imports.sources is empty: list what to import (see configs/import_tau2_airline.yaml)"
         )
     report, t0 = ImportReport(), time.perf_counter()
     with PoolWriter(pool.dir, pool.shard_size) as writer:

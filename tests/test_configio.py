@@ -170,11 +170,13 @@ def _command_configs() -> list[type[BaseModel]]:
     from eigen_jax.serve import ServeConfig
     from rollout.fault_proxy import ProxyConfig
     from synth.export_tau2 import ExportConfig
+    from synth.importer import ImportCommandConfig
     from synth.run import SynthRunConfig
     from verifiers.tau2_parity import ParityConfig
 
     return [RunConfig, EvalRunConfig, SynthRunConfig, SelfcheckConfig, RolloutServerConfig, ServeConfig,
-            ProceduralCommandConfig, ExportConfig, ParityConfig, ProxyConfig]  # fmt: skip
+            ProceduralCommandConfig, ExportConfig, ParityConfig, ProxyConfig,
+            ImportCommandConfig]  # fmt: skip
 
 
 def _section_class(field) -> type:
