@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from eigen_core.config import DomainConfig, EndpointSection, ServerSection, env_secret
+from eigen_core import snapshots
+from eigen_core.config import DomainConfig, EndpointSection, PoolConfig, ServerSection, env_secret
 from eigen_core.configio import Section, add_config_args, config_from_args
 from eigen_core.contracts import Task
 from eigen_core.domains import get_domain
@@ -53,6 +54,10 @@ class RolloutServerConfig(Section):
     """The policy's token-in/token-out engine (``tokenizer`` required)."""
     user: EndpointSection | None = None
     """The user-simulator model's engine (needed when ``episode.user: model``)."""
+    pool: PoolConfig | None = None
+    """The learner's task pool: the DB snapshots its tasks start from (tasks imported from the
+    AReaL-SEA RL data) are read from there (``eigen_core.snapshots``). None: tasks that start from
+    a snapshot are refused."""
 
 
 def _engine(e: EndpointSection, version: PolicyVersion | None = None) -> HTTPEngine:
@@ -69,6 +74,8 @@ class RolloutServer:
         if not cfg.agent.tokenizer:
             raise ValueError("agent.tokenizer: the policy's tokenizer directory is required")
         self.cfg = cfg
+        if cfg.pool is not None:
+            snapshots.register(cfg.pool.dir)
         self.domain = get_domain(cfg.domain.name)
         self.verifier = Verifier(self.domain, sandbox, cfg.verifier.components)
         self.version = PolicyVersion()
@@ -93,6 +100,11 @@ class RolloutServer:
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0, not {temperature}")
             announced = int(body.get("version", 0))
+            if snapshots.is_snapshot(ref := task.initial_state.reference):
+                snapshots.read(ref)
+        except snapshots.SnapshotError as e:
+            hint = "start the rollout server with pool.dir set to the learner's task pool"
+            raise web.HTTPBadRequest(text=f"bad episode request: {e}; {hint}") from None
         except (KeyError, TypeError, ValueError, OverflowError, ValidationError) as e:
             raise web.HTTPBadRequest(text=f"bad episode request: {e}") from None
         self.version.raise_to(announced)

@@ -265,3 +265,39 @@ def test_a_learner_refuses_a_server_with_other_episode_settings(shop_tasks, tmp_
                 await server.close()
 
     asyncio.run(main())
+
+
+def test_a_task_on_a_db_snapshot_needs_the_pool_that_holds_it(shop_tasks, tmp_path):
+    """The server resolves snapshot references through ``pool.dir``; without it, such a task is
+    a 400 that says so (never an episode on the wrong DB)."""
+    from eigen_core import snapshots
+    from eigen_core.storage import open_store
+
+    tok = build_small_tokenizer(["hello world"], 300)
+    tok.save(tmp_path / "tok")
+    ref = snapshots.put(open_store(tmp_path / "pool"), b'{"stored": "once"}', "json")
+    snapshots._stores.clear()  # as in a fresh server process
+    snapshots._read.cache_clear()
+    base = {"agent": {"tokenizer": str(tmp_path / "tok")}, "episode": {"user": "scripted"}}
+    task = shop_tasks[0].model_copy(
+        update={"initial_state": shop_tasks[0].initial_state.model_copy(update={"reference": ref})}
+    )
+
+    async def main():
+        with Sandbox(1, 2.0, 256) as sb:
+            server = TestServer(RolloutServer(RolloutServerConfig.model_validate(base), sb).app())
+            await server.start_server()
+            try:
+                remote = RemoteEpisodes([str(server.make_url("")).rstrip("/")])
+                with pytest.raises(EngineError, match=r"HTTP 400.*pool\.dir set to the learner's task pool"):
+                    await remote.run(task, 0)
+                await remote.close()
+            finally:
+                await server.close()
+
+    asyncio.run(main())
+    with Sandbox(1, 2.0, 256) as sb:
+        RolloutServer(
+            RolloutServerConfig.model_validate({**base, "pool": {"dir": str(tmp_path / "pool")}}), sb
+        )
+    assert snapshots.parse(ref) == {"stored": "once"}
