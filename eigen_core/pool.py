@@ -339,6 +339,20 @@ class TaskPool:
                 counts[sp] = counts.get(sp, 0) + 1
         return counts
 
+    @staticmethod
+    def listing(root: str | os.PathLike[str]) -> str:
+        """A digest of the shards the pool at ``root`` lists now: it changes when a writer
+        publishes (reads the manifest only; opening a ``TaskPool`` checks every shard)."""
+        return _shards_digest(_read_manifest(open_store(os.fspath(root)))[0]["shards"])
+
+    def ids(self, split: str | None = None) -> list[str]:
+        """Task ids of ``split`` (all if None), in pool order (the order tasks were published)."""
+        return [
+            self._shards[s]["ids"][i]
+            for s, i in self._index
+            if split is None or self._shards[s]["splits"][i] == split
+        ]
+
     def positions(self, split: str | None = None) -> list[int]:
         """Global positions of the tasks in ``split`` (all if None), in pool order."""
         return [

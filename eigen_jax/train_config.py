@@ -139,6 +139,11 @@ class GRPOEpisodesSection(Section):
     max_tasks: int | None = Field(None, ge=1)
     """Train on the train split's first this many tasks (None: all). A small set that every
     step revisits is the check that RL can fit the tasks it trains on at all."""
+    refresh_every: int = Field(0, ge=0)
+    """A live pool: re-read the task pool every this many steps' worth of groups (this x
+    ``tasks_per_step`` group indices) and play the train tasks published since (by a concurrent
+    ``python -m synth.run``) before the rest of the epoch (``eigen_core.live_tasks``). 0: the
+    pool is re-read only where the order runs out (the end of each epoch)."""
     action_credit: float = Field(0.0, ge=0, le=1)
     """Reward shaping for training only. A failed episode earns this times its partial credit
     (``verifiers.reward.action_credit``: the share of the task's gold write actions it

@@ -33,6 +33,7 @@ from eigen_apps.eval.trials import run_trials
 from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
+from eigen_core.live_tasks import LiveTasks
 from eigen_core.pool import TaskPool
 from eigen_core.storage import atomic_write
 from eigen_jax.distributed import is_primary, process_count, share
@@ -97,14 +98,14 @@ class GroupRunner:
 
     def __init__(
         self,
-        tasks: Sequence[Task],
+        tasks: LiveTasks | Sequence[Task],
         episodes: Any,
         group_size: int,
         seed: int,
         write_tools: frozenset[str],
         record: Path,
     ):
-        """``tasks[i]``: the task group ``i`` plays (the pool's grain dataset, repeated)."""
+        """``tasks[i]``: the task group ``i`` plays (``eigen_core.live_tasks.LiveTasks``)."""
         self.tasks, self.episodes, self.group_size, self.seed = tasks, episodes, group_size, seed
         self.write_tools, self.record = write_tools, record
         # ``episodes.run(task, seed, group_id, sample_index) -> Trajectory`` with the reward
@@ -207,7 +208,7 @@ class EpisodeGRPO(StageProgram):
         heldout: Sequence[Task] = (),
         concurrency: int = 32,
     ):
-        """``tasks``: one epoch of the train tasks (``TaskPool.dataset``, a grain ``MapDataset``);
+        """``tasks``: the order of the train tasks (``LiveTasks``: group i plays ``tasks[i]``);
         ``write_tools``: the domain's (for action credit); ``max_len``: the longest episode
         transcript (``episode.max_len``), the widest batch; ``heldout``: the learning curve's
         tasks (``grpo.heldout``), run ``concurrency`` episodes at a time."""
@@ -219,7 +220,7 @@ class EpisodeGRPO(StageProgram):
         self.export_dir = sd.root / "served_weights"
         record = sd.root / "groups.jsonl"
         record.parent.mkdir(parents=True, exist_ok=True)
-        self.groups = GroupRunner(tasks.repeat(), policy, g.group_size, ctx.run.seed, write_tools, record)
+        self.groups = GroupRunner(tasks, policy, g.group_size, ctx.run.seed, write_tools, record)
         self.keep = _keep_fn(g)
         self.next_index = 0
         self.walked = 0  # groups the batches walked past since the stage began (kept or filtered)
@@ -232,14 +233,20 @@ class EpisodeGRPO(StageProgram):
 
     def restore(self, data: dict[str, Any]) -> None:
         self.next_index = self.walked = data["controller"]["next_index"]
+        if "tasks" in data:  # the order decided so far (a live pool's refreshes included)
+            self.tasks.load_state_dict(data["tasks"])
         curve = self.heldout_dir.parent / "heldout.jsonl"
         if curve.exists():  # the points up to the checkpoint; later ones are measured again
             points = [json.loads(x) for x in curve.read_text().splitlines() if x.strip()]
             self.curve = [p for p in points if p["step"] <= self.learner.step]
 
     def data_state(self) -> dict[str, Any]:
-        # process 0 runs the controller; its position is what the checkpoint keeps
-        return {"controller": self.controller.state_dict()} if self.controller is not None else {}
+        # process 0 runs the controller; its position (and the task order from there) is what
+        # the checkpoint keeps
+        if self.controller is None:
+            return {}
+        state = self.controller.state_dict()
+        return {"controller": state, "tasks": self.tasks.state_dict(state["next_index"])}
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -406,10 +413,15 @@ def run_grpo_episodes(
             "episode.user is 'model' but the run has no user-simulator model: add the sft_user "
             "stage (before grpo) or set episode.user: scripted"
         )
-    # group i plays tasks[i]: the train split read by grain, a fresh shuffle of run.seed each epoch
-    tasks = TaskPool(pool.dir).dataset("train", seed=ctx.run.seed, limit=g.episodes.max_tasks)
-    if not len(tasks):
-        raise ValueError(f"grpo: the pool at {pool.dir} has no 'train' tasks (run 'generate')")
+    # group i plays tasks[i]: epochs of the train split shuffled from run.seed, and the tasks a
+    # concurrent synth run publishes, as the pool's manifest lists them at each refresh
+    try:
+        tasks = LiveTasks(
+            pool.dir, "train", seed=ctx.run.seed, limit=g.episodes.max_tasks,
+            refresh_every=g.episodes.refresh_every * g.tasks_per_step,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"grpo: {e} (run 'generate' or 'import')") from None
     ls = LoopSettings(g.steps, g.log_every, ctx.checkpoint, eval_every=g.heldout.every, eval_first=True)
     d = get_domain(domain.name)
     with Sandbox.from_config(verifier) as sb:
