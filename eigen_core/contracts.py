@@ -199,6 +199,25 @@ class Task(Contract):
     provenance: Provenance = Field(default_factory=lambda: Provenance(generator="unknown"))
 
 
+class Dialogue(Contract):
+    """One SFT example from outside the episode runner (the AReaL-SEA SFT rows): a conversation
+    whose trained role's turns (or only its last message) carry the loss."""
+
+    id: str
+    domain: str
+    split: str = "train"
+    messages: list[Message]
+    """The conversation, system prompt first (it may describe the tools itself)."""
+    learn: Literal["all", "last"] = "all"
+    """Which assistant turns carry loss: all, or only the last message (a turn-level row: its
+    context's earlier turns are another row's target)."""
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    """Tool schemas rendered into the system prompt (empty: the prompt lists them itself)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Source fields (correctness, reward, the source dialogue's id and turn)."""
+    provenance: Provenance = Field(default_factory=lambda: Provenance(generator="unknown"))
+
+
 class Termination(StrEnum):
     """Why an episode ended. Only ``USER_STOP`` and ``AGENT_STOP`` can earn reward (as tau²)."""
 

@@ -44,6 +44,10 @@ from eigen_core.contracts import Task
 from eigen_core.crashpoints import crash_point
 from eigen_core.storage import Blob, PoolStore, open_store
 
+Record = Any
+"""What a pool holds: pydantic records with ``id`` and ``split`` (``Task``; ``Dialogue`` in a
+dialogue pool, ``eigen_core.dialogues``)."""
+
 FORMAT = "eigen-task-pool/1"
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
@@ -90,7 +94,7 @@ def _parse_manifest(name: str, data: bytes) -> dict[str, Any]:
     return manifest
 
 
-def _read_manifest(store: PoolStore) -> tuple[dict[str, Any], Blob]:
+def _read_manifest(store: PoolStore, record: type[Record] = Task) -> tuple[dict[str, Any], Blob]:
     """The manifest (repaired from the previous one if damaged) and the current object as read,
     whose generation a change must swap against."""
     blob = store.read(MANIFEST)
@@ -107,10 +111,12 @@ def _read_manifest(store: PoolStore) -> tuple[dict[str, Any], Blob]:
         manifest = _parse_manifest(store.name(PREVIOUS), prev.data)
     except PoolError:
         raise damaged from None
-    return _adopt_orphans(store, manifest, f"rebuilt from {PREVIOUS} ({damaged})"), blob
+    return _adopt_orphans(store, manifest, f"rebuilt from {PREVIOUS} ({damaged})", record), blob
 
 
-def _adopt_orphans(store: PoolStore, manifest: dict[str, Any], why: str) -> dict[str, Any]:
+def _adopt_orphans(
+    store: PoolStore, manifest: dict[str, Any], why: str, record: type[Record]
+) -> dict[str, Any]:
     """``manifest`` plus the intact shards it does not list (oldest first, new ids only)."""
     listed = {sh["file"] for sh in manifest["shards"]} | {q["file"] for q in manifest.get("quarantined", [])}
     ids = {i for sh in manifest["shards"] for i in sh["ids"]}
@@ -119,7 +125,7 @@ def _adopt_orphans(store: PoolStore, manifest: dict[str, Any], why: str) -> dict
             continue
         data = store.read(key).data or b""
         try:
-            tasks = [Task.model_validate_json(line) for line in data.decode().splitlines()]
+            tasks = [record.model_validate_json(line) for line in data.decode().splitlines()]
         except (ValueError, UnicodeDecodeError):
             continue  # not a shard we can vouch for: leave it where it is
         fresh = [t for t in tasks if t.id not in ids]
@@ -131,7 +137,7 @@ def _adopt_orphans(store: PoolStore, manifest: dict[str, Any], why: str) -> dict
     return manifest
 
 
-def _entry(key: str, data: bytes, tasks: list[Task]) -> dict[str, Any]:
+def _entry(key: str, data: bytes, tasks: list[Record]) -> dict[str, Any]:
     return {"file": key, "sha256": hashlib.sha256(data).hexdigest(),
             "ids": [t.id for t in tasks], "splits": [t.split for t in tasks]}  # fmt: skip
 
@@ -184,6 +190,9 @@ class PoolWriter:
     several hosts racing on the same tasks, neither duplicate nor lose tasks.
     """
 
+    record: type[Record] = Task
+    """What this pool holds (a subclass for another record type changes only this)."""
+
     def __init__(self, root: str | os.PathLike[str], shard_size: int = 256):
         if shard_size < 1:
             raise ValueError("shard_size must be >= 1")
@@ -191,7 +200,7 @@ class PoolWriter:
         self.store = open_store(self.root)
         self.shard_size = shard_size
         self._published: set[str] = set()
-        self._refresh(_read_manifest(self.store)[0])
+        self._refresh(_read_manifest(self.store, self.record)[0])
         self._buffer: dict[str, Task] = {}
         self.written = 0
         """Tasks this writer has published."""
@@ -229,7 +238,7 @@ class PoolWriter:
         ids: list[str] = []
         try:
             for attempt in range(MAX_SWAPS):
-                manifest, read = _read_manifest(self.store)
+                manifest, read = _read_manifest(self.store, self.record)
                 self._refresh(manifest)
                 tasks = [t for i, t in self._buffer.items() if i not in self._published]
                 if not tasks:
@@ -288,12 +297,15 @@ class TaskPool:
     Opening checks every shard (see the module docstring); ``quarantined`` lists the shards set
     aside, now and before, each with its reason and task ids."""
 
+    record: type[Record] = Task
+    """What this pool holds (a subclass for another record type changes only this)."""
+
     def __init__(self, root: str | os.PathLike[str], *, _shards: list[dict[str, Any]] | None = None):
         self.root = os.fspath(root)
         self.store = open_store(self.root)
         snapshots.register(self.store)  # the DB snapshots its tasks start from resolve here
         if _shards is None:  # a worker reopening a pool it was handed keeps that pool's shards
-            manifest, read = _read_manifest(self.store)
+            manifest, read = _read_manifest(self.store, self.record)
             if read.data is None:
                 hint = "create one with synth.procedural"
                 raise PoolError(f"{self.root}: no {MANIFEST}; not a task pool ({hint})")
@@ -313,7 +325,8 @@ class TaskPool:
             return manifest
         try:
             for attempt in range(MAX_SWAPS):
-                current, read = _read_manifest(self.store)  # another process may have acted meanwhile
+                # another process may have acted meanwhile
+                current, read = _read_manifest(self.store, self.record)
                 bad = self._problems(current)
                 fixed = _quarantine(self.root, current, bad)
                 if _commit(self.store, fixed, read):
@@ -339,11 +352,11 @@ class TaskPool:
                 counts[sp] = counts.get(sp, 0) + 1
         return counts
 
-    @staticmethod
-    def listing(root: str | os.PathLike[str]) -> str:
+    @classmethod
+    def listing(cls, root: str | os.PathLike[str]) -> str:
         """A digest of the shards the pool at ``root`` lists now: it changes when a writer
         publishes (reads the manifest only; opening a ``TaskPool`` checks every shard)."""
-        return _shards_digest(_read_manifest(open_store(os.fspath(root)))[0]["shards"])
+        return _shards_digest(_read_manifest(open_store(os.fspath(root)), cls.record)[0]["shards"])
 
     def ids(self, split: str | None = None) -> list[str]:
         """Task ids of ``split`` (all if None), in pool order (the order tasks were published)."""
@@ -372,9 +385,9 @@ class TaskPool:
         tasks = []
         for lineno, line in enumerate(data.decode().splitlines(), 1):
             try:
-                tasks.append(Task.model_validate_json(line))
+                tasks.append(self.record.model_validate_json(line))
             except ValueError as e:
-                raise PoolError(f"{path}:{lineno}: invalid task: {e}") from None
+                raise PoolError(f"{path}:{lineno}: invalid {self.record.__name__}: {e}") from None
         return tasks
 
     def __getitem__(self, n: int) -> Task:
@@ -423,19 +436,20 @@ class TaskDataSource:
         self._positions = pool.positions(split)
         self._shards = pool._shards
         self._pool: TaskPool | None = pool
+        self._cls = type(pool)
 
     def __len__(self) -> int:
         return len(self._positions)
 
     def __getitem__(self, i: int) -> Task:
         if self._pool is None:
-            self._pool = TaskPool(self.root, _shards=self._shards)
+            self._pool = self._cls(self.root, _shards=self._shards)
         return self._pool[self._positions[i]]
 
     def __getstate__(self) -> dict[str, Any]:
         shards = self._pool._shards if self._pool is not None else self._shards
         return {"root": self.root, "split": self.split, "_positions": self._positions, "_pool": None,
-                "_shards": shards}  # fmt: skip
+                "_shards": shards, "_cls": self._cls}  # fmt: skip
 
     def __repr__(self) -> str:
         return f"TaskDataSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

@@ -214,8 +214,8 @@ def _print_table(summary: dict[str, Any]) -> None:
         s = summary["import"]
         print(
             f"import: {s['imported']} tasks imported of {s['rows']} rows ({s['already_in_pool']} already "
-            f"in pool, {s['duplicates']} duplicates, {s['skipped']} skipped, {s['gold_errors']} with a "
-            f"gold action that errors; {s['seconds']}s)"
+            f"in pool, {s['duplicates']} duplicates, {s['dropped']} dropped, {s['skipped']} skipped, "
+            f"{s['gold_errors']} with a gold action that errors; {s['seconds']}s)"
         )
     if "generate" in summary:
         g = summary["generate"]

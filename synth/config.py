@@ -124,10 +124,11 @@ class CurriculumConfig(Section):
 class ImportSource(Section):
     """One source of tasks for the ``import`` stage."""
 
-    kind: Literal["tau2", "areal_rl"]
+    kind: Literal["tau2", "areal_rl", "areal_sft"]
     """``tau2``: tau²-bench's own tasks of ``domain`` in ``split``; ``areal_rl``: the RL rows of
     the released AReaL-SEA data (``tau2_rl_train.jsonl``: one tau² task per line on a DB
-    snapshot named by its ``db_path``)."""
+    snapshot named by its ``db_path``); ``areal_sft``: its SFT rows (``tau2_sft_train.jsonl``:
+    one assistant turn in its context per line), into the pool's dialogues (``<pool.dir>/sft``)."""
     domain: str | None = None
     """tau²: the domain (required). areal_rl: import only this domain's rows (None: every row;
     a row's domain is read from its ``db_path``, else from its user instructions)."""
@@ -139,6 +140,15 @@ class ImportSource(Section):
     """areal_rl: the JSONL file of RL rows (required)."""
     database_dir: str | None = None
     """areal_rl: where the rows' DB files are (None: ``tau2_rl_database/`` next to ``path``)."""
+    keep_failed: bool = False
+    """areal_sft: also keep turns whose ``metadata.correct`` is 0 (dropped by default, and
+    counted in the report)."""
+    thinking: Literal["keep", "drop"] = "keep"
+    """areal_sft: an answer's ``thinking`` as a ``<think>`` block before its content (Qwen3's
+    format), or left out."""
+    test_fraction: float = Field(0.0, ge=0, le=1)
+    """areal_sft: the share of source dialogues (whole, by a hash of ``source_dialog_id``) put in
+    the ``test`` split, for the SFT stage's held-out loss."""
     limit: int | None = Field(None, ge=1)
     """Only the source's first ``limit`` tasks (None: all); the same ones on a rerun."""
 
@@ -146,8 +156,8 @@ class ImportSource(Section):
     def _needs(self) -> ImportSource:
         if self.kind == "tau2" and self.domain is None:
             raise ValueError("a tau2 source needs 'domain' (airline, retail or telecom)")
-        if self.kind == "areal_rl" and not self.path:
-            raise ValueError("an areal_rl source needs 'path' (its tau2_rl_train.jsonl)")
+        if self.kind.startswith("areal") and not self.path:
+            raise ValueError(f"an {self.kind} source needs 'path' (its JSONL file)")
         return self
 
 

@@ -63,3 +63,39 @@ def write_rl_fixture(root: Path, *, bad: bool = False) -> Path:
     out = root / "tau2_rl_train.jsonl"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def write_sft_fixture(root: Path) -> Path:
+    """``tau2_sft_train.jsonl`` as released: one row per assistant turn of a gold-replayed tau²
+    airline dialogue (system prompt with the policy, the dialogue so far in OpenAI roles, tool
+    messages included), the turn as ``answer``; the second turn carries ``thinking``, the third
+    is marked failed (``correct: 0``), and a last line lacks its answer."""
+    import asyncio
+
+    from eigen_core.domains import get_domain
+    from eigen_core.domains.tau2 import load_tasks
+    from rollout.episode import run_episode
+    from rollout.gold_replay import GoldScript, gold_parties
+    from rollout.openai_format import to_openai
+
+    task = next(t for t in load_tasks("airline", "train") if t.id == "airline:9")
+    agent, user = gold_parties(GoldScript(task))
+    traj = asyncio.run(run_episode(task, get_domain("airline"), agent, user, max_steps=200))
+    system = {"role": "system", "content": get_domain("airline").policy}
+    msgs = [to_openai(m) for m in traj.messages if m.role != "system"]
+    rows = []
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        turn = len(rows)
+        answer = {k: m[k] for k in ("role", "content", "tool_calls") if k in m}
+        if turn == 1:
+            answer["thinking"] = "The user wants a cancellation; look the reservation up first."
+        meta = {"source_dialog_id": "dlg-9", "turn_index": turn, "reason_for_call": "cancel",
+                "scenario_id": "s9", "correct": 0 if turn == 2 else 1, "reward": 1.0}  # fmt: skip
+        rows.append({"messages": [system, *msgs[:i]], "answer": answer, "metadata": meta})
+    lines = [json.dumps(r) for r in rows] + [json.dumps({"messages": [system], "metadata": {}})]
+    out = root / "tau2_sft_train.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out

@@ -147,6 +147,53 @@ def test_the_command_and_the_train_stage(tmp_path, capsys):
     assert (out["imported"], [s["imported"] for s in out["sources"]]) == (8, [3, 5])
     run = tmp_path / "run"
     train(["--config", str(cfg), f"run.out_dir={run}", "run.stages=[import]", "run.progress=false"])
-    assert "import: 0 tasks imported of 9 rows (8 already in pool, 1 duplicates" in capsys.readouterr().out
+    assert (
+        "import: 0 tasks imported of 9 rows (8 already in pool, 1 duplicates, 0 dropped"
+        in capsys.readouterr().out
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["import"]["already_in_pool"] == 8 and "import" in summary["stage_seconds"]
+
+
+def test_areal_sft_rows_become_dialogues_failed_turns_dropped_thinking_kept(tmp_path):
+    from eigen_core.dialogues import DialoguePool, dialogue_root
+    from tests.areal_fixtures import write_sft_fixture
+
+    sft = write_sft_fixture(tmp_path / "data")
+    pool = PoolConfig(dir=str(tmp_path / "pool"))
+    src = {"kind": "areal_sft", "path": str(sft)}
+    rep = import_to_pool(_cfg(src, on_bad_row="skip"), pool, progress=False).as_dict()
+    assert (rep["rows"], rep["imported"], rep["dropped"], rep["skipped"]) == (4, 2, 1, 1)
+    s = rep["sources"][0]
+    assert s["dropped"] == {"failed turn (metadata.correct 0)": 1}
+    assert s["skipped"][0]["where"] == f"{sft}:4" and "'answer'" in s["skipped"][0]["reason"]
+    dialogues = sorted(DialoguePool(dialogue_root(pool.dir)).tasks(), key=lambda d: d.metadata["turn_index"])
+    assert [d.metadata["turn_index"] for d in dialogues] == [0, 1]
+    assert all(d.learn == "last" and d.domain == "airline" and d.split == "train" for d in dialogues)
+    first, second = dialogues
+    assert first.messages[-1].tool_calls[0].name == "cancel_reservation"
+    assert any(m.role == "tool" for m in second.messages)  # the context keeps the tool traffic
+    assert second.messages[-1].content.startswith("<think>\nThe user wants a cancellation")
+    again = import_to_pool(_cfg(src, on_bad_row="skip"), pool, progress=False).as_dict()
+    assert (again["imported"], again["already_in_pool"]) == (0, 2)
+    with pytest.raises(ImportFailure, match=rf"{sft}:4: an SFT row has 'messages'"):
+        import_to_pool(_cfg(src), pool, progress=False)
+
+
+def test_areal_sft_options_keep_failed_drop_thinking_and_a_test_split(tmp_path):
+    from eigen_core.dialogues import DialoguePool, dialogue_root
+    from tests.areal_fixtures import write_sft_fixture
+
+    sft = write_sft_fixture(tmp_path / "data")
+    pool = PoolConfig(dir=str(tmp_path / "pool"))
+    src = {
+        "kind": "areal_sft",
+        "path": str(sft),
+        "keep_failed": True,
+        "thinking": "drop",
+        "test_fraction": 1.0,
+    }
+    rep = import_to_pool(_cfg(src, on_bad_row="skip"), pool, progress=False).as_dict()
+    assert rep["imported"] == 3 and rep["sources"][0]["splits"] == {"test": 3}
+    dialogues = list(DialoguePool(dialogue_root(pool.dir)).tasks())
+    assert not any("<think>" in (d.messages[-1].content or "") for d in dialogues)
