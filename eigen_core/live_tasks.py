@@ -49,6 +49,8 @@ class LiveTasks:
         seed: the order's seed.
         refresh_every: re-read the pool every this many indices (0: only when the order runs out).
         limit: only the split's first ``limit`` tasks in pool order (None: all, new ones included).
+        domain: only this domain's tasks (None: every task of the split; a pool may hold several
+            domains' tasks, e.g. the AReaL-SEA import).
     """
 
     def __init__(
@@ -59,10 +61,12 @@ class LiveTasks:
         seed: int = 0,
         refresh_every: int = 0,
         limit: int | None = None,
+        domain: str | None = None,
     ):
         if refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0, got {refresh_every}")
         self.root, self.split, self.seed, self.limit = os.fspath(root), split, seed, limit
+        self.domain = domain
         self.refresh_every = refresh_every
         self._lock = threading.Lock()
         self._open()
@@ -76,7 +80,11 @@ class LiveTasks:
         self._listing = TaskPool.listing(self.root)
         self._pool = TaskPool(self.root)
         self._where = {tid: n for n, tid in enumerate(self._pool.ids())}
-        self._ids = self._pool.ids(self.split)[: self.limit]
+        if self.domain is None:
+            ids = self._pool.ids(self.split)
+        else:  # the manifest lists ids and splits only: the domain is in the tasks
+            ids = [t.id for t in self._pool.tasks(self.split, self.domain)]
+        self._ids = ids[: self.limit]
 
     @property
     def _end(self) -> int:

@@ -394,9 +394,12 @@ class TaskPool:
         s, i = self._index[n]
         return self._load_shard(s)[i]
 
-    def tasks(self, split: str | None = None) -> Iterator[Task]:
+    def tasks(self, split: str | None = None, domain: str | None = None) -> Iterator[Task]:
+        """The records of ``split`` (all if None), in pool order; only ``domain``'s if given."""
         for n in self.positions(split):
-            yield self[n]
+            item = self[n]
+            if domain is None or item.domain == domain:
+                yield item
 
     def data_source(self, split: str | None = None) -> TaskDataSource:
         return TaskDataSource(self, split)

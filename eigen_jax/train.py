@@ -53,7 +53,7 @@ def _stage_generate(cfg: RunConfig) -> dict[str, Any]:
 def _stage_selfcheck(cfg: RunConfig) -> dict[str, Any]:
     from eigen_apps.selfcheck import SelfcheckConfig, selfcheck
 
-    tasks = list(TaskPool(cfg.pool.dir).tasks())
+    tasks = list(TaskPool(cfg.pool.dir).tasks(domain=cfg.domain.name))
     sc = SelfcheckConfig(episode=cfg.episode, verifier=cfg.verifier)
     return asyncio.run(selfcheck(tasks, sc, progress=cfg.run.progress))
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from eigen_apps.eval.config import EvalSection as SharedEvalSection
 from eigen_core.config import EndpointSection
 from eigen_core.configio import Section, refuse_moved
+from eigen_core.contracts import RewardComponent
 
 TINY_ARCH: dict[str, Any] = {
     "model_type": "qwen3",
@@ -90,6 +91,12 @@ class OptimSection(Section):
 
 
 class SFTSection(Section):
+    data: Literal["scripted", "gold", "imported"] = "scripted"
+    """Where the dialogues come from. ``scripted``: each pool task played by the oracle agent
+    against the scripted user (the built-in domains); ``gold``: each pool task's gold actions
+    replayed on both sides (``rollout.gold_replay``: tau² domains, telecom's user-side actions
+    included); ``imported``: the pool's dialogues (``<pool.dir>/sft``: the AReaL-SEA SFT rows the
+    import stage stored; agent turns only)."""
     steps: int = Field(100, ge=1)
     """Optimiser steps."""
     batch_size: int = Field(8, ge=1)
@@ -139,6 +146,10 @@ class GRPOEpisodesSection(Section):
     max_tasks: int | None = Field(None, ge=1)
     """Train on the train split's first this many tasks (None: all). A small set that every
     step revisits is the check that RL can fit the tasks it trains on at all."""
+    reward_basis: list[RewardComponent] | None = None
+    """The training reward: what a reward of 1 requires during GRPO, for every task (e.g.
+    ``[db]``, as the AReaL-SEA authors trained on tau²). None: each task's own basis (tau²'s, for
+    its tasks), else ``verifier.components``. Evaluation always scores each task's own basis."""
     refresh_every: int = Field(0, ge=0)
     """A live pool: re-read the task pool every this many steps' worth of groups (this x
     ``tasks_per_step`` group indices) and play the train tasks published since (by a concurrent

@@ -16,7 +16,7 @@ from eigen_core.domain import Domain
 from rollout.agents import Agent
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.openai_format import from_openai, to_openai
-from rollout.user_sim import user_system_prompt
+from rollout.user_sim import GREETING, UserContext, user_view
 from rollout.workflow import AgentFactory, UserFactory
 
 
@@ -87,28 +87,6 @@ class ChatAgent(Agent):
         return reply.model_copy(update={"role": "assistant"})
 
 
-def user_view_with_tools(scenario: UserScenario, messages: list[Message]) -> list[Message]:
-    """The conversation as an LM user simulator sees it: its instructions as system message,
-    its own turns (and its own tool calls) as ``assistant``, results of its tools as ``tool``,
-    the agent's text as ``user``; the agent's tool traffic hidden."""
-    out = [Message(role="system", content=user_system_prompt(scenario))]
-    caller = "assistant"
-    for m in messages:
-        if m.tool_calls:
-            caller = m.role
-        if m.role == "user":
-            out.append(Message(role="assistant", content=m.content, tool_calls=m.tool_calls))
-        elif m.role == "assistant" and m.content:
-            out.append(Message(role="user", content=m.content))
-        elif m.role == "tool" and caller == "user":
-            out.append(m)
-    return out
-
-
-GREETING = "Hi! How can I help you today?"
-"""The agent's fixed first message in tau² (its orchestrator's ``DEFAULT_FIRST_AGENT_MESSAGE``)."""
-
-
 class ChatUser:
     """The user simulator: instructions (``user_system_prompt``, or the domain's own prompt, e.g.
     tau²'s), stop tokens to end, and the user-side tools when the domain has them."""
@@ -132,11 +110,8 @@ class ChatUser:
 
     async def respond(self, messages: list[Message]) -> Message:
         self._turn += 1
-        view = user_view_with_tools(self.scenario, messages)
-        if self.system_prompt is not None:
-            view[0] = Message(role="system", content=self.system_prompt)
-        if len(view) == 1:  # the agent's greeting opens, as tau²'s orchestrator does
-            view.append(Message(role="user", content=GREETING))
+        # the agent's greeting opens, as tau²'s orchestrator does (in every domain here)
+        view = user_view(self.scenario, messages, UserContext(self.system_prompt, self.tools, GREETING))
         seed = None if self.seed is None else self.seed * 1000 + 500 + self._turn
         reply = await chat(
             self.client,

@@ -17,7 +17,7 @@ from eigen_core.contracts import Message, UserScenario
 from eigen_core.tokenizer import Tokenizer
 from rollout.agents import Agent, TokenTranscript
 from rollout.engine import ContextOverflow, InferenceEngine, SamplingParams
-from rollout.user_sim import user_view
+from rollout.user_sim import UserContext, user_view
 
 
 def _with_eos(sampling: SamplingParams, tok: Tokenizer) -> SamplingParams:
@@ -109,16 +109,25 @@ class LMUser:
         sampling: SamplingParams,
         max_len: int,
         fmt: ChatFormat | None = None,
+        context: UserContext | None = None,
     ):
         self.engine, self.tok, self.scenario, self.max_len = engine, tokenizer, scenario, max_len
         self.fmt = fmt or ChatFormat()
         self.sampling = _with_eos(sampling, tokenizer)
+        self.context = context or UserContext()
         self._turns = 0
 
     async def respond(self, messages: list[Message]) -> Message:
-        ids = self.tok.encode(self.fmt.render(user_view(self.scenario, messages), add_generation_prompt=True))
+        view = user_view(self.scenario, messages, self.context)
+        tools = self.context.tools
+        ids = self.tok.encode(self.fmt.render(view, tools or None, add_generation_prompt=True))
         sp = _fitted(self.sampling, len(ids), self.max_len, "the user simulator's", self._turns)
         self._turns += 1
         gen = await self.engine.generate(ids, sp)
         text = self.tok.decode(gen.tokens).removesuffix(IM_END).strip()
-        return Message(role="user", content=text)
+        if not tools:
+            return Message(role="user", content=text)
+        said = self.fmt.parse_assistant(text)  # its own tool calls, in the chat format's syntax
+        return Message(
+            role="user", content=said.content, tool_calls=said.tool_calls, malformed=said.malformed
+        )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-from eigen_core.contracts import Message, UserScenario
+from eigen_core.contracts import Message, Task, UserScenario
 
 STOP_TOKENS = ("###STOP###", "###TRANSFER###", "###OUT-OF-SCOPE###")
 """Tokens by which a user simulator ends the conversation (tau²'s)."""
@@ -45,15 +46,55 @@ def user_system_prompt(scenario: UserScenario) -> str:
     return "\n".join(lines)
 
 
-def user_view(scenario: UserScenario, messages: list[Message]) -> list[Message]:
-    """The conversation as the user-simulator model sees it: its instructions as the system
-    message, its own turns as ``assistant``, the agent's text as ``user``; tool traffic hidden."""
-    out = [Message(role="system", content=user_system_prompt(scenario))]
+GREETING = "Hi! How can I help you today?"
+"""The agent's fixed first message in tau² (its orchestrator's ``DEFAULT_FIRST_AGENT_MESSAGE``)."""
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """What a user-simulator model is given besides the conversation, in a domain."""
+
+    system: str | None = None
+    """Its system prompt (None: ``user_system_prompt`` of the scenario)."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """Tools on the user's side (tau² telecom's phone)."""
+    greeting: str | None = None
+    """The agent's opening line the user answers first (tau²'s orchestrator greets)."""
+
+
+def user_context(domain: Any, task: Task) -> UserContext:
+    """The user simulator's context in ``domain``: the domain's own prompt, tools and greeting
+    where it has them (tau²: its user-simulator prompt, telecom's phone tools, the agent's
+    greeting), ours otherwise. SFT of the user model and its use in episodes both read it."""
+    own = getattr(domain, "user_system_prompt", None)
+    tools = domain.user_tool_schemas() if hasattr(domain, "user_tool_schemas") else []
+    if own is None:
+        return UserContext(tools=tools)
+    return UserContext(system=own(task), tools=tools, greeting=GREETING)
+
+
+def user_view(
+    scenario: UserScenario, messages: list[Message], ctx: UserContext | None = None
+) -> list[Message]:
+    """The conversation as a user-simulator model sees it: its instructions as the system
+    message, its own turns (and its own tool calls) as ``assistant``, the results of its tools as
+    ``tool``, the agent's text as ``user``; the agent's tool traffic hidden. With a greeting in
+    ``ctx``, a conversation that has not started opens with it (tau²)."""
+    ctx = ctx or UserContext()
+    out = [Message(role="system", content=ctx.system or user_system_prompt(scenario))]
+    caller = "assistant"
     for m in messages:
+        if m.tool_calls:
+            caller = m.role
         if m.role == "user":
-            out.append(Message(role="assistant", content=m.content or ""))
+            text = m.content if m.tool_calls else (m.content or "")
+            out.append(Message(role="assistant", content=text, tool_calls=m.tool_calls))
         elif m.role == "assistant" and m.content:
             out.append(Message(role="user", content=m.content))
+        elif m.role == "tool" and caller == "user":
+            out.append(m)
+    if len(out) == 1 and ctx.greeting:
+        out.append(Message(role="user", content=ctx.greeting))
     return out
 
 

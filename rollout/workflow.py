@@ -26,7 +26,7 @@ from rollout.config import EpisodeConfig
 from rollout.engine import InferenceEngine, SamplingParams
 from rollout.episode import run_episode
 from rollout.lm_agents import LMAgent, LMUser
-from rollout.user_sim import ScriptedUser, UserSimulator
+from rollout.user_sim import ScriptedUser, UserSimulator, user_context
 
 ScoreFn = Callable[[Task, Trajectory], Awaitable[RewardInfo]]
 AgentFactory = Callable[[Task, int], Agent]
@@ -98,10 +98,14 @@ def scripted_user(patience: int = 3) -> UserFactory:
 
 
 def user_factory(
-    cfg: EpisodeConfig, engine: InferenceEngine | None = None, tok: Tokenizer | None = None
+    cfg: EpisodeConfig,
+    engine: InferenceEngine | None = None,
+    tok: Tokenizer | None = None,
+    domain: Domain | None = None,
 ) -> UserFactory:
     """Who plays the customer under ``cfg.user``: the scripted simulator, or the user-simulator
-    model on ``engine`` (its sampling seeded by episode seed + 1, apart from the agent's)."""
+    model on ``engine`` (its sampling seeded by episode seed + 1, apart from the agent's), given
+    ``domain``'s user context (``rollout.user_sim.user_context``: tau²'s prompt and phone tools)."""
     if cfg.user == "scripted":
         return scripted_user(cfg.user_patience)
     if engine is None or tok is None:
@@ -109,7 +113,8 @@ def user_factory(
 
     def make(task: Task, seed: int) -> UserSimulator:
         sp = SamplingParams(temperature=cfg.user_temperature, max_new_tokens=cfg.turn_tokens, seed=seed + 1)
-        return LMUser(engine, tok, task.scenario, sp, cfg.max_len)
+        ctx = user_context(domain, task) if domain is not None else None
+        return LMUser(engine, tok, task.scenario, sp, cfg.max_len, context=ctx)
 
     return make
 
@@ -130,7 +135,7 @@ def lm_episodes(
     return ScoredEpisodes(
         domain,
         agent=lm_agent(engine, tok, cfg, temperature),
-        user=user_factory(cfg, user_engine, user_tok),
+        user=user_factory(cfg, user_engine, user_tok, domain),
         score=score,
         max_steps=cfg.max_steps,
         prompt=cfg.prompt,

@@ -105,12 +105,16 @@ class Verifier:
         domain: Domain,
         sandbox: Sandbox | None = None,
         components: Sequence[Component] = ("db", "outputs", "checker"),
+        basis: Sequence[Component] | None = None,
     ):
-        if "checker" in components and sandbox is None:
+        """``basis``: what a reward requires for every task, overriding each task's own
+        ``reward_basis`` (a training reward basis; None: the task's, else ``components``)."""
+        if "checker" in [*components, *(basis or ())] and sandbox is None:
             raise ValueError("the 'checker' reward component needs a Sandbox")
         self.domain = domain
         self.sandbox = sandbox
         self.components = tuple(components)
+        self.basis = tuple(basis) if basis is not None else None
         self._gold_hash: dict[str, str] = {}
 
     def _gold_hash_for(self, task: Task) -> str:
@@ -124,7 +128,8 @@ class Verifier:
             return RewardInfo(
                 reward=0.0, reasons={"termination": f"episode ended by {traj.termination.value}"}
             )
-        wanted = tuple(task.reward_basis) if task.reward_basis is not None else self.components
+        own = tuple(task.reward_basis) if task.reward_basis is not None else self.components
+        wanted = self.basis or own
         free = unchecked_components(task)
         comps: dict[str, float] = {c: 1.0 for c in wanted if c in free}
         wanted = tuple(c for c in wanted if c not in free)

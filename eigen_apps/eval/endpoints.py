@@ -88,7 +88,7 @@ def trial_settings(cfg: EvalRunConfig) -> dict[str, Any]:
     }
 
 
-def _recorded(workflow: ScoredEpisodes, traj_file: Path) -> RunFn:
+def recorded_runs(workflow: ScoredEpisodes, traj_file: Path) -> RunFn:
     """``workflow.run`` that appends each trajectory to ``traj_file`` and raises ``ParityError``
     where tau²'s cross-checked reward disagrees with ours."""
 
@@ -143,7 +143,7 @@ async def evaluate(
             max_steps=ep.max_steps,
             prompt=ep.prompt,
         )
-        run = _recorded(workflow, traj_file)
+        run = recorded_runs(workflow, traj_file)
         try:
             outcomes = await run_trials(
                 tasks,

@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from eigen_apps.eval.config import TAU2_DOMAINS
+from eigen_apps.eval.endpoints import recorded_runs
 from eigen_apps.eval.passk import paired_difference, pass_hat_ks
 from eigen_apps.eval.report import passk_table, plot_passk
 from eigen_apps.eval.trials import checkpoint_identity, run_trials
@@ -23,6 +25,7 @@ from rollout.workflow import lm_episodes
 from verifiers.config import VerifierConfig
 from verifiers.reward import Verifier
 from verifiers.sandbox import Sandbox
+from verifiers.tau2_eval import with_tau2_cross_check
 
 STAGE_OF = {"sft": "sft_agent", "rl": "grpo"}
 
@@ -79,10 +82,11 @@ def run_eval(
     if ep.user == "model" and user_from is None:
         raise ValueError("episode.user is 'model' but the run has no user-simulator model (sft_user stage)")
     root = ctx.stage_dir("eval").root
-    tasks = list(TaskPool(pool.dir).tasks(e.split))[: e.max_tasks]
+    tasks = list(TaskPool(pool.dir).tasks(e.split, domain.name))[: e.max_tasks]
     if not tasks:
         raise ValueError(f"eval: the pool at {pool.dir} has no {e.split!r} tasks")
     d = get_domain(domain.name)
+    cross = domain.name in TAU2_DOMAINS
     user_engine = None
     if ep.user == "model":
         # (uncapped, as it always was: LMUser keeps its prompts within episode.max_len itself)
@@ -93,22 +97,19 @@ def run_eval(
     with Sandbox.from_config(v) as sb:
         confinement = sb.describe()
         scorer = Verifier(d, sb, v.components)
+        # on tau² domains every trial is also scored by tau²'s own evaluator, and a disagreement
+        # stops the eval naming the trajectory (kept in eval/<agent>.trajectories.jsonl)
+        score = with_tau2_cross_check(scorer.score) if cross else scorer.score
         for name, source in agent_sources(ctx, e, base_from).items():
             engine = episode_engine(ctx.base_model(source), tok.pad_id, ep)
             episodes = lm_episodes(
-                d,
-                engine,
-                tok,
-                ep,
-                scorer.score,
-                temperature=e.temperature,
-                user_engine=user_engine,
-                user_tok=tok,
+                d, engine, tok, ep, score, temperature=e.temperature, user_engine=user_engine, user_tok=tok
             )
+            run = recorded_runs(episodes, root / f"{name}.trajectories.jsonl") if cross else episodes.run
             outcomes = asyncio.run(
                 run_trials(
                     tasks,
-                    episodes.run,
+                    run,
                     e.trials,
                     e.seed,
                     root / f"{name}.jsonl",
@@ -131,6 +132,7 @@ def run_eval(
         "pass_hat_k": {a: {str(k): x for k, x in r.items()} for a, r in results.items()},
         "agents": details,
         "sandbox": confinement,
+        "tau2_cross_checked": cross,
     }
     if {"sft", "rl"} <= by_agent.keys() and len(tasks) > 1:  # the headline, paired over tasks
         diff, se = paired_difference(by_agent["sft"], by_agent["rl"])

@@ -417,7 +417,7 @@ def run_grpo_episodes(
     # concurrent synth run publishes, as the pool's manifest lists them at each refresh
     try:
         tasks = LiveTasks(
-            pool.dir, "train", seed=ctx.run.seed, limit=g.episodes.max_tasks,
+            pool.dir, "train", seed=ctx.run.seed, limit=g.episodes.max_tasks, domain=domain.name,
             refresh_every=g.episodes.refresh_every * g.tasks_per_step,
         )  # fmt: skip
     except ValueError as e:
@@ -426,12 +426,12 @@ def run_grpo_episodes(
     d = get_domain(domain.name)
     with Sandbox.from_config(verifier) as sb:
         update = GRPOUpdate(g, ctx.run.seed, ctx.base_model(start_from), g.steps)
-        scorer = Verifier(d, sb, verifier.components)
+        scorer = Verifier(d, sb, verifier.components, basis=g.episodes.reward_basis)
         policy = episode_rollouts(
             ctx, g, update, domain=domain, episode=episode, verifier=scorer, user_from=user_from
         )
         h = g.heldout
-        heldout = list(TaskPool(pool.dir).tasks(h.split))[: h.max_tasks] if h.every else []
+        heldout = list(TaskPool(pool.dir).tasks(h.split, domain.name))[: h.max_tasks] if h.every else []
         program = EpisodeGRPO(
             ctx, g, tasks, update, policy, d.write_tools, episode.max_len, sb.describe(),
             heldout=heldout, concurrency=episode.concurrency,

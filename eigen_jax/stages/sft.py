@@ -1,9 +1,12 @@
 """SFT of the agent (loss on its turns) or of the user simulator (loss on the user's turns).
 
-Dialogues come from the task pool: each task is played by the oracle agent against the scripted
-user (the same episodes ``selfcheck`` verifies), which gives correct, tool-grounded
-conversations for every split. The user model trains on the same dialogues seen from its side
-(``rollout.user_sim.user_view``). Train split for training, test split for the held-out loss.
+Dialogues (``SFTSection.data``) come from the task pool: each task played by the oracle agent
+against the scripted user (the same episodes ``selfcheck`` verifies), or its gold actions
+replayed on both sides (tau² domains), which gives correct, tool-grounded conversations for every
+split; or they are the pool's imported dialogues (the AReaL-SEA SFT rows). The user model trains
+on the same dialogues seen from its side, in its domain's context (``rollout.user_sim.user_view``,
+``user_context``: tau²'s own user prompt and phone tools there). Train split for training, test
+split for the held-out loss.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 
 from eigen_core.chat_format import ChatFormat
 from eigen_core.config import DomainConfig, PoolConfig
-from eigen_core.contracts import Task, Trajectory
+from eigen_core.contracts import Dialogue, Task, Trajectory
+from eigen_core.dialogues import DialoguePool, dialogue_root
+from eigen_core.domain import Domain
 from eigen_core.domains import get_domain
 from eigen_core.pool import TaskPool
 from eigen_core.tokenizer import Tokenizer
@@ -29,34 +34,33 @@ from eigen_jax.train_config import SFTSection
 from rollout.agents import OracleAgent
 from rollout.config import EpisodeConfig
 from rollout.episode import agent_context, run_episode
-from rollout.user_sim import ScriptedUser, user_view
+from rollout.gold_replay import GoldScript, gold_parties
+from rollout.user_sim import ScriptedUser, user_context, user_view
 
 Role = Literal["agent", "user"]
 
 
-async def scripted_dialogues(tasks: list[Task], domain_name: str, ep: EpisodeConfig) -> list[Trajectory]:
-    """Oracle agent vs scripted user on every task (order kept)."""
+async def scripted_dialogues(
+    tasks: list[Task], domain_name: str, ep: EpisodeConfig, how: Literal["scripted", "gold"] = "scripted"
+) -> list[Trajectory]:
+    """Every task played without a model (order kept): the oracle agent against the scripted
+    user, or (``gold``) the task's gold actions on both sides."""
     domain = get_domain(domain_name)
     sem = asyncio.Semaphore(ep.concurrency)
 
     async def one(task: Task) -> Trajectory:
         async with sem:
-            user = ScriptedUser(task.scenario, patience=ep.user_patience)
-            return await run_episode(
-                task, domain, OracleAgent(task), user, max_steps=ep.max_steps, prompt=ep.prompt
-            )
+            if how == "gold":
+                agent, user = gold_parties(GoldScript(task))
+            else:
+                agent, user = OracleAgent(task), ScriptedUser(task.scenario, patience=ep.user_patience)
+            return await run_episode(task, domain, agent, user, max_steps=ep.max_steps, prompt=ep.prompt)
 
     return list(await asyncio.gather(*(one(t) for t in tasks)))
 
 
-def encode(
-    traj: Trajectory, task: Task, role: Role, tok: Tokenizer, fmt: ChatFormat, tools: list[dict[str, Any]]
-) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered dialogue and a mask that is 1 on the trained role's turns."""
-    if role == "agent":
-        segments = fmt.segments(traj.messages, tools)
-    else:
-        segments = fmt.segments(user_view(task.scenario, traj.messages))
+def encode_segments(segments: list[tuple[str, bool]], tok: Tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of rendered pieces and a mask that is 1 on the generated ones."""
     ids: list[int] = []
     mask: list[int] = []
     for text, generated in segments:
@@ -64,6 +68,33 @@ def encode(
         ids += piece
         mask += [int(generated)] * len(piece)
     return ids, mask
+
+
+def encode(
+    traj: Trajectory,
+    task: Task,
+    role: Role,
+    tok: Tokenizer,
+    fmt: ChatFormat,
+    tools: list[dict[str, Any]],
+    domain: Domain | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered dialogue and a mask that is 1 on the trained role's turns (the
+    user's as the user-simulator model sees them in ``domain``: ``user_context``)."""
+    if role == "agent":
+        return encode_segments(fmt.segments(traj.messages, tools), tok)
+    ctx = user_context(domain, task) if domain is not None else None
+    view = user_view(task.scenario, traj.messages, ctx)
+    return encode_segments(fmt.segments(view, (ctx.tools if ctx else None) or None), tok)
+
+
+def encode_dialogue(d: Dialogue, tok: Tokenizer, fmt: ChatFormat) -> tuple[list[int], list[int]]:
+    """An imported dialogue, the loss on its assistant turns (or on its last message only)."""
+    segments = fmt.segments(d.messages, d.tools or None)
+    if d.learn == "last":
+        last = max(i for i, (_, generated) in enumerate(segments) if generated)
+        segments = [(text, generated and i == last) for i, (text, generated) in enumerate(segments)]
+    return encode_segments(segments, tok)
 
 
 def to_arrays(
@@ -146,6 +177,35 @@ class SFTData:
         return to_arrays([self.splits[split][int(i)] for i in index], self.max_len, self.pad_id)
 
 
+def _examples(stage: str, role: Role, split: str, tok: Tokenizer, *, domain: DomainConfig,
+              pool: PoolConfig, ep: EpisodeConfig, data: str) -> list[Example]:  # fmt: skip
+    """The ``split``'s dialogues from the ``data`` source, rendered as ``role`` is trained."""
+    fmt = ChatFormat()
+    if data == "imported":
+        if role == "user":
+            raise ValueError(
+                f"{stage}.data: imported dialogues (the AReaL SFT rows) are agent turns; train the "
+                "user model on 'gold' (or 'scripted') dialogues"
+            )
+        root = dialogue_root(pool.dir)
+        dialogues = [d for d in DialoguePool(root).tasks(split) if d.domain == domain.name]
+        if not dialogues:
+            raise ValueError(
+                f"{stage}: the dialogues at {root} have no {domain.name} {split!r} ones (run 'import')"
+            )
+        return [encode_dialogue(d, tok, fmt) for d in dialogues]
+    tasks = list(TaskPool(pool.dir).tasks(split, domain.name))
+    if not tasks:
+        raise ValueError(
+            f"{stage}: the pool at {pool.dir} has no {domain.name} {split!r} tasks "
+            "(run 'generate' or 'import')"
+        )
+    d = get_domain(domain.name)
+    _, tools = agent_context(d, ep.prompt)
+    trajs = asyncio.run(scripted_dialogues(tasks, domain.name, ep, "gold" if data == "gold" else "scripted"))
+    return [encode(tr, t, role, tok, fmt, tools, d) for tr, t in zip(trajs, tasks, strict=True)]
+
+
 def sft_data(
     stage: str,
     role: Role,
@@ -155,17 +215,13 @@ def sft_data(
     domain: DomainConfig,
     pool: PoolConfig,
     ep: EpisodeConfig,
+    data: str = "scripted",
 ) -> SFTData:
-    """The pool's train and test tasks as scripted dialogues, rendered as ``role`` is trained on
-    them (``stage`` names the config section in errors)."""
-    fmt, (_, tools) = ChatFormat(), agent_context(get_domain(domain.name), ep.prompt)
+    """The train and test dialogues of the ``data`` source (``SFTSection.data``), rendered as
+    ``role`` is trained on them (``stage`` names the config section in errors)."""
     out, truncated = {}, 0
     for split in ("train", "test"):
-        tasks = list(TaskPool(pool.dir).tasks(split))
-        if not tasks:
-            raise ValueError(f"{stage}: the pool at {pool.dir} has no {split!r} tasks (run 'generate')")
-        trajs = asyncio.run(scripted_dialogues(tasks, domain.name, ep))
-        examples = [encode(tr, t, role, tok, fmt, tools) for tr, t in zip(trajs, tasks, strict=True)]
+        examples = _examples(stage, role, split, tok, domain=domain, pool=pool, ep=ep, data=data)
         truncated += sum(len(ids) > max_len for ids, _ in examples)
         out[split] = examples
         if not any(any(mask[:max_len]) for _, mask in examples):
@@ -191,7 +247,7 @@ def run_sft(
 ) -> dict[str, Any]:
     """The SFT stage ``stage`` (section ``scfg``): ``role`` on the pool's scripted dialogues, from
     ``start_from`` (the pretrain stage's export) or the run's base model."""
-    data = sft_data(stage, role, ctx.tok, scfg.max_len, domain=domain, pool=pool, ep=episode)
+    data = sft_data(stage, role, ctx.tok, scfg.max_len, domain=domain, pool=pool, ep=episode, data=scfg.data)
     ls = LoopSettings(scfg.steps, scfg.log_every, ctx.checkpoint, eval_every=scfg.eval_every)
     program = SFT(ctx, scfg, role, data, start_from)
     return run_stage(program, ctx.stage_dir(stage), ctx.tok, ls, resume=resume)
