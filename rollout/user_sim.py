@@ -59,7 +59,8 @@ class UserContext:
     tools: list[dict[str, Any]] = field(default_factory=list)
     """Tools on the user's side (tau² telecom's phone)."""
     greeting: str | None = None
-    """The agent's opening line the user answers first (tau²'s orchestrator greets)."""
+    """The agent's opening line, first in every view of the conversation (tau²'s orchestrator
+    greets, and the greeting stays in the history)."""
 
 
 def user_context(domain: Any, task: Task) -> UserContext:
@@ -79,9 +80,11 @@ def user_view(
     """The conversation as a user-simulator model sees it: its instructions as the system
     message, its own turns (and its own tool calls) as ``assistant``, the results of its tools as
     ``tool``, the agent's text as ``user``; the agent's tool traffic hidden. With a greeting in
-    ``ctx``, a conversation that has not started opens with it (tau²)."""
+    ``ctx``, the conversation opens with it, as the first agent message of tau²'s histories."""
     ctx = ctx or UserContext()
     out = [Message(role="system", content=ctx.system or user_system_prompt(scenario))]
+    if ctx.greeting:
+        out.append(Message(role="user", content=ctx.greeting))
     caller = "assistant"
     for m in messages:
         if m.tool_calls:
@@ -93,8 +96,6 @@ def user_view(
             out.append(Message(role="user", content=m.content))
         elif m.role == "tool" and caller == "user":
             out.append(m)
-    if len(out) == 1 and ctx.greeting:
-        out.append(Message(role="user", content=ctx.greeting))
     return out
 
 

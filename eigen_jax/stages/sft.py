@@ -126,7 +126,12 @@ class SFT(StageProgram):
             seed=ctx.run.seed,
         )
         n_train = len(data.splits["train"])
-        batches = grain.MapDataset.range(n_train).shuffle(seed=ctx.run.seed).repeat().batch(scfg.batch_size)
+        # as many epochs as the steps need (grain cannot take the length of an endless dataset
+        # batched by 1); the order is an endless repeat's
+        epochs = scfg.steps * scfg.batch_size // n_train + 2
+        batches = (
+            grain.MapDataset.range(n_train).shuffle(seed=ctx.run.seed).repeat(epochs).batch(scfg.batch_size)
+        )
         self.it = iter(batches)
         self._eval = _eval_fn(self.learner, self.loss_fn)
         self.last_eval: float | None = None
