@@ -137,7 +137,7 @@ def test_shipped_configs_load():
     for path in root.rglob("*.yaml"):
         model = (
             RolloutServerConfig
-            if path.stem == "rollout_server"
+            if path.stem.endswith("rollout_server")
             else EvalRunConfig
             if path.stem.startswith("eval_")
             else SynthRunConfig
