@@ -96,7 +96,8 @@ class SFTSection(Section):
     against the scripted user (the built-in domains); ``gold``: each pool task's gold actions
     replayed on both sides (``rollout.gold_replay``: tau² domains, telecom's user-side actions
     included); ``imported``: the pool's dialogues (``<pool.dir>/sft``: the AReaL-SEA SFT rows the
-    import stage stored; agent turns only)."""
+    import stage stored, and the passing rollouts of the tasks ``synth.run`` accepted; agent turns
+    only)."""
     steps: int = Field(100, ge=1)
     """Optimiser steps."""
     batch_size: int = Field(8, ge=1)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from eigen_core.contracts import Task
+from eigen_core.dialogues import DialogueWriter, dialogue_root
 from eigen_core.pool import PoolError, PoolWriter, TaskPool
 from synth.dedupe import Deduper
 from synth.llm import Budget, BudgetExhausted
@@ -77,6 +78,8 @@ class SynthEngine:
         """Budget totals (calls, tokens) at the end of each round."""
         self.stopped: str | None = None
         """Why the run ended early (a spent budget), or None."""
+        self.dialogues: DialogueWriter | None = None
+        """Where accepted tasks' passing rollouts go (the pool's dialogues), while ``run`` runs."""
 
     def task_id(self, plan: PlanPair, rnd: int, attempt: int) -> str:
         return f"{self.env.ctx.name}-synth-s{self.s.seed}-r{rnd}-{plan.id}-a{attempt}"
@@ -106,12 +109,18 @@ class SynthEngine:
             self.budget.charge(role, n, saved["tokens"].get(role, 0))
         deduper = Deduper(self.s.dedupe_threshold)
         self.after_round = dict(saved.get("after_round", {}))
-        with PoolWriter(self.s.pool_dir, self.s.shard_size) as writer:
+        with (
+            PoolWriter(self.s.pool_dir, self.s.shard_size) as writer,
+            DialogueWriter(dialogue_root(self.s.pool_dir), self.s.shard_size) as self.dialogues,
+        ):
             for rec in journal.values():  # re-publish what a kill may have lost
                 if rec.accepted and rec.task is not None:
                     writer.add(rec.task)
                     deduper.add(rec.task)
+                    for d in rec.dialogues:
+                        self.dialogues.add(d)
             writer.flush()
+            self.dialogues.flush()
             try:
                 mine = {r.task_id for r in journal.values()}
                 for t in TaskPool(self.s.pool_dir).tasks():
@@ -185,13 +194,19 @@ class SynthEngine:
                             "accepted": False,
                             "stage": "dedupe",
                             "task": None,
+                            "dialogues": [],
                             "reasons": [Reason(code="near_duplicate", detail=dup)],
                         }
                     )
                 else:
-                    rec = rec.model_copy(update={"task": task})
+                    dialogues = [d.model_copy(update={"split": task.split}) for d in rec.dialogues]
+                    rec = rec.model_copy(update={"task": task, "dialogues": dialogues})
                     writer.add(task)
                     writer.flush()  # visible to readers now
+                    assert self.dialogues is not None
+                    for d in dialogues:  # its passing rollouts: SFT data (sft_*.data: imported)
+                        self.dialogues.add(d)
+                    self.dialogues.flush()
                     deduper.add(task)
                     accepted += 1
             self.store.record(rec)

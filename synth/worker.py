@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from eigen_core.contracts import Contract, Provenance, RewardInfo, Task, Termination, Trajectory
+from eigen_core.contracts import Contract, Dialogue, Provenance, RewardInfo, Task, Termination, Trajectory
 from rollout.agents import Agent
+from rollout.episode import agent_context, agent_view
 from rollout.http_engine import EngineError
 from rollout.user_sim import UserSimulator
 from rollout.workflow import ScoredEpisodes
@@ -62,6 +63,9 @@ class AttemptRecord(Contract):
     task: Task | None = None
     """The accepted task, in full: resume re-publishes it if the pool lost it."""
     rollout: RolloutSummary | None = None
+    dialogues: list[Dialogue] = Field(default_factory=list)
+    """The accepted task's passing rollouts, in the agent's view: SFT data the engine publishes
+    to the pool's dialogues (``sft_*.data: imported``)."""
     seconds: float = 0.0
 
 
@@ -184,6 +188,7 @@ async def run_attempt(
         max_steps=env.max_steps,
         prompt=env.prompt,
     )
+    passed: list[tuple[int, Trajectory]] = []
     for k in range(env.rollouts):
         seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
         traj = await workflow.run(task, seed, task.id, k)
@@ -192,6 +197,8 @@ async def run_attempt(
         info = traj.reward_info
         assert info is not None
         summary.rewards.append(info.reward)
+        if info.reward >= 1:
+            passed.append((k, traj))
         if info.reward < 1:
             try:
                 summary.verdicts.append(await _judge(env, plan, task, traj, info))
@@ -203,9 +210,26 @@ async def run_attempt(
         return reject("trajectory", reasons, task_id=task.id, rollout=summary)
     params = {**task.provenance.params, "pass_rate": summary.pass_rate}
     task = task.model_copy(update={"provenance": task.provenance.model_copy(update={"params": params})})
+    tools = agent_context(env.ctx.domain, env.prompt)[1]
+    dialogues = [rollout_dialogue(task, k, traj, tools) for k, traj in passed]
     return AttemptRecord(
-        **base, accepted=True, task_id=task.id, task=task, rollout=summary, seconds=time.perf_counter() - t0
-    )
+        **base, accepted=True, task_id=task.id, task=task, rollout=summary, dialogues=dialogues,
+        seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+
+
+def rollout_dialogue(task: Task, k: int, traj: Trajectory, tools: list[dict[str, Any]]) -> Dialogue:
+    """Rollout ``k`` of ``task`` as an agent SFT dialogue: what the agent saw and said (the user's
+    own tool traffic hidden, as in episodes), every agent turn trained."""
+    return Dialogue(
+        id=f"{task.id}:rollout{k}",
+        domain=task.domain,
+        split=task.split,
+        messages=agent_view(traj.messages),
+        tools=tools,
+        provenance=Provenance(generator="synth", plan_id=task.provenance.plan_id, round=task.provenance.round,
+                              params={"task_id": task.id, "rollout": k}),
+    )  # fmt: skip
 
 
 def attempt_key(plan_id: str, rnd: int, attempt: int) -> str:

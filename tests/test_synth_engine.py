@@ -222,3 +222,28 @@ def test_tau2_tasks_export_in_tau2s_format_and_score_one_on_gold_replay(tmp_path
         assert task.evaluation_criteria.actions and [
             b.value for b in task.evaluation_criteria.reward_basis
         ] == ["DB", "COMMUNICATE"]
+
+
+def test_accepted_tasks_passing_rollouts_become_sft_dialogues_and_are_republished(tmp_path):
+    """Each accepted task's passing rollouts go to the pool's dialogues (agent view, in the task's
+    split), what ``sft_*.data: imported`` trains on; a lost dialogue pool is rebuilt on rerun."""
+    from eigen_core.dialogues import DialoguePool, dialogue_root
+
+    over = ["synth.rounds=1", "synth.attempts_per_round=8"]
+    asyncio.run(run_synth(_cfg(tmp_path, *over)))
+    tasks = {t.id: t for t in TaskPool(tmp_path / "pool").tasks()}
+    journal = [r for r in _journal(tmp_path) if r["accepted"]]
+    want = sum(1 for r in journal for x in r["rollout"]["rewards"] if x >= 1)
+    dialogues = list(DialoguePool(dialogue_root(tmp_path / "pool")).tasks())
+    assert len(dialogues) == want > 0
+    for d in dialogues:
+        task = tasks[d.provenance.params["task_id"]]
+        assert d.split == task.split and d.learn == "all" and d.tools
+        assert d.messages[0].role == "system" and any(m.role == "assistant" for m in d.messages)
+    import shutil
+
+    shutil.rmtree(tmp_path / "pool/sft")
+    asyncio.run(run_synth(_cfg(tmp_path, *over)))
+    assert sorted(d.id for d in DialoguePool(dialogue_root(tmp_path / "pool")).tasks()) == sorted(
+        d.id for d in dialogues
+    )
