@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from eigen_jax.distributed import agreed_max
-from eigen_jax.model.sharding import batch_sharding
+from eigen_jax.model.sharding import batch_sharding, batch_ways
 
 HostBatch = dict[str, np.ndarray]
 Batch = dict[str, jax.Array]
@@ -74,10 +74,10 @@ def feed(mesh: Mesh | None, n: int, build: Build, trim: int | None = None) -> Ba
     if mesh is None:
         rows = np.arange(n)
     else:
-        ways = mesh.shape["data"] * mesh.shape["fsdp"]
+        ways = batch_ways(mesh)
         if n % ways:
             raise ValueError(
-                f"a batch of {n} sequences does not split over the mesh's data x fsdp = {ways} "
+                f"a batch of {n} sequences does not split over the mesh's data x fsdp x expert = {ways} "
                 "devices: make the batch size a multiple of it (or change model.mesh)"
             )
         sharding = batch_sharding(mesh, 1)

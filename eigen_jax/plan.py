@@ -207,16 +207,16 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
     from jax.sharding import NamedSharding
 
     from eigen_jax.learner import update_step
-    from eigen_jax.model.sharding import batch_sharding, make_mesh
+    from eigen_jax.model.sharding import batch_sharding, batch_ways, make_mesh
     from eigen_jax.objectives import GRPOLoss, SFTLoss
 
     mesh = make_mesh(cfg.model.mesh, devices)
     graphdef, state, tx, arch = _abstract_state(cfg, stage, mesh, _vocab(cfg))
     shape = stage_shape(cfg, stage)
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    ways = batch_ways(mesh)
     if shape.rows % (ways * shape.micro_batches):
         raise SystemExit(
-            f"plan: {shape.rows} rows per update do not split over data x fsdp = {ways} devices x "
+            f"plan: {shape.rows} rows per update do not split over data x fsdp x expert = {ways} devices x "
             f"{shape.micro_batches} micro-batches"
         )
     batch = {
@@ -344,7 +344,7 @@ def advice(report: dict[str, Any]) -> list[str]:
         out.append("more fsdp in model.mesh (parameters and optimiser state split over more devices)")
     if b["temp"] + b["batch"] > 0.3 * hbm or report.get("compiler_refused"):
         mesh = report.get("mesh", {})
-        ways = mesh.get("data", 1) * mesh.get("fsdp", 1)
+        ways = mesh.get("data", 1) * mesh.get("fsdp", 1) * mesh.get("expert", 1)
         per_chip = report.get("rows", 0) // max(ways * report["micro_batches"], 1)
         if per_chip > 1 or "rows" not in report:
             out.append(

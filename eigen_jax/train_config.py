@@ -64,7 +64,9 @@ class ModelSection(Section):
     logits are the largest activation of a long-context step (151k vocabulary x 8k tokens =
     4.6 GiB per row); chunks of e.g. 1024 bound them and are recomputed in the backward pass."""
     mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
-    """Device mesh (data, fsdp, tensor); one -1 takes the remaining devices."""
+    """Device mesh (data, fsdp, tensor[, expert]); one -1 takes the remaining devices. ``expert``
+    (default 1) splits an MoE model's experts over its devices and, for everything else, is one
+    more batch axis."""
     seed: int = 0
     """Seed of a from-scratch model's initial weights."""
 

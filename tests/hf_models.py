@@ -12,6 +12,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 _COMMON = dict(
@@ -47,6 +49,35 @@ VARIANTS = {
         ),
     ),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
+    # every layer sparse but one dense (mlp_only_layers), top-2 of 8, renormalised gate weights
+    "qwen3-moe": (
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+        dict(
+            head_dim=16,
+            num_hidden_layers=3,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            mlp_only_layers=[1],
+        ),
+    ),
+    # every second layer sparse, top-3 of 4, raw softmax weights, tied embeddings
+    "qwen3-moe-step2": (
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+        dict(
+            head_dim=16,
+            num_hidden_layers=4,
+            num_experts=4,
+            num_experts_per_tok=3,
+            moe_intermediate_size=24,
+            norm_topk_prob=False,
+            decoder_sparse_step=2,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 
 
@@ -54,10 +85,10 @@ def write_tiny(name: str, root: Path, seed: int = 0):
     """Create, save and return (HF model, its directory) for variant ``name``."""
     cfg_cls, model_cls, extra = VARIANTS[name]
     torch.manual_seed(seed)
-    model = model_cls(cfg_cls(**_COMMON, **extra)).eval()
+    model = model_cls(cfg_cls(**{**_COMMON, **extra})).eval()
     with torch.no_grad():  # random biases/norms, so that a mix-up of them cannot go unnoticed
         for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n:
+            if n.endswith("bias") or "norm" in n or n.endswith("mlp.gate.weight"):
                 p.add_(torch.randn_like(p) * 0.1)
     path = root / name
     model.save_pretrained(path)

@@ -59,7 +59,7 @@ def test_a_process_builds_exactly_the_rows_its_devices_hold():
 
 def test_feeding_refuses_batches_that_do_not_split_or_builds_that_miscount():
     mesh = make_mesh((1, 8, 1))
-    with pytest.raises(ValueError, match="does not split over the mesh's data x fsdp = 8"):
+    with pytest.raises(ValueError, match="does not split over the mesh's data x fsdp x expert = 8"):
         feed(mesh, 12, take(_batch(12)))
     with pytest.raises(ValueError, match="build gave 4 rows of 'tokens' for 8 row indices"):
         feed(mesh, 8, lambda rows: {"tokens": np.zeros((4, 3), np.int32)})

@@ -37,7 +37,7 @@ def test_the_plan_counts_what_a_real_learner_holds_per_device():
     def per_device(tree):
         return sum(max(s.data.nbytes for s in leaf.addressable_shards) for leaf in jax.tree.leaves(tree))
 
-    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1}
     assert report["bytes"]["params"] == per_device(learner.state.params)
     assert report["bytes"]["opt_state"] == per_device(learner.state.opt_state)
     assert report["bytes"]["batch"] == 3 * 8 * 256 * 4 // 4  # three int32 [8, 256] arrays over fsdp 4

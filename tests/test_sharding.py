@@ -62,9 +62,19 @@ def test_rules_and_mesh_shapes():
     assert spec_for("layers.1.mlp.down_proj.kernel", (128, 64), "llama", mesh) == P("tensor", "fsdp")
     assert spec_for("embed_tokens", (255, 64), "qwen3", mesh) == P(None, "fsdp")  # 255 is odd: vocab unsplit
     assert spec_for("norm.weight", (64,), "qwen2", mesh) == P()
-    assert make_mesh((1, -1, 2)).shape == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert make_mesh((1, -1, 2)).shape == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1}
+    assert make_mesh((1, 2, 1, -1)).shape == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 4}
     with pytest.raises(ValueError, match="needs 16 devices"):
         make_mesh((4, 4, 1))
+    with pytest.raises(ValueError, match=r"\(data, fsdp, tensor\[, expert\]\)"):
+        make_mesh((1, 2, 2, 2, 1))
+    # experts split over `expert` first; a dense family has no expert rule
+    moe = make_mesh((1, 2, 1, 4))
+    assert spec_for("layers.0.mlp.experts.down_proj", (8, 32, 64), "qwen3_moe", moe) == P(
+        "expert", "tensor", "fsdp"
+    )
+    assert spec_for("layers.0.mlp.gate.kernel", (64, 8), "qwen3_moe", moe) == P("fsdp")
+    assert spec_for("layers.1.mlp.gate_proj.kernel", (64, 128), "qwen3_moe", moe) == P("fsdp", "tensor")
 
 
 def test_load_hf_places_tensors_on_the_mesh(setup):

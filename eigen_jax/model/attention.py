@@ -191,8 +191,8 @@ def _splash(q, k, v, mask: AttnMask, mesh: Mesh | None, interpret: bool) -> jax.
     if mesh is None or mesh.size == 1:
         return local(q, k, v, seg)
     heads_axis = "tensor" if nkv % mesh.shape["tensor"] == 0 else None
-    spec = P(("data", "fsdp"), None, heads_axis, None)
-    rows = P(("data", "fsdp"), None)
+    spec = P(("data", "fsdp", "expert"), None, heads_axis, None)  # sharding.BATCH
+    rows = P(("data", "fsdp", "expert"), None)
     fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, rows), out_specs=spec, check_vma=False)
     return fn(q, k, v, seg)
 

@@ -1,17 +1,29 @@
 """Decoder hyper-parameters, read from (and written back to) an HF ``config.json``.
 
-One config covers the Qwen3 and Llama/Qwen2 families: they differ in q/k norms (Qwen3), q/k/v
-biases (Qwen2, optional in Llama), head_dim (free in Qwen3) and RoPE scaling.
+One config covers the Qwen3, Qwen3-MoE and Llama/Qwen2 families: they differ in q/k norms
+(Qwen3), q/k/v biases (Qwen2, optional in Llama), head_dim (free in Qwen3), RoPE scaling, and
+(Qwen3-MoE) sparse expert layers in place of some or all MLPs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Family = Literal["qwen3", "llama", "qwen2"]
-_MODEL_TYPES: dict[str, Family] = {"qwen3": "qwen3", "llama": "llama", "qwen2": "qwen2"}
+Family = Literal["qwen3", "qwen3_moe", "llama", "qwen2"]
+_MODEL_TYPES: dict[str, Family] = {
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3_moe",
+    "llama": "llama",
+    "qwen2": "qwen2",
+}
+_ARCHITECTURES: dict[Family, str] = {
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -45,6 +57,54 @@ class DecoderConfig(BaseModel):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    num_experts: int = Field(0, ge=0)
+    """Experts per MoE layer (Qwen3-MoE; 0: a dense model)."""
+    num_experts_per_tok: int = Field(0, ge=0)
+    """Experts each token is routed to (top-k)."""
+    moe_intermediate_size: int = Field(0, ge=0)
+    """Hidden size of each expert's MLP."""
+    norm_topk_prob: bool = False
+    """Renormalise the top-k gate weights to sum to 1 (true in Qwen3-30B-A3B / 235B-A22B)."""
+    decoder_sparse_step: int = Field(1, ge=1)
+    """Every this many layers is an MoE layer (layer i when (i + 1) % step == 0)."""
+    mlp_only_layers: tuple[int, ...] = ()
+    """Layers that keep a dense MLP although the step would make them sparse."""
+    router_aux_loss_coef: float = Field(0.0, ge=0)
+    """Weight of the load-balancing loss (HF's ``router_aux_loss_coef``); added to the training
+    loss when the config also sets ``output_router_logits`` (as transformers does), else 0."""
+
+    @model_validator(mode="after")
+    def _moe_fields(self) -> DecoderConfig:
+        if self.family != "qwen3_moe":
+            if self.num_experts:
+                raise ValueError(f"num_experts is a qwen3_moe field (model_type is {self.family})")
+            return self
+        if self.num_experts < 1:
+            raise ValueError("a qwen3_moe config needs num_experts >= 1")
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(
+                f"num_experts_per_tok {self.num_experts_per_tok} must be in 1..num_experts "
+                f"({self.num_experts})"
+            )
+        if self.moe_intermediate_size < 1:
+            raise ValueError("a qwen3_moe config needs moe_intermediate_size >= 1")
+        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(
+                f"mlp_only_layers {bad}: no such layer (num_hidden_layers {self.num_hidden_layers})"
+            )
+        return self
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer ``i`` is sparse (HF's rule for Qwen3-MoE)."""
+        return (
+            self.num_experts > 0 and i not in self.mlp_only_layers and (i + 1) % self.decoder_sparse_step == 0
+        )
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """Indices of the sparse layers, in order (what recorded routes are indexed by)."""
+        return tuple(i for i in range(self.num_hidden_layers) if self.is_moe_layer(i))
 
     def __hash__(self) -> int:  # the config is static jit metadata; rope_scaling is a dict
         return hash(self.model_dump_json())
@@ -89,18 +149,18 @@ class DecoderConfig(BaseModel):
             qkv_bias=True if family == "qwen2" else attn_bias,
             o_bias=attn_bias if family != "qwen2" else False,
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            qk_norm=family == "qwen3",
+            qk_norm=family in ("qwen3", "qwen3_moe"),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
             pad_token_id=hf.get("pad_token_id"),
+            **(_moe_from_hf(hf) if family == "qwen3_moe" else {}),
         )
 
     def to_hf(self) -> dict[str, Any]:
         """An HF ``config.json`` that transformers and vLLM load as this architecture."""
-        arch = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
         rope = {"rope_theta": self.rope_theta, "rope_type": "default", **(self.rope_scaling or {})}
         out: dict[str, Any] = {
-            "architectures": [arch[self.family]],
+            "architectures": [_ARCHITECTURES[self.family]],
             "model_type": self.family,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -125,4 +185,35 @@ class DecoderConfig(BaseModel):
             out["attention_bias"] = self.qkv_bias
         if self.family == "llama":
             out["mlp_bias"] = self.mlp_bias
+        if self.family == "qwen3_moe":
+            out.update(
+                num_experts=self.num_experts,  # the released configs' name (vLLM, transformers 4.x/5.x)
+                num_experts_per_tok=self.num_experts_per_tok,
+                moe_intermediate_size=self.moe_intermediate_size,
+                norm_topk_prob=self.norm_topk_prob,
+                decoder_sparse_step=self.decoder_sparse_step,
+                mlp_only_layers=list(self.mlp_only_layers),
+                router_aux_loss_coef=self.router_aux_loss_coef,
+                output_router_logits=self.router_aux_loss_coef > 0,
+            )
         return out
+
+
+def _moe_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """The MoE fields of a Qwen3-MoE ``config.json`` (transformers 5 writes ``num_local_experts``)."""
+    experts = hf.get("num_experts")
+    experts = hf.get("num_local_experts") if experts is None else experts
+    if experts is None:
+        raise ValueError("config.json: a qwen3_moe config needs num_experts")
+    if hf.get("shared_expert_intermediate_size"):
+        raise ValueError("config.json: shared experts are not supported (Qwen3-MoE has none)")
+    coef = float(hf.get("router_aux_loss_coef", 0.001)) if hf.get("output_router_logits") else 0.0
+    return dict(
+        num_experts=experts,
+        num_experts_per_tok=hf.get("num_experts_per_tok", 8),
+        moe_intermediate_size=hf["moe_intermediate_size"],
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        decoder_sparse_step=hf.get("decoder_sparse_step", 1),
+        mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
+        router_aux_loss_coef=coef,
+    )

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from eigen_jax.model.attention import IMPLS, AttnMask, attend
 from eigen_jax.model.config import DecoderConfig
+from eigen_jax.model.moe import BalanceStats, Forced, Routing, SparseMoE, balance_loss, balance_stats
 from eigen_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
 from eigen_jax.ops import lm_logits
 
@@ -100,16 +101,31 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: DecoderConfig, *, sparse: bool = False, dtype, param_dtype, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.self_attn = Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
-        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        ffn = SparseMoE if sparse else MLP
+        self.mlp = ffn(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.sparse = sparse
 
-    def __call__(self, x, cos, sin, mask, cache, cache_index):
+    def __call__(self, x, cos, sin, mask, cache, cache_index, forced: Forced | None = None):
+        """(output, cache, routing: None in a dense layer)."""
         h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+        if not self.sparse:
+            return x + self.mlp(self.post_attention_layernorm(x)), cache, None
+        y, routing = self.mlp(self.post_attention_layernorm(x), forced)
+        return x + y, cache, routing
+
+
+class Routes(NamedTuple):
+    """What the sparse layers of one forward pass did (``Decoder.hidden_routed``)."""
+
+    experts: jax.Array
+    """[B, T, n_moe_layers, k] int32: the experts each token went to, per sparse layer."""
+    balance_loss: jax.Array
+    """Scalar: the load-balancing loss over the real tokens (``moe.balance_loss``)."""
 
 
 REMAT_POLICIES = {
@@ -146,7 +162,9 @@ class Decoder(nnx.Module):
             jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype) * 0.02
         )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([Block(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List(
+            [Block(cfg, sparse=cfg.is_moe_layer(i), **kw) for i in range(cfg.num_hidden_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
             None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False, **kw)
@@ -199,6 +217,24 @@ class Decoder(nnx.Module):
     ) -> tuple[jax.Array, list[LayerCache] | None]:
         """The final normed hidden states [B, T, hidden] (what the LM head reads) and the updated
         cache; arguments as ``__call__``. Losses take these and apply the head in chunks."""
+        x, new_cache, _ = self.hidden_routed(tokens, positions, mask, cache, cache_index)
+        return x, new_cache
+
+    def hidden_routed(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array | None = None,
+        cache: list[LayerCache] | None = None,
+        cache_index: jax.Array | int = 0,
+        routes: jax.Array | None = None,
+        replay: jax.Array | None = None,
+    ) -> tuple[jax.Array, list[LayerCache] | None, Routes | None]:
+        """``hidden`` and, for an MoE model, the ``Routes`` taken (None for a dense one).
+
+        ``routes`` [B, T, n_moe_layers, k] with ``replay`` [B, T] (bool): on the marked tokens
+        every sparse layer uses the given experts instead of its router's choice (routing
+        replay); the gate weights stay the current router's."""
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.dtype)
         cos, sin = rope_tables(jnp.asarray(inverse_frequencies(self.cfg)), positions)
@@ -208,15 +244,33 @@ class Decoder(nnx.Module):
         else:
             attn_mask = AttnMask(cache_index + jnp.arange(t), mask.astype(bool))
         new_cache = [] if cache is not None else None
+        routings: list[Routing] = []
         for i, layer in enumerate(self.layers):
+            forced = None
+            if layer.sparse and routes is not None:
+                j = len(routings)
+                forced = Forced(routes[:, :, j].reshape(b * t, -1), replay.reshape(b * t).astype(bool))
             if self.remat != "none" and cache is None:
                 run = nnx.remat(lambda blk, *a: blk(*a), policy=REMAT_POLICIES[self.remat])
-                x, c = run(layer, x, cos, sin, attn_mask, None, cache_index)
-                continue
-            x, c = layer(x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index)
+                x, c, routing = run(layer, x, cos, sin, attn_mask, None, cache_index, forced)
+            else:
+                x, c, routing = layer(
+                    x, cos, sin, attn_mask, None if cache is None else cache[i], cache_index, forced
+                )
+            if routing is not None:
+                routings.append(routing)
             if new_cache is not None:
                 new_cache.append(c)
-        return self.norm(x), new_cache
+        return self.norm(x), new_cache, self._routes(routings, b, t, mask if cache is None else None)
+
+    @staticmethod
+    def _routes(routings: list[Routing], b: int, t: int, valid: jax.Array | None) -> Routes | None:
+        if not routings:
+            return None
+        v = jnp.ones((b * t,), jnp.float32) if valid is None else valid.reshape(b * t)
+        stats: list[BalanceStats] = [balance_stats(r, v) for r in routings]
+        experts = jnp.stack([r.experts.reshape(b, t, -1) for r in routings], axis=2)
+        return Routes(experts, balance_loss(stats))
 
     def head(self) -> tuple[jax.Array, bool]:
         """The LM head's weight in the compute dtype and whether it is the (tied) embedding

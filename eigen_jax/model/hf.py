@@ -47,6 +47,56 @@ def hf_key(path: tuple) -> tuple[str, bool]:
     return prefix + ".".join(parts), transpose
 
 
+_EXPERT = ("gate_proj", "up_proj", "down_proj")
+
+
+def _expert_param(path: tuple) -> str | None:
+    """``gate_proj`` / ``up_proj`` / ``down_proj`` for a stacked expert kernel, else None."""
+    parts = [str(p) for p in path]
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "experts" and parts[-1] in _EXPERT else None
+
+
+def expert_keys(path: tuple, num_experts: int) -> list[str]:
+    """HF keys of a stacked [E, in, out] expert kernel: one [out, in] weight per expert, as the
+    released Qwen3-MoE checkpoints, transformers' ``save_pretrained`` and vLLM name them."""
+    parts = [str(p) for p in path]
+    prefix = "model." + ".".join(parts[:-1])
+    return [f"{prefix}.{e}.{parts[-1]}.weight" for e in range(num_experts)]
+
+
+def _expert_block(tensors: _Tensors, path: tuple, shape: tuple[int, ...]) -> Any:
+    """A block reader for a stacked expert kernel from per-expert tensors or from the fused
+    in-memory layout of transformers 5 (``experts.gate_up_proj`` [E, 2I, H], ``experts.down_proj``
+    [E, H, I]); raises KeyError naming the per-expert key when neither is there."""
+    name, e = _expert_param(path), shape[0]
+    keys = expert_keys(path, e)
+    if keys[0] in tensors.files:
+        for k in keys:
+            got = tensors.shape(k)
+            if got[::-1] != shape[1:]:
+                raise ValueError(f"{k} has shape {got[::-1]} (transposed), the config implies {shape[1:]}")
+
+        def per_expert(index: tuple[slice, ...]) -> np.ndarray:
+            es, rows, cols = index
+            return np.stack([tensors.block(keys[i], (cols, rows)).T for i in range(e)[es]])
+
+        return per_expert
+    fused = keys[0].rsplit(".", 3)[0] + (".down_proj" if name == "down_proj" else ".gate_up_proj")
+    if fused not in tensors.files:
+        raise KeyError(keys[0])
+    inter = shape[2] if name != "down_proj" else shape[1]
+    offset = inter if name == "up_proj" else 0
+
+    def from_fused(index: tuple[slice, ...]) -> np.ndarray:
+        es, rows, cols = index
+        if name == "down_proj":  # stored [E, H, I]; ours [E, I, H]
+            return tensors.block(fused, (es, cols, rows)).transpose(0, 2, 1)
+        i0, i1, _ = cols.indices(inter)
+        return tensors.block(fused, (es, slice(offset + i0, offset + i1), rows)).transpose(0, 2, 1)
+
+    return from_fused
+
+
 def _abstract(cfg: DecoderConfig, dtype, param_dtype) -> Decoder:
     return nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
 
@@ -118,20 +168,31 @@ def load_hf(
     state = nnx.state(model, nnx.Param)
     missing: list[str] = []
 
-    def load(path, var):
+    def reader(path, shape):
+        if _expert_param(path):
+            return _expert_block(tensors, path, shape)
         key, transpose = hf_key(path)
+        stored = tensors.shape(key)
+        if (stored[::-1] if transpose else stored) != shape:
+            raise ValueError(
+                f"{key} has shape {stored[::-1] if transpose else stored}, the config implies {shape}"
+            )
+        return lambda index: (lambda a: a.T if transpose else a)(
+            tensors.block(key, tuple(index)[::-1] if transpose else tuple(index))
+        )
+
+    def load(path, var):
+        shape = var.shape
         try:
-            stored = tensors.shape(key)
-        except KeyError:
-            missing.append(key)
+            read = reader(path, shape)
+        except KeyError as e:
+            missing.append(e.args[0])
             return var
-        shape = stored[::-1] if transpose else stored
-        if shape != var.shape:
-            raise ValueError(f"{root}: {key} has shape {shape}, the config implies {var.shape}")
+        except ValueError as e:
+            raise ValueError(f"{root}: {e}") from None
 
         def block(index: tuple[slice, ...]) -> np.ndarray:
-            part = tensors.block(key, tuple(index)[::-1] if transpose else tuple(index))
-            return np.ascontiguousarray(part.T if transpose else part).astype(param_dtype)
+            return np.ascontiguousarray(read(tuple(index))).astype(param_dtype)
 
         if mesh is None:
             return var.replace(jnp.asarray(block((slice(None),) * len(shape))))
@@ -155,6 +216,15 @@ def host_array(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _hf_tensors(path: tuple, arr: np.ndarray) -> dict[str, np.ndarray]:
+    """One parameter as the HF tensors it is stored as (a stacked expert kernel: one per expert)."""
+    if _expert_param(path):
+        keys = expert_keys(path, arr.shape[0])
+        return {k: np.ascontiguousarray(arr[e].T) for e, k in enumerate(keys)}
+    key, transpose = hf_key(path)
+    return {key: np.ascontiguousarray(arr.T if transpose else arr)}
+
+
 def save_hf(
     model: Decoder,
     root: str | Path,
@@ -172,7 +242,7 @@ def save_hf(
     """
     root = Path(root)
     hf_cfg = model.cfg.to_hf()
-    params = [(hf_key(path), var) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    params = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     stored = np.dtype(dtype or params[0][1][...].dtype)
     hf_cfg["torch_dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
         str(stored), "float32"
@@ -202,10 +272,9 @@ def save_hf(
     for name, members in zip(names, plan, strict=True):
         shard: dict[str, np.ndarray] = {}
         for i in members:  # every process takes part in each gather
-            (key, transpose), var = params[i]
+            path, var = params[i]
             arr = host_array(var[...])
-            arr = arr.astype(dtype) if dtype is not None else arr
-            shard[key] = np.ascontiguousarray(arr.T if transpose else arr)
+            shard.update(_hf_tensors(path, arr.astype(dtype) if dtype is not None else arr))
         if primary:
             save_file(shard, root / name, metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})

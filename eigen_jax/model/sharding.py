@@ -1,9 +1,13 @@
-"""Device meshes with (data, fsdp, tensor) axes and per-family parameter partition rules.
+"""Device meshes with (data, fsdp, tensor, expert) axes and per-family parameter partition rules.
 
 A rule maps a parameter path (``layers.3.self_attn.q_proj.kernel``) to a ``PartitionSpec``.
 Kernels are [in, out]: column-parallel projections (q/k/v, gate/up, lm_head) split ``out`` over
 ``tensor`` and ``in`` over ``fsdp``; row-parallel ones (o, down) the reverse, so a block needs one
 all-reduce per matmul pair. A dimension that a mesh axis does not divide is left unsplit.
+
+The ``expert`` axis splits an MoE layer's stacked experts ([E, in, out]) over its devices; every
+other tensor treats it as one more batch axis (activations split over data x fsdp x expert), so
+the devices of an expert group hold different experts and different rows, as in GShard.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
-BATCH = ("data", "fsdp")
+AXES = ("data", "fsdp", "tensor", "expert")
+BATCH = ("data", "fsdp", "expert")
 """Mesh axes the batch dimension of activations is split over."""
 
 _DECODER_RULES: list[tuple[str, P]] = [
@@ -30,8 +34,16 @@ _DECODER_RULES: list[tuple[str, P]] = [
     (r".*", P()),  # norms, output biases: replicated
 ]
 
+_MOE_RULES: list[tuple[str, P]] = [
+    (r"experts\.(gate_proj|up_proj)$", P("expert", "fsdp", "tensor")),
+    (r"experts\.down_proj$", P("expert", "tensor", "fsdp")),
+    (r"mlp\.gate\.kernel$", P("fsdp")),  # the router: small, its experts' axis unsplit
+    *_DECODER_RULES,
+]
+
 RULES: dict[str, list[tuple[str, P]]] = {
     "qwen3": _DECODER_RULES,
+    "qwen3_moe": _MOE_RULES,
     "llama": _DECODER_RULES,
     "qwen2": _DECODER_RULES,
 }
@@ -39,11 +51,13 @@ RULES: dict[str, list[tuple[str, P]]] = {
 
 
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one ``-1`` entry takes the remaining devices."""
+    """A (data, fsdp, tensor, expert) mesh from three or four sizes (expert defaults to 1); one
+    ``-1`` entry takes the remaining devices."""
     devs = list(devices) if devices is not None else jax.devices()
     shape = list(shape)
-    if shape.count(-1) > 1 or len(shape) != 3:
-        raise ValueError(f"mesh shape {shape}: three sizes, at most one -1")
+    if shape.count(-1) > 1 or len(shape) not in (3, 4):
+        raise ValueError(f"mesh shape {shape}: sizes of (data, fsdp, tensor[, expert]), at most one -1")
+    shape += [1] * (4 - len(shape))
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
         shape[shape.index(-1)] = len(devs) // known
@@ -97,6 +111,11 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     return model
 
 
+def batch_ways(mesh: Mesh) -> int:
+    """Into how many parts the batch dimension is split (the product of ``BATCH``'s sizes)."""
+    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH]))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding for [batch, ...] inputs: batch over (data, fsdp), the rest replicated."""
+    """Sharding for [batch, ...] inputs: batch over ``BATCH`` axes, the rest replicated."""
     return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))

@@ -20,6 +20,7 @@ from flax import nnx
 from eigen_jax import losses as L
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.model import Decoder
+from eigen_jax.model.sharding import batch_ways
 from eigen_jax.objectives import GRPOLoss, sequence_logprobs, sequence_logprobs_and_entropy, target_mask
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageContext, model_mesh
@@ -104,7 +105,7 @@ class GRPOUpdate:
         """``host`` with all-masked rows appended until every minibatch and micro-batch splits
         evenly over the mesh (padding rows train nothing and count no tokens)."""
         mesh = self.learner.mesh
-        ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        ways = 1 if mesh is None else batch_ways(mesh)
         multiple = ways * self.g.micro_batches * self.g.minibatches
         extra = -len(host["tokens"]) % multiple
         if not extra:

@@ -1,0 +1,149 @@
+"""Sparse mixture-of-experts feed-forward (Qwen3-MoE): a softmax router, top-k experts per token,
+each expert a SwiGLU MLP that computes only the tokens routed to it.
+
+Dispatch is sort-based: the (token, expert) assignments are sorted by expert and each expert's
+contiguous run goes through one grouped matmul (``jax.lax.ragged_dot``), so compute scales with
+``num_experts_per_tok``, not ``num_experts``, and no token is ever dropped (no capacity factor).
+
+Routing replay: ``forced`` routes (recorded by the sampler for the tokens it generated) replace
+the router's own top-k choice on the rows marked for replay; the gate weights are still the
+current router's probabilities of those experts, so the router keeps its gradient (R3).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from eigen_jax.model.config import DecoderConfig
+
+
+class Routing(NamedTuple):
+    """One MoE layer's routing of N tokens."""
+
+    experts: jax.Array
+    """[N, k] int32: the experts each token went to (the router's top-k unless replayed)."""
+    weights: jax.Array
+    """[N, k] fp32: their gate weights (renormalised over the k when ``norm_topk_prob``)."""
+    probs: jax.Array
+    """[N, E] fp32: the router's softmax over all experts (for the load-balancing loss)."""
+
+
+class Forced(NamedTuple):
+    """Routes to replay: ``experts`` [N, k] int, used on the rows where ``use`` [N] is true."""
+
+    experts: jax.Array
+    use: jax.Array
+
+
+def route(logits: jax.Array, k: int, norm_topk_prob: bool, forced: Forced | None = None) -> Routing:
+    """Top-``k`` softmax routing of router ``logits`` [N, E] (pure; fp32 softmax as HF)."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    top_w, top_i = jax.lax.top_k(probs, k)
+    if forced is not None:
+        top_i = jnp.where(forced.use[:, None], forced.experts.astype(jnp.int32), top_i)
+        top_w = jnp.take_along_axis(probs, top_i, axis=-1)
+    if norm_topk_prob:
+        top_w = top_w / jnp.sum(top_w, axis=-1, keepdims=True)
+    return Routing(top_i.astype(jnp.int32), top_w, probs)
+
+
+def grouped_ffn(
+    x: jax.Array, routing: Routing, gate: jax.Array, up: jax.Array, down: jax.Array, dtype
+) -> jax.Array:
+    """sum_j w_j * expert_{e_j}(x) per token: ``x`` [N, H]; expert kernels gate/up [E, H, I],
+    down [E, I, H] ([in, out] per expert, as every kernel here). fp32 result [N, H]."""
+    n, k = routing.experts.shape
+    e = gate.shape[0]
+    flat = routing.experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)  # assignments grouped by expert
+    token = order // k
+    sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
+    xs = jnp.take(x.astype(dtype), token, axis=0)
+
+    def mm(a, w):
+        return jax.lax.ragged_dot(a, w.astype(dtype), sizes, preferred_element_type=jnp.float32)
+
+    h = (jax.nn.silu(mm(xs, gate)) * mm(xs, up)).astype(dtype)
+    y = mm(h, down) * jnp.take(routing.weights.reshape(-1), order)[:, None]
+    return jnp.zeros((n, x.shape[-1]), jnp.float32).at[token].add(y)
+
+
+class BalanceStats(NamedTuple):
+    """Per-layer sums for the Switch-Transformer load-balancing loss (HF's
+    ``load_balancing_loss_func``), combined over layers by ``balance_loss``."""
+
+    counts: jax.Array
+    """[E]: top-k assignments per expert over the real tokens."""
+    prob_sum: jax.Array
+    """[E]: router probability per expert summed over the real tokens."""
+    rows: jax.Array
+    """Scalar: how many real tokens."""
+
+
+def balance_stats(routing: Routing, valid: jax.Array) -> BalanceStats:
+    """``valid`` [N]: 1 on real tokens (padding does not count)."""
+    v = valid.astype(jnp.float32)
+    e = routing.probs.shape[-1]
+    one_hot = jax.nn.one_hot(routing.experts, e, dtype=jnp.float32).sum(1)  # [N, E]
+    return BalanceStats((one_hot * v[:, None]).sum(0), (routing.probs * v[:, None]).sum(0), v.sum())
+
+
+def balance_loss(stats: list[BalanceStats]) -> jax.Array:
+    """E * sum_e f_e * P_e with f (assignment share) and P (mean router probability) pooled over
+    every MoE layer's tokens, exactly as transformers computes ``aux_loss``."""
+    if not stats:
+        return jnp.zeros((), jnp.float32)
+    rows = sum(s.rows for s in stats)
+    counts = sum(s.counts for s in stats) / jnp.maximum(rows, 1.0)
+    probs = sum(s.prob_sum for s in stats) / jnp.maximum(rows, 1.0)
+    return jnp.sum(counts * probs) * stats[0].counts.shape[0]
+
+
+class Experts(nnx.Module):
+    """``num_experts`` SwiGLU MLPs stored stacked ([E, in, out] kernels): HF's per-expert
+    ``experts.{e}.{gate,up,down}_proj.weight`` are slices of these, transposed."""
+
+    def __init__(self, cfg: DecoderConfig, *, param_dtype, rngs: nnx.Rngs):
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+
+        def init(shape):
+            return nnx.Param(jax.random.normal(rngs.params(), shape, param_dtype) * 0.02)
+
+        self.gate_proj = init((e, h, i))
+        self.up_proj = init((e, h, i))
+        self.down_proj = init((e, i, h))
+
+
+class Router(nnx.Module):
+    """The router's [hidden, experts] kernel (HF: ``mlp.gate.weight``, transposed)."""
+
+    def __init__(self, cfg: DecoderConfig, *, param_dtype, rngs: nnx.Rngs):
+        shape = (cfg.hidden_size, cfg.num_experts)
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), shape, param_dtype) * 0.02)
+
+
+class SparseMoE(nnx.Module):
+    """Router (``gate``, HF's name) and experts of one MoE layer."""
+
+    def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.gate = Router(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.experts = Experts(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.k, self.norm, self.dtype = cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype
+
+    def __call__(self, x: jax.Array, forced: Forced | None = None) -> tuple[jax.Array, Routing]:
+        """``x`` [B, T, H] -> (output [B, T, H], routing of the B*T tokens)."""
+        b, t, h = x.shape
+        flat = x.reshape(b * t, h)
+        logits = jnp.dot(
+            flat.astype(self.dtype),
+            self.gate.kernel[...].astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
+        routing = route(logits, self.k, self.norm, forced)
+        ex = self.experts
+        y = grouped_ffn(flat, routing, ex.gate_proj[...], ex.up_proj[...], ex.down_proj[...], self.dtype)
+        return y.astype(self.dtype).reshape(b, t, h), routing
