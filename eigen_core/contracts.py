@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from eigen_core.routes import ExpertRoutes
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -252,6 +254,9 @@ class Trajectory(Contract):
     """Logprob of each token under the policy that sampled it (0.0 where not generated)."""
     versions: list[int] = Field(default_factory=list)
     """Policy version that generated each token (-1 where not generated)."""
+    routes: ExpertRoutes | None = None
+    """MoE policies: the experts the engine routed each token to (``eigen_core.routes``; tokens
+    it never computed are unknown), for routing replay; None for dense policies."""
     reward_info: RewardInfo | None = None
     """The verifier's verdict (None until scored): the one place a trajectory's reward lives."""
     termination: Termination
@@ -291,6 +296,8 @@ class Trajectory(Contract):
         for name in ("loss_mask", "behaviour_logprobs", "versions"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, tokens has {n}")
+        if self.routes is not None and self.routes.tokens != n:
+            raise ValueError(f"routes cover {self.routes.tokens} tokens, tokens has {n}")
         if any(m not in (0, 1) for m in self.loss_mask):
             raise ValueError("loss_mask entries must be 0 or 1")
         return self

@@ -157,6 +157,14 @@ def normaliser(mask: jax.Array, mode: Aggregation = "token_mean") -> jax.Array:
     raise ValueError(f"unknown aggregation {mode!r}; expected 'token_mean' or 'seq_mean_token_mean'")
 
 
+def batch_share(mask: jax.Array, mode: Aggregation, denom: jax.Array) -> jax.Array:
+    """This micro-batch's share of the whole batch's ``normaliser`` (``denom``): weights a
+    per-forward term (the MoE load-balancing loss) so that micro-batches sum to one batch's."""
+    m = mask.astype(jnp.float32)
+    part = m.sum() if mode == "token_mean" else (m.sum(-1) > 0).sum().astype(jnp.float32)
+    return part / denom
+
+
 def aggregate(
     per_token: jax.Array, mask: jax.Array, mode: Aggregation = "token_mean", denom: jax.Array | None = None
 ) -> jax.Array:

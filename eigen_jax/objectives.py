@@ -2,7 +2,9 @@
 
 Batches are dicts of [N, T] arrays: ``tokens``, ``attn_mask`` (1 on real tokens), ``loss_mask``
 (1 on tokens the trained role produced), and for GRPO ``advantages`` [N], ``behaviour_logp``,
-``prox_logp``, optionally ``ref_logp`` and ``fork_mask``.
+``prox_logp``, optionally ``ref_logp`` and ``fork_mask``. MoE batches may carry the sampler's
+``routes`` [N, T, layers, k]: with ``replay`` [N, T] (bool) every forward pass routes the marked
+tokens through those experts (routing replay).
 
 One alignment convention, from batch building to the loss: every per-token array is [N, T] and
 entry t is about token t (its logprob, its mask, its entropy). Nothing predicts token 0, so
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from eigen_jax import losses as L
 from eigen_jax.learner import Batch
 from eigen_jax.model import Decoder, positions_from_mask
+from eigen_jax.model.decoder import Routes
 from eigen_jax.ops import head_logprobs
 
 
@@ -41,10 +44,38 @@ def sequence_logprobs_and_entropy(
     """[N, T] each: ``sequence_logprobs`` and (``entropy``) the entropy of the distribution each
     token was drawn from, in one forward pass; the LM head runs ``model.logits_chunk`` positions
     at a time (0: all at once)."""
+    lp, ent, _ = forward_stats(model, batch, temperature, entropy)
+    return lp, ent
+
+
+def forward_stats(
+    model: Decoder, batch: Batch, temperature: float = 1.0, entropy: bool = False
+) -> tuple[jax.Array, jax.Array | None, Routes | None]:
+    """``sequence_logprobs_and_entropy`` and the ``Routes`` the forward pass took (None for a
+    dense model); replays the batch's ``routes`` where its ``replay`` mask says so."""
     tokens, attn = batch["tokens"], batch["attn_mask"]
-    x, _ = model.hidden(tokens, positions_from_mask(attn), attn)
+    replay = batch.get("replay")
+    routes = batch["routes"] if replay is not None else None
+    x, _, taken = model.hidden_routed(tokens, positions_from_mask(attn), attn, routes=routes, replay=replay)
     lp, ent = head_logprobs(x[:, :-1], model.head(), tokens[:, 1:], temperature, model.logits_chunk, entropy)
-    return token_aligned(lp), None if ent is None else token_aligned(ent)
+    return token_aligned(lp), None if ent is None else token_aligned(ent), taken
+
+
+def balance_term(model: Decoder, taken: Routes | None, share: jax.Array) -> jax.Array:
+    """The MoE load-balancing loss weighted by the config's coefficient and this micro-batch's
+    ``share`` of the batch (0 for dense models or a zero coefficient)."""
+    coef = model.cfg.router_aux_loss_coef
+    if taken is None or coef == 0:
+        return jnp.zeros((), jnp.float32)
+    return coef * taken.balance_loss * share
+
+
+def route_mismatch(recorded: jax.Array, taken: jax.Array, known: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mismatched, total) (token, layer) pairs among the ``known`` [N, T] tokens: pairs whose
+    set of experts in ``taken`` differs from ``recorded`` (both [N, T, layers, k])."""
+    differs = jnp.any(jnp.sort(recorded, -1) != jnp.sort(taken, -1), axis=-1)  # [N, T, layers]
+    k = known[..., None].astype(jnp.float32) * jnp.ones(differs.shape, jnp.float32)
+    return (differs * k).sum(), k.sum()
 
 
 def target_mask(batch: Batch) -> jax.Array:
@@ -62,10 +93,15 @@ class SFTLoss(NamedTuple):
         return L.normaliser(target_mask(batch), self.aggregation)
 
     def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
-        lp = sequence_logprobs(model, batch)
+        lp, _, taken = forward_stats(model, batch)
         m = target_mask(batch).astype(jnp.float32)
         loss = L.aggregate(-lp, m, self.aggregation, denom)
-        return loss, {"tokens": m.sum(), "nll_sum": -(lp * m).sum()}
+        sums = {"tokens": m.sum(), "nll_sum": -(lp * m).sum()}
+        if taken is not None:
+            share = L.batch_share(m, self.aggregation, denom)
+            loss = loss + balance_term(model, taken, share)
+            sums["balance_loss_sum"] = taken.balance_loss * share
+        return loss, sums
 
 
 class GRPOLoss(NamedTuple):
@@ -88,7 +124,7 @@ class GRPOLoss(NamedTuple):
         return L.normaliser(m, self.aggregation)
 
     def __call__(self, model: Decoder, batch: Batch, denom: jax.Array):
-        lp = sequence_logprobs(model, batch, self.temperature)
+        lp, _, taken = forward_stats(model, batch, self.temperature)
         m = target_mask(batch).astype(jnp.float32)
         if "fork_mask" in batch:  # forking-token selection (GRPOSection.top_entropy_frac)
             m = m * batch["fork_mask"]
@@ -116,4 +152,8 @@ class GRPOLoss(NamedTuple):
             kl = L.kl_k3(lp, batch["ref_logp"])
             loss = loss + self.kl_coef * L.aggregate(kl, m, self.aggregation, denom)
             sums["kl_sum"] = (kl * m).sum()
+        if taken is not None:
+            share = L.batch_share(m, self.aggregation, denom)
+            loss = loss + balance_term(model, taken, share)
+            sums["balance_loss_sum"] = taken.balance_loss * share
         return loss, sums

@@ -167,10 +167,15 @@ def _abstract_state(cfg: RunConfig, stage: str, mesh: Any, vocab: int):
 
 def matmul_params(arch: Any) -> int:
     """Parameters that take part in a matmul per token: every projection and the LM head (the
-    embedding lookup is free, a tied head still multiplies)."""
+    embedding lookup is free, a tied head still multiplies); in an MoE layer the router and the
+    ``num_experts_per_tok`` experts a token is routed to (the *active* parameters)."""
     h, hd, nh, nkv = arch.hidden_size, arch.head_dim, arch.num_attention_heads, arch.num_key_value_heads
-    per_layer = h * hd * (2 * nh + 2 * nkv) + 3 * h * arch.intermediate_size
-    return arch.num_hidden_layers * per_layer + arch.vocab_size * h
+    attn = h * hd * (2 * nh + 2 * nkv)
+    moe = len(arch.moe_layers)
+    dense_ffn = 3 * h * arch.intermediate_size
+    sparse_ffn = h * arch.num_experts + arch.num_experts_per_tok * 3 * h * arch.moe_intermediate_size
+    ffn = (arch.num_hidden_layers - moe) * dense_ffn + moe * sparse_ffn
+    return arch.num_hidden_layers * attn + ffn + arch.vocab_size * h
 
 
 def model_flops(arch: Any, rows: int, length: int) -> float:

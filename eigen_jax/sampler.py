@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eigen_core.routes import ExpertRoutes, width_for
 from eigen_jax.model.decoder import Decoder, LayerCache, positions_from_mask
 from eigen_jax.prefix_cache import CachedPrefix, PrefixStore
 from rollout.engine import ContextOverflow, Generation, SamplingParams
@@ -98,7 +99,30 @@ def _sample(logits: jax.Array, keys: jax.Array, knobs: _Knobs) -> tuple[jax.Arra
     return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "return_cache"))
+def _joined_cache(model: Decoder, prefix, b: int, length: int) -> list[LayerCache]:
+    """Per layer: the cached prefix's KV, then ``length`` empty slots."""
+    empty = model.init_cache(b, length)
+    return [
+        LayerCache(
+            jnp.concatenate([pk.astype(e.k.dtype), e.k], 1), jnp.concatenate([pv.astype(e.v.dtype), e.v], 1)
+        )
+        for (pk, pv), e in zip(prefix, empty, strict=True)
+    ]
+
+
+def _forward(model: Decoder, route_dtype):
+    """One cached forward: the last position's logits, the cache, and (``route_dtype``: an MoE
+    model recording) the experts taken, [B, T, layers, k]."""
+
+    def forward(tokens, pos, mask, cache, index):
+        x, cache, routes = model.hidden_routed(tokens, pos, mask, cache, index)
+        taken = None if route_dtype is None else routes.experts.astype(route_dtype)
+        return model.logits(x[:, -1:]), cache, taken
+
+    return forward
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "return_cache", "route_dtype"))
 def _generate(
     graphdef,
     state,
@@ -113,27 +137,24 @@ def _generate(
     live,
     max_new,
     return_cache=False,
+    route_dtype=None,
 ):
     """Prefill ``prompt`` [B, P] after the cached ``prefix`` (per layer (k, v) [B, C, kv, hd],
     real slots in ``prefix_mask`` [B, C]; C may be 0), then decode up to ``max_new`` tokens.
-    Cache slots: [0, C) prefix, [C, C+P) prompt, [C+P, C+P+max_new) generated tokens."""
+    Cache slots: [0, C) prefix, [C, C+P) prompt, [C+P, C+P+max_new) generated tokens.
+    ``route_dtype`` (an MoE model): also return the experts of every prompt position
+    [B, P, layers, k] and of every generated token [B, max_new, layers, k] in that dtype."""
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
     c = prefix_mask.shape[1]
-    empty = model.init_cache(b, p + max_new)
-    cache = [
-        LayerCache(
-            jnp.concatenate([pk.astype(e.k.dtype), e.k], 1), jnp.concatenate([pv.astype(e.v.dtype), e.v], 1)
-        )
-        for (pk, pv), e in zip(prefix, empty, strict=True)
-    ]
+    cache = _joined_cache(model, prefix, b, p + max_new)
     mask = jnp.concatenate([prefix_mask, prompt_mask, jnp.zeros((b, max_new), jnp.int32)], axis=1)
     positions = jnp.sum(prefix_mask, axis=1, keepdims=True) + positions_from_mask(prompt_mask)
-    logits, cache = model(prompt, positions, mask, cache, c, last_only=True)
+    forward = _forward(model, route_dtype)
+    logits, cache, prompt_routes = forward(prompt, positions, mask, cache, c)
     first = c + p  # slot of the first generated token
-
-    out_tok = jnp.zeros((b, max_new), jnp.int32)
-    out_lp = jnp.zeros((b, max_new), jnp.float32)
+    n_moe, top_k = len(model.cfg.moe_layers), max(model.cfg.num_experts_per_tok, 1)
+    out_routes = None if route_dtype is None else jnp.zeros((b, max_new, n_moe, top_k), route_dtype)
     state0 = dict(
         i=0,
         logits=logits[:, -1],
@@ -143,8 +164,9 @@ def _generate(
         done=~live,
         stopped=jnp.zeros((b,), bool),
         n=jnp.zeros((b,), jnp.int32),
-        tok=out_tok,
-        lp=out_lp,
+        tok=jnp.zeros((b, max_new), jnp.int32),
+        lp=jnp.zeros((b, max_new), jnp.float32),
+        routes=out_routes,
     )
 
     def cond(s):
@@ -162,7 +184,7 @@ def _generate(
         # Every sampled token, the stop token included, runs through the model: the cache then
         # holds the KV of the whole served sequence (what the prefix cache keeps).
         mask = s["mask"].at[:, first + i].set(active.astype(jnp.int32))
-        logits, cache = model(tok[:, None], s["pos"][:, None], mask, s["cache"], first + i)
+        logits, cache, taken = forward(tok[:, None], s["pos"][:, None], mask, s["cache"], first + i)
         return dict(
             i=i + 1,
             logits=logits[:, -1],
@@ -174,10 +196,12 @@ def _generate(
             n=n,
             tok=s["tok"].at[:, i].set(tok),
             lp=s["lp"].at[:, i].set(jnp.where(active, lp, 0.0)),
+            routes=None if taken is None else s["routes"].at[:, i].set(taken[:, 0]),
         )
 
     s = jax.lax.while_loop(cond, body, state0)
-    return s["tok"], s["lp"], s["n"], s["stopped"], (s["cache"] if return_cache else None)
+    routes = None if route_dtype is None else (prompt_routes, s["routes"])
+    return s["tok"], s["lp"], s["n"], s["stopped"], (s["cache"] if return_cache else None), routes
 
 
 class Sampler:
@@ -198,6 +222,8 @@ class Sampler:
             own).
         keep_versions: how many of the latest weight versions stay servable by ``version`` (a
             lockstep cohort, ``rollout.lockstep``, runs wholly on the version it was pinned to).
+        record_routes: (MoE models) return with every generation the experts each token it
+            computed went to (``Generation.routes``), for routing replay in the learner.
     """
 
     def __init__(
@@ -214,7 +240,11 @@ class Sampler:
         prefix_cache_mb: float = 0.0,
         policy_version: PolicyVersion | None = None,
         keep_versions: int = 1,
+        record_routes: bool = False,
     ):
+        if record_routes and not model.cfg.moe_layers:
+            raise ValueError("record_routes: the model has no MoE layers (routes exist only in MoE models)")
+        self.route_width = width_for(model.cfg.num_experts) if record_routes else None
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
         self.graphdef, state = nnx.split(model)
@@ -324,7 +354,8 @@ class Sampler:
         prefix, prefix_mask = self._prefix_arrays(hits, b, cpre)
         keys, knobs, stops, max_rows = self._sampling_arrays(params, b)
         live = np.arange(b) < len(params)
-        out_tok, out_lp, lengths, stopped, cache = jax.device_get(
+        route_dtype = None if self.route_width is None else (np.uint8 if self.route_width == 1 else np.int16)
+        out_tok, out_lp, lengths, stopped, cache, routes = jax.device_get(
             _generate(
                 self.graphdef,
                 state,
@@ -339,6 +370,7 @@ class Sampler:
                 jnp.asarray(live),
                 max_new=n,
                 return_cache=store is not None,
+                route_dtype=route_dtype,
             )
         )
         gens = [
@@ -347,12 +379,20 @@ class Sampler:
                 logprobs=out_lp[r, : lengths[r]].tolist(),
                 finish_reason="stop" if stopped[r] else "length",
                 version=version,
+                routes=None if routes is None else self._routes(routes, r, len(news[r]), int(lengths[r])),
             )
             for r in range(len(prompts))
         ]
         if store is not None:
             self._keep(store, cache, prompts, hits, gens, cpre, p, weights_id)
         return gens
+
+    def _routes(self, routes, r: int, computed: int, generated: int) -> ExpertRoutes:
+        """Row ``r``'s routes: its ``computed`` prompt tokens (the last columns: left padding),
+        then its ``generated`` tokens."""
+        prompt, decoded = routes
+        taken = np.concatenate([prompt[r, prompt.shape[1] - computed :], decoded[r, :generated]])
+        return ExpertRoutes.from_array(taken.astype(np.int32), self.route_width)
 
     def _weights(self, version: int | None) -> tuple[nnx.State, int, int]:
         """(weights, version, weights id) of ``version`` (None: the current ones)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eigen_apps.eval.config import EvalSection as SharedEvalSection
 from eigen_core.config import EndpointSection
@@ -37,7 +37,19 @@ class ModelSection(Section):
     @field_validator("arch")
     @classmethod
     def _over_tiny(cls, arch: dict[str, Any]) -> dict[str, Any]:
-        return {**TINY_ARCH, **arch}
+        from eigen_jax.model.config import DecoderConfig
+
+        merged = {**TINY_ARCH, **arch}
+        try:  # a bad field fails here, naming it, not when the first stage builds the model
+            DecoderConfig.from_hf({**merged, "vocab_size": merged.get("vocab_size", 1)})
+        except ValidationError as e:
+            why = "; ".join(
+                " ".join([*map(str, x["loc"]), x["msg"].removeprefix("Value error, ")]) for x in e.errors()
+            )
+            raise ValueError(why) from None
+        except KeyError as e:
+            raise ValueError(f"missing field {e}") from None
+        return merged
 
     tokenizer: str = "small"
     """``small``: a byte-level BPE trained offline on the domain's texts (for tiny from-scratch
@@ -294,6 +306,12 @@ class GRPOSection(Section):
     """Forking-token selection: train only on this fraction of each batch's policy tokens, those
     where the (proximal) policy's entropy is highest (Wang et al. 2025: 0.2 matches or beats all
     tokens). 1 trains on every token."""
+    routing_replay: bool = False
+    """MoE policies: every learner forward pass (the proximal policy's logprobs and the update)
+    routes each token the sampler computed through the experts the sampler recorded (R3; the
+    gate weights stay the learner's), so a token's logprob is recomputed through the experts
+    that produced it. Off, the share of (token, layer) routes that differ is still reported
+    (``route_mismatch_frac``). Needs the embedded engine (``grpo.remote.servers`` empty)."""
     episodes: GRPOEpisodesSection = GRPOEpisodesSection()
     """``source: episodes``: tasks, shaping and the asynchronous controller."""
     remote: RemoteRolloutsSection = RemoteRolloutsSection()

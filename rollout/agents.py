@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from eigen_core.contracts import Action, Message, Task, ToolCall
+from eigen_core.routes import ExpertRoutes
 
 
 class TokenTranscript:
@@ -21,26 +24,53 @@ class TokenTranscript:
         self.loss_mask: list[int] = []
         self.logprobs: list[float] = []
         self.versions: list[int] = []
+        self._routes: list[np.ndarray | None] = []  # per token: [layers, k] ids, None: unknown
+        self._routes_like: ExpertRoutes | None = None  # layout of the recorded routes
 
     def add_context(self, ids: list[int]) -> None:
         self.tokens += ids
         self.loss_mask += [0] * len(ids)
         self.logprobs += [0.0] * len(ids)
         self.versions += [-1] * len(ids)
+        self._routes += [None] * len(ids)
 
-    def add_generated(self, ids: list[int], logprobs: list[float], version: int) -> None:
+    def add_generated(
+        self, ids: list[int], logprobs: list[float], version: int, routes: ExpertRoutes | None = None
+    ) -> None:
+        """Append a completion; ``routes`` (``Generation.routes``) covers the last
+        ``routes.tokens`` tokens of the transcript after it: the context the engine just
+        prefilled, then the completion."""
         self.tokens += ids
         self.loss_mask += [1] * len(ids)
         self.logprobs += list(logprobs)
         self.versions += [version] * len(ids)
+        self._routes += [None] * len(ids)
+        if routes is None or routes.tokens == 0:
+            return
+        if routes.tokens > len(self.tokens):
+            raise ValueError(f"routes cover {routes.tokens} tokens, the transcript has {len(self.tokens)}")
+        self._routes_like = routes
+        known = routes.known()
+        for i, (row, ok) in enumerate(zip(routes.array(), known, strict=True)):
+            self._routes[len(self.tokens) - routes.tokens + i] = row if ok else None
 
-    def arrays(self) -> dict[str, list]:
+    def routes(self) -> ExpertRoutes | None:
+        """The recorded routes of every token (None when the engine recorded none)."""
+        like = self._routes_like
+        if like is None:
+            return None
+        empty = np.full((like.layers, like.k), -1, np.int32)
+        rows = [empty if r is None else r for r in self._routes]
+        return ExpertRoutes.from_array(np.stack(rows) if rows else empty[None, :0], like.width)
+
+    def arrays(self) -> dict[str, Any]:
         """The ``Trajectory`` fields of this transcript."""
         return dict(
             tokens=list(self.tokens),
             loss_mask=list(self.loss_mask),
             behaviour_logprobs=list(self.logprobs),
             versions=list(self.versions),
+            routes=self.routes(),
         )
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import Field
 
 from eigen_core.contracts import Contract
+from eigen_core.routes import ExpertRoutes
 
 
 class ContextOverflow(ValueError):
@@ -42,6 +43,10 @@ class Generation(Contract):
     finish_reason: Literal["stop", "length"]
     version: int
     """Policy version of the weights that generated every token of this completion."""
+    routes: ExpertRoutes | None = None
+    """MoE engines that record routes: the experts of the last ``routes.tokens`` tokens of
+    prompt + completion (the prompt tokens this call computed, i.e. not served from a prefix
+    cache, then every generated token)."""
 
 
 @runtime_checkable

@@ -80,7 +80,7 @@ class LMAgent(Agent):
         sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's", self._turns)
         self._turns += 1
         gen = await self.engine.generate(list(self.transcript.tokens), sp)
-        self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version)
+        self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version, gen.routes)
         if not gen.tokens or gen.tokens[-1] != self.tok.eos_id:
             # Cut off by the length limit: close the turn (not trained) so the next continuation
             # starts where the chat format expects it.

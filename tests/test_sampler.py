@@ -15,10 +15,13 @@ from rollout.engine import InferenceEngine, SamplingParams
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [42], [9, 9, 9, 9, 9, 9]]
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+@pytest.fixture(scope="module", params=["qwen3", "llama3", "qwen3-moe"])
 def tiny(request, tmp_path_factory):
     hf, path = write_tiny(request.param, tmp_path_factory.mktemp("m"))
     return hf, load_hf(path), path
+
+
+VARIANT = {"qwen3": "qwen3", "llama": "llama3", "qwen3_moe": "qwen3-moe"}  # model_type -> tiny variant
 
 
 def _hf_greedy(hf, prompts, n):
@@ -95,7 +98,7 @@ def test_weight_swap_bumps_version(tiny, tmp_path):
     hf, model, _ = tiny
     s = Sampler(model)
     before = s.generate_batch(PROMPTS, SamplingParams(temperature=0, max_new_tokens=6))
-    _, other_path = write_tiny("qwen3" if hf.config.model_type == "qwen3" else "llama3", tmp_path, seed=1)
+    _, other_path = write_tiny(VARIANT[hf.config.model_type], tmp_path, seed=1)
     assert s.update_weights(load_hf(other_path)) == 1 and s.version == 1
     after = s.generate_batch(PROMPTS, SamplingParams(temperature=0, max_new_tokens=6))
     assert all(g.version == 1 for g in after) and [g.tokens for g in after] != [g.tokens for g in before]

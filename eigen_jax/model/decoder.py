@@ -172,13 +172,15 @@ class Decoder(nnx.Module):
 
     def use_attention(self, impl: str, mesh: Mesh | None = None, *, interpret: bool = False) -> Decoder:
         """Compute attention with ``impl`` (``attention.IMPLS``) in every layer; ``mesh``: the one
-        the model is sharded over (splash runs under ``shard_map`` on it); ``interpret`` runs the
-        splash kernel in Pallas' interpreter (tests on CPU). Returns the model."""
+        the model is sharded over (splash and MoE dispatch run under ``shard_map`` on it);
+        ``interpret`` runs the splash kernel in Pallas' interpreter (tests on CPU). Returns the model."""
         if impl not in IMPLS:
             raise ValueError(f"model.attention {impl!r}: expected one of {', '.join(IMPLS)}")
         for layer in self.layers:
             attn = layer.self_attn
             attn.impl, attn.mesh, attn.interpret = impl, mesh, interpret
+            if layer.sparse:  # MoE layers dispatch each device's own rows on the mesh
+                layer.mlp.mesh = mesh
         return self
 
     @property

@@ -12,13 +12,17 @@ current router's probabilities of those experts, so the router keeps its gradien
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from eigen_jax.model.config import DecoderConfig
+from eigen_jax.model.sharding import BATCH, batch_ways
 
 
 class Routing(NamedTuple):
@@ -127,23 +131,64 @@ class Router(nnx.Module):
 
 
 class SparseMoE(nnx.Module):
-    """Router (``gate``, HF's name) and experts of one MoE layer."""
+    """Router (``gate``, HF's name) and experts of one MoE layer.
+
+    ``mesh`` (set by ``Decoder.use_attention``): with one, each device routes and computes its
+    own rows (``shard_map`` over the batch axes): the experts are gathered from the ``expert``
+    and ``fsdp`` axes they are stored split over, one layer at a time as FSDP gathers any
+    weight, and stay split over ``tensor`` (each device computes its slice of every expert's
+    hidden units; one all-reduce). Without, XLA partitions the whole-batch sort as it sees fit.
+    """
 
     def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.gate = Router(cfg, param_dtype=param_dtype, rngs=rngs)
         self.experts = Experts(cfg, param_dtype=param_dtype, rngs=rngs)
         self.k, self.norm, self.dtype = cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype
+        self.mesh: Mesh | None = None
 
     def __call__(self, x: jax.Array, forced: Forced | None = None) -> tuple[jax.Array, Routing]:
         """``x`` [B, T, H] -> (output [B, T, H], routing of the B*T tokens)."""
-        b, t, h = x.shape
-        flat = x.reshape(b * t, h)
-        logits = jnp.dot(
-            flat.astype(self.dtype),
-            self.gate.kernel[...].astype(self.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        routing = route(logits, self.k, self.norm, forced)
+        b, t, _ = x.shape
         ex = self.experts
-        y = grouped_ffn(flat, routing, ex.gate_proj[...], ex.up_proj[...], ex.down_proj[...], self.dtype)
-        return y.astype(self.dtype).reshape(b, t, h), routing
+        weights = (self.gate.kernel[...], ex.gate_proj[...], ex.up_proj[...], ex.down_proj[...])
+        k = self.k
+        fe = jnp.zeros((b, t, k), jnp.int32) if forced is None else forced.experts.reshape(b, t, k)
+        fu = jnp.zeros((b, t), bool) if forced is None else forced.use.reshape(b, t)
+        run = functools.partial(_moe_rows, k=k, norm=self.norm, dtype=self.dtype, replay=forced is not None)
+        if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) == 0:
+            run = _on_mesh(run, self.mesh, weights)  # (rows that do not split: XLA partitions)
+        y, experts, gate_w, probs = run(x, *weights, fe, fu)
+        routing = Routing(experts.reshape(b * t, k), gate_w.reshape(b * t, k), probs.reshape(b * t, -1))
+        return y, routing
+
+
+def _moe_rows(x, router, gate, up, down, forced_experts, forced_use, *, k, norm, dtype, replay, tensor=None):
+    """One MoE layer on rows ``x`` [b, t, H]: (output, experts [b, t, k], their weights, probs).
+    ``tensor``: the mesh axis the experts' hidden units are split over (partial sums added)."""
+    b, t, h = x.shape
+    flat = x.reshape(b * t, h)
+    logits = jnp.dot(flat.astype(dtype), router.astype(dtype), preferred_element_type=jnp.float32)
+    forced = Forced(forced_experts.reshape(b * t, k), forced_use.reshape(b * t)) if replay else None
+    r = route(logits, k, norm, forced)
+    y = grouped_ffn(flat, r, gate, up, down, dtype)
+    if tensor is not None:
+        y = jax.lax.psum(y, tensor)
+    return (
+        y.astype(dtype).reshape(b, t, h),
+        r.experts.reshape(b, t, k),
+        r.weights.reshape(b, t, k),
+        r.probs.reshape(b, t, -1),
+    )
+
+
+def _on_mesh(run, mesh: Mesh, weights: tuple[jax.Array, ...]):
+    """``run`` per device over its rows (batch over ``BATCH``), experts split over ``tensor``
+    where it divides their hidden size."""
+    inter = weights[1].shape[2]
+    split = mesh.shape["tensor"] > 1 and inter % mesh.shape["tensor"] == 0
+    axis = "tensor" if split else None
+    rows3, rows2 = P(BATCH, None, None), P(BATCH, None)
+    in_specs = (rows3, P(), P(None, None, axis), P(None, None, axis), P(None, axis, None), rows3, rows2)
+    out_specs = (rows3, rows3, rows3, rows3)
+    local = functools.partial(run, tensor=axis)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

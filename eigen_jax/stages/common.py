@@ -106,10 +106,17 @@ def configure(model: Decoder, m: ModelSection, mesh) -> Decoder:
 
 
 def episode_engine(
-    model: Decoder, pad_id: int, ep: EpisodeConfig, *, capped: bool = True, keep_versions: int = 1
+    model: Decoder,
+    pad_id: int,
+    ep: EpisodeConfig,
+    *,
+    capped: bool = True,
+    keep_versions: int = 1,
+    record_routes: bool = False,
 ) -> Sampler:
     """The embedded engine of an episode party (the policy or the user model): batches of 8 and
-    up, the episode's prefix cache, and (``capped``) its ``max_len``."""
+    up, the episode's prefix cache, and (``capped``) its ``max_len``; ``record_routes``: an MoE
+    policy's routes, for routing replay."""
     return Sampler(
         model,
         pad_id=pad_id,
@@ -117,6 +124,7 @@ def episode_engine(
         max_len=ep.max_len if capped else None,
         prefix_cache_mb=ep.prefix_cache_mb,
         keep_versions=keep_versions,
+        record_routes=record_routes,
     )
 
 

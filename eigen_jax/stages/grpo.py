@@ -21,7 +21,13 @@ from eigen_jax import losses as L
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.model import Decoder
 from eigen_jax.model.sharding import batch_ways
-from eigen_jax.objectives import GRPOLoss, sequence_logprobs, sequence_logprobs_and_entropy, target_mask
+from eigen_jax.objectives import (
+    GRPOLoss,
+    forward_stats,
+    route_mismatch,
+    sequence_logprobs,
+    target_mask,
+)
 from eigen_jax.sampler import Sampler
 from eigen_jax.stages.common import StageContext, model_mesh
 from eigen_jax.stages.loop import LoopSettings, StageProgram, run_stage
@@ -67,6 +73,17 @@ def build_batch(
         out["loss_mask"][r, len(p) : len(seq)] = 1
         out["behaviour_logp"][r, len(p) : len(seq)] = g.logprobs
         out["advantages"][r] = advantages[r]
+    if gens and gens[0].routes is not None:  # an MoE sampler's routes: the last tokens of each row
+        like = gens[0].routes
+        out["routes"] = np.zeros((rows, length, like.layers, like.k), np.int32)
+        out["routes_known"] = np.zeros((rows, length), np.int32)
+        for r, (p, g) in enumerate(zip(prompts, gens, strict=True)):
+            end = len(p) + len(g.tokens)
+            known = g.routes.known()
+            out["routes"][r, end - g.routes.tokens : end] = np.where(
+                known[:, None, None], g.routes.array(), 0
+            )
+            out["routes_known"][r, end - g.routes.tokens : end] = known
     return out
 
 
@@ -85,15 +102,23 @@ class GRPOUpdate:
             seed=seed,
         )
         graphdef = self.learner.graphdef
+        if g.routing_replay and not model.cfg.moe_layers:
+            raise ValueError("grpo.routing_replay: the model has no MoE layers (replay is for MoE policies)")
         self.ref_params = self.learner.state.params if g.kl_coef > 0 else None
         self._logp = jax.jit(
             lambda params, batch: sequence_logprobs(nnx.merge(graphdef, params), batch, g.temperature)
         )
-        self._logp_ent = jax.jit(
-            lambda params, batch: sequence_logprobs_and_entropy(
-                nnx.merge(graphdef, params), batch, g.temperature
-            )
-        )
+
+        def prox(params, batch, entropy: bool):
+            """The proximal policy's logprobs, (``entropy``) entropies, and, for recorded routes
+            not replayed, the (mismatched, total) routes: one forward pass."""
+            lp, ent, taken = forward_stats(nnx.merge(graphdef, params), batch, g.temperature, entropy)
+            if "routes" not in batch or "replay" in batch:
+                return lp, ent, None
+            known = (batch["routes_known"] * batch["attn_mask"]) > 0
+            return lp, ent, route_mismatch(batch["routes"], taken.experts, known)
+
+        self._prox = jax.jit(prox, static_argnames="entropy")
 
     def step_seed(self) -> int:
         """A seed for the current step's sampling, from the run's RNG: a resumed run samples what
@@ -122,15 +147,17 @@ class GRPOUpdate:
         host = self._padded(host)
         batch = learner.put(host)
         extra: dict[str, float] = {}
-        if g.top_entropy_frac < 1.0:
-            lp, ent = self._logp_ent(learner.state.params, batch)
+        if "routes" in batch and g.routing_replay:  # an MoE policy's recorded routes, replayed
+            batch = {**batch, "replay": batch["routes_known"] > 0}
+        lp, ent, mismatch = self._prox(learner.state.params, batch, entropy=g.top_entropy_frac < 1.0)
+        if mismatch is not None:
+            extra["route_mismatch_frac"] = float(mismatch[0]) / max(float(mismatch[1]), 1.0)
+        if ent is not None:
             fork = L.top_fraction_mask(ent, target_mask(batch), g.top_entropy_frac)
             batch = {**batch, "fork_mask": fork.astype(jnp.int32)}
             tm = target_mask(batch) > 0
             extra["fork_entropy_min"] = float(jnp.min(jnp.where(fork, ent, jnp.inf)))
             extra["entropy_mean"] = float(jnp.sum(jnp.where(tm, ent, 0.0)) / jnp.maximum(tm.sum(), 1))
-        else:
-            lp = self._logp(learner.state.params, batch)
         batch = {**batch, "prox_logp": lp}
         if self.ref_params is not None:
             batch["ref_logp"] = self._logp(self.ref_params, batch)
@@ -151,6 +178,11 @@ class GRPOUpdate:
             iw_mean=sums["weight_sum"] / tokens,
             iw_max=sums["weight_max"],
             tokens=sums["tokens"],
+            **(
+                {"balance_loss": sums["balance_loss_sum"] / g.minibatches}
+                if "balance_loss_sum" in sums
+                else {}
+            ),
             **extra,
         )
 
@@ -176,7 +208,11 @@ class ToyGRPO(StageProgram):
         self.learner = self.update.learner
         self.pad_id = ctx.tok.pad_id
         self.sampler = Sampler(
-            self.learner.model(), pad_id=self.pad_id, min_batch_bucket=8, min_prompt_bucket=8
+            self.learner.model(),
+            pad_id=self.pad_id,
+            min_batch_bucket=8,
+            min_prompt_bucket=8,
+            record_routes=bool(model.cfg.moe_layers),
         )
         self.first_pass: float | None = None
         self.last_pass: float | None = None

@@ -35,6 +35,7 @@ from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.live_tasks import LiveTasks
 from eigen_core.pool import TaskPool
+from eigen_core.routes import padded_routes
 from eigen_core.storage import atomic_write
 from eigen_jax.distributed import is_primary, process_count, share
 from eigen_jax.sampler import bucket
@@ -82,11 +83,17 @@ class Group:
 def episode_batch(
     trajs: list[Trajectory], adv: np.ndarray, length: int, pad_id: int
 ) -> dict[str, np.ndarray]:
-    """[len(trajs), length] arrays of the episodes' token transcripts (cut at ``length``)."""
+    """[len(trajs), length] arrays of the episodes' token transcripts (cut at ``length``), with
+    an MoE policy's recorded ``routes`` and ``routes_known`` mask."""
     rows = [
         {"tokens": t.tokens, "loss_mask": t.loss_mask, "behaviour_logp": t.behaviour_logprobs} for t in trajs
     ]
-    return {**pad_rows(rows, length, pad_id), "advantages": np.asarray(adv, np.float32)}
+    out = {**pad_rows(rows, length, pad_id), "advantages": np.asarray(adv, np.float32)}
+    like = next((t.routes for t in trajs if t.routes is not None), None)
+    if like is not None:
+        routes, known = padded_routes([t.routes for t in trajs], length, like.layers, like.k)
+        out.update(routes=routes, routes_known=known.astype(np.int32))
+    return out
 
 
 class GroupRunner:
@@ -376,6 +383,11 @@ def episode_rollouts(
             "grpo.episodes.deterministic needs the in-process engines (grpo.remote.servers empty): "
             "remote engines batch requests as they arrive, so their numbers depend on timing"
         )
+    if g.routing_replay and g.remote.servers:
+        raise ValueError(
+            "grpo.routing_replay needs the embedded engine (grpo.remote.servers empty): the rollout "
+            "servers' engines (vLLM over its OpenAI API, eigen_jax.serve) return no routed experts"
+        )
     if not is_primary():
         return MirrorRollouts()
     if g.remote.servers:
@@ -384,7 +396,10 @@ def episode_rollouts(
         return RemoteRollouts(g.remote, g.temperature, tok_dir, episode_settings(domain.name, ep))
     # a deterministic cohort runs wholly on its pinned version: at most eta + 1 back
     keep = g.episodes.max_staleness + 2 if g.episodes.deterministic else 1
-    sampler = episode_engine(update.learner.model(), tok.pad_id, ep, keep_versions=keep)
+    model = update.learner.model()
+    sampler = episode_engine(
+        model, tok.pad_id, ep, keep_versions=keep, record_routes=bool(model.cfg.moe_layers)
+    )
     user_engine = episode_engine(ctx.base_model(user_from), tok.pad_id, ep) if ep.user == "model" else None
     episodes = lm_episodes(
         get_domain(domain.name), sampler, tok, ep, verifier.score,

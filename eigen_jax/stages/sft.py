@@ -140,7 +140,10 @@ class SFT(StageProgram):
         rows = np.asarray(next(self.it))
         batch = self.learner.feed(len(rows), lambda mine: self.data.rows("train", rows[mine]), trim=128)
         m = self.learner.update(batch, self.loss_fn.denom(batch))
-        return {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
+        out = {"loss": m["loss"], "grad_norm": m["grad_norm"], "tokens": m["tokens"]}
+        if "balance_loss_sum" in m:  # an MoE model's load-balancing loss (weighted over micro-batches)
+            out["balance_loss"] = m["balance_loss_sum"]
+        return out
 
     def evaluate(self) -> dict[str, Any]:
         self.last_eval = self._eval(self.data, self.scfg.batch_size * self.scfg.eval_batches)

@@ -1,0 +1,99 @@
+"""Recorded MoE routes: which experts each token went to in each sparse layer, compactly.
+
+An MoE engine records, per token it computed, the top-k experts of every sparse layer; the
+learner replays them (``grpo.routing_replay``) so that it recomputes logprobs through the same
+experts the sampler used. Stored as little-endian uint8 (up to 255 experts) or uint16, base64 in
+JSON: 30B-A3B's 48 layers x top-8 are 384 bytes a token. The dtype's largest value marks a token
+whose routes are unknown (context the engine never computed, or a dense engine's).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ExpertRoutes(BaseModel):
+    """[tokens, layers, k] expert ids (``array()``); rows of ``UNKNOWN`` are tokens without routes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int = Field(ge=0)
+    layers: int = Field(ge=1)
+    k: int = Field(ge=1)
+    width: Literal[1, 2] = 1
+    """Bytes per expert id (1: uint8, up to 255 experts; 2: uint16)."""
+    data: str = ""
+    """base64 of the little-endian array."""
+
+    @model_validator(mode="after")
+    def _size(self) -> ExpertRoutes:
+        n = len(base64.b64decode(self.data)) if self.data else 0
+        want = self.tokens * self.layers * self.k * self.width
+        if n != want:
+            raise ValueError(
+                f"routes: {n} bytes of data, shape ({self.tokens}, {self.layers}, {self.k}) needs {want}"
+            )
+        return self
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype("<u1" if self.width == 1 else "<u2")
+
+    @property
+    def unknown(self) -> int:
+        """The id that marks a token without routes."""
+        return int(np.iinfo(self.dtype).max)
+
+    def array(self) -> np.ndarray:
+        """[tokens, layers, k] int32; ``unknown`` where a token has no routes."""
+        raw = np.frombuffer(base64.b64decode(self.data), self.dtype) if self.data else np.zeros(0, self.dtype)
+        return raw.reshape(self.tokens, self.layers, self.k).astype(np.int32)
+
+    def known(self) -> np.ndarray:
+        """[tokens] bool: which tokens have routes."""
+        return ~np.all(self.array() == self.unknown, axis=(1, 2))
+
+    @classmethod
+    def from_array(cls, experts: np.ndarray, width: Literal[1, 2]) -> ExpertRoutes:
+        """From [tokens, layers, k] ids (negative: unknown), ``width`` bytes each (``width_for``)."""
+        dtype = np.dtype("<u1" if width == 1 else "<u2")
+        a = np.asarray(experts)
+        if a.ndim != 3:
+            raise ValueError(f"routes: expected [tokens, layers, k], got shape {a.shape}")
+        if a.size and int(a.max()) >= np.iinfo(dtype).max:
+            raise ValueError(f"routes: expert id {int(a.max())} does not fit {width} byte(s)")
+        a = np.where(a < 0, np.iinfo(dtype).max, a).astype(dtype)
+        data = base64.b64encode(a.tobytes()).decode()
+        return cls(tokens=a.shape[0], layers=a.shape[1], k=a.shape[2], width=width, data=data)
+
+
+def width_for(num_experts: int) -> Literal[1, 2]:
+    """Bytes per expert id for a model with ``num_experts`` (one id is kept for ``unknown``)."""
+    if num_experts >= 65535:
+        raise ValueError(f"routes: {num_experts} experts do not fit 16-bit ids")
+    return 1 if num_experts < 255 else 2
+
+
+def padded_routes(
+    routes: list[ExpertRoutes | None], length: int, layers: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, length, layers, k] int32 expert ids and the [rows, length] bool replay mask (where a
+    row's token has recorded routes) for a batch of right-padded rows cut at ``length``."""
+    out = np.zeros((len(routes), length, layers, k), np.int32)
+    known = np.zeros((len(routes), length), bool)
+    for r, rec in enumerate(routes):
+        if rec is None:
+            continue
+        if (rec.layers, rec.k) != (layers, k):
+            raise ValueError(
+                f"routes of row {r}: ({rec.layers} layers, top-{rec.k}), the model has ({layers}, {k})"
+            )
+        n = min(rec.tokens, length)
+        a, m = rec.array()[:n], rec.known()[:n]
+        out[r, :n] = np.where(m[:, None, None], a, 0)
+        known[r, :n] = m
+    return out, known
