@@ -233,6 +233,11 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
         for k, dt in shape.keys.items()
     }
     g = cfg.grpo
+    if stage == "grpo" and g.routing_replay and arch.moe_layers:  # the sampler's routes, replayed
+        routes = (shape.rows, shape.length, len(arch.moe_layers), arch.num_experts_per_tok)
+        batch["routes"] = jax.ShapeDtypeStruct(routes, jnp.int32, sharding=batch_sharding(mesh, 4))
+        for k, dt in (("routes_known", jnp.int32), ("replay", jnp.bool_)):
+            batch[k] = jax.ShapeDtypeStruct((shape.rows, shape.length), dt, sharding=batch_sharding(mesh, 2))
     loss = (
         GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
         if stage == "grpo"

@@ -200,3 +200,36 @@ def test_remat_keeps_the_gradients_and_shrinks_the_planned_temporaries():
         for r in ("none", "full")
     }
     assert temps["full"] < temps["none"], temps
+
+
+def test_moe_flops_count_the_active_parameters():
+    """30B-A3B: ~3B parameters multiply each token (8 of 128 experts, the router, attention and
+    the LM head), ~30.5B in all."""
+    import yaml
+
+    from eigen_jax.model import DecoderConfig
+    from eigen_jax.plan import matmul_params
+
+    arch = yaml.safe_load((ROOT / "configs/paper/qwen3_30b_a3b_airline_v5p.yaml").read_text())["model"][
+        "arch"
+    ]
+    cfg = DecoderConfig.from_hf({**arch, "vocab_size": 151936})
+    assert cfg.moe_layers == tuple(range(48))
+    assert np.isclose(matmul_params(cfg) / 1e9, 3.04, rtol=0.02)
+    e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+    experts = 48 * e * 3 * h * i
+    assert np.isclose(experts / 1e9, 28.99, rtol=0.01)  # with attention, embeddings and head: 30.5B
+
+
+@pytest.mark.slow
+def test_a_tiny_moe_with_experts_split_and_routing_replay_compiles_for_a_v5p_slice():
+    env = _libtpu_env()
+    moe = ("model.arch={head_dim: 32, model_type: qwen3_moe, num_experts: 8, num_experts_per_tok: 2, "
+           "moe_intermediate_size: 64}")  # fmt: skip
+    cmd = [sys.executable, "-m", "eigen_jax.plan", "--config", str(QUICKSTART), "--topology", "v5p:2x2x1",
+           "--stage", "grpo", "--json", moe, "model.mesh=[1,2,1,2]", "grpo.routing_replay=true",
+           "grpo.tasks_per_step=2", "grpo.group_size=2", "episode.max_len=256"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["fits"] is True and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}

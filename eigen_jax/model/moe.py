@@ -56,23 +56,38 @@ def route(logits: jax.Array, k: int, norm_topk_prob: bool, forced: Forced | None
 
 
 def grouped_ffn(
-    x: jax.Array, routing: Routing, gate: jax.Array, up: jax.Array, down: jax.Array, dtype
+    x: jax.Array,
+    routing: Routing,
+    gate: jax.Array,
+    up: jax.Array,
+    down: jax.Array,
+    dtype,
+    first: jax.Array | int | None = None,
 ) -> jax.Array:
     """sum_j w_j * expert_{e_j}(x) per token: ``x`` [N, H]; expert kernels gate/up [E, H, I],
-    down [E, I, H] ([in, out] per expert, as every kernel here). fp32 result [N, H]."""
+    down [E, I, H] ([in, out] per expert, as every kernel here). fp32 result [N, H].
+
+    ``first``: the kernels are experts ``first .. first + E - 1`` of a larger set (expert
+    parallelism); assignments to any other expert contribute nothing here."""
     n, k = routing.experts.shape
     e = gate.shape[0]
     flat = routing.experts.reshape(-1)
+    weights = routing.weights.reshape(-1)
+    if first is not None:  # other devices' experts: one group past the local ones, weight 0
+        mine = (flat >= first) & (flat < first + e)
+        flat, weights = jnp.where(mine, flat - first, e), jnp.where(mine, weights, 0.0)
     order = jnp.argsort(flat, stable=True)  # assignments grouped by expert
     token = order // k
-    sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
+    sizes = jnp.bincount(flat, length=e + 1)[:e].astype(jnp.int32)
     xs = jnp.take(x.astype(dtype), token, axis=0)
 
     def mm(a, w):
         return jax.lax.ragged_dot(a, w.astype(dtype), sizes, preferred_element_type=jnp.float32)
 
     h = (jax.nn.silu(mm(xs, gate)) * mm(xs, up)).astype(dtype)
-    y = mm(h, down) * jnp.take(routing.weights.reshape(-1), order)[:, None]
+    y = mm(h, down)
+    sorted_w = jnp.take(weights, order)
+    y = jnp.where((sorted_w != 0)[:, None], y * sorted_w[:, None], 0.0)  # rows past the groups: 0
     return jnp.zeros((n, x.shape[-1]), jnp.float32).at[token].add(y)
 
 
@@ -133,11 +148,14 @@ class Router(nnx.Module):
 class SparseMoE(nnx.Module):
     """Router (``gate``, HF's name) and experts of one MoE layer.
 
-    ``mesh`` (set by ``Decoder.use_attention``): with one, each device routes and computes its
-    own rows (``shard_map`` over the batch axes): the experts are gathered from the ``expert``
-    and ``fsdp`` axes they are stored split over, one layer at a time as FSDP gathers any
-    weight, and stay split over ``tensor`` (each device computes its slice of every expert's
-    hidden units; one all-reduce). Without, XLA partitions the whole-batch sort as it sees fit.
+    ``mesh`` (set by ``Decoder.use_attention``): with one, each device routes its own rows
+    (``shard_map`` over the batch axes). Expert parallelism: a device keeps its slice of the
+    experts (``expert`` axis; gathered over ``fsdp`` only, one layer at a time as FSDP gathers any
+    weight), gathers the rows of its ``expert`` group, computes the assignments to its own experts
+    and sums the partial outputs back onto each row's device (all-gather in, reduce-scatter out:
+    Megatron's "allgather" dispatcher), so no device holds or computes every expert. Experts
+    stay split over ``tensor`` (each device computes its slice of every expert's hidden units;
+    one all-reduce). Without a mesh, XLA partitions the whole-batch sort as it sees fit.
     """
 
     def __init__(self, cfg: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -162,15 +180,27 @@ class SparseMoE(nnx.Module):
         return y, routing
 
 
-def _moe_rows(x, router, gate, up, down, forced_experts, forced_use, *, k, norm, dtype, replay, tensor=None):
+def _moe_rows(
+    x, router, gate, up, down, forced_experts, forced_use, *, k, norm, dtype, replay, tensor=None, expert=None
+):
     """One MoE layer on rows ``x`` [b, t, H]: (output, experts [b, t, k], their weights, probs).
-    ``tensor``: the mesh axis the experts' hidden units are split over (partial sums added)."""
+    ``tensor``: the mesh axis the experts' hidden units are split over (partial sums added);
+    ``expert``: the axis the experts themselves are split over (this device holds a contiguous
+    slice): the rows of the axis' devices are gathered, each device computes the assignments to
+    its own experts, and the partial outputs are summed back onto the rows' own devices."""
     b, t, h = x.shape
     flat = x.reshape(b * t, h)
     logits = jnp.dot(flat.astype(dtype), router.astype(dtype), preferred_element_type=jnp.float32)
     forced = Forced(forced_experts.reshape(b * t, k), forced_use.reshape(b * t)) if replay else None
     r = route(logits, k, norm, forced)
-    y = grouped_ffn(flat, r, gate, up, down, dtype)
+    if expert is None:
+        y = grouped_ffn(flat, r, gate, up, down, dtype)
+    else:
+        gather = functools.partial(jax.lax.all_gather, axis_name=expert, tiled=True)
+        group = Routing(gather(r.experts), gather(r.weights), r.probs)  # probs: not needed here
+        first = jax.lax.axis_index(expert) * gate.shape[0]
+        y_all = grouped_ffn(gather(flat), group, gate, up, down, dtype, first=first)
+        y = jax.lax.psum_scatter(y_all, expert, scatter_dimension=0, tiled=True)
     if tensor is not None:
         y = jax.lax.psum(y, tensor)
     return (
@@ -184,11 +214,12 @@ def _moe_rows(x, router, gate, up, down, forced_experts, forced_use, *, k, norm,
 def _on_mesh(run, mesh: Mesh, weights: tuple[jax.Array, ...]):
     """``run`` per device over its rows (batch over ``BATCH``), experts split over ``tensor``
     where it divides their hidden size."""
-    inter = weights[1].shape[2]
+    n_experts, inter = weights[1].shape[0], weights[1].shape[2]
     split = mesh.shape["tensor"] > 1 and inter % mesh.shape["tensor"] == 0
     axis = "tensor" if split else None
+    ep = "expert" if mesh.shape["expert"] > 1 and n_experts % mesh.shape["expert"] == 0 else None
     rows3, rows2 = P(BATCH, None, None), P(BATCH, None)
-    in_specs = (rows3, P(), P(None, None, axis), P(None, None, axis), P(None, axis, None), rows3, rows2)
+    in_specs = (rows3, P(), P(ep, None, axis), P(ep, None, axis), P(ep, axis, None), rows3, rows2)
     out_specs = (rows3, rows3, rows3, rows3)
-    local = functools.partial(run, tensor=axis)
+    local = functools.partial(run, tensor=axis, expert=ep)
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
