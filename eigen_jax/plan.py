@@ -203,6 +203,22 @@ def _per_device_bytes(tree: Any) -> int:
     return total
 
 
+def _replay_arrays(arch: Any, shape: StageShape, mesh: Any) -> dict[str, Any]:
+    """The GRPO batch's recorded routes and replay mask (``grpo.routing_replay``), abstract."""
+    import jax
+    import jax.numpy as jnp
+
+    from eigen_jax.model.sharding import batch_sharding
+
+    routes = (shape.rows, shape.length, len(arch.moe_layers), arch.num_experts_per_tok)
+    rows = (shape.rows, shape.length)
+    return {
+        "routes": jax.ShapeDtypeStruct(routes, jnp.int32, sharding=batch_sharding(mesh, 4)),
+        "routes_known": jax.ShapeDtypeStruct(rows, jnp.int32, sharding=batch_sharding(mesh, 2)),
+        "replay": jax.ShapeDtypeStruct(rows, jnp.bool_, sharding=batch_sharding(mesh, 2)),
+    }
+
+
 def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None) -> dict[str, Any]:
     """Compile ``stage``'s update for ``devices``; the per-device figures as a dict. ``chip`` (a
     ``CHIPS`` name) holds them against that chip instead of the devices' own kind: a stand-in
@@ -233,11 +249,8 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
         for k, dt in shape.keys.items()
     }
     g = cfg.grpo
-    if stage == "grpo" and g.routing_replay and arch.moe_layers:  # the sampler's routes, replayed
-        routes = (shape.rows, shape.length, len(arch.moe_layers), arch.num_experts_per_tok)
-        batch["routes"] = jax.ShapeDtypeStruct(routes, jnp.int32, sharding=batch_sharding(mesh, 4))
-        for k, dt in (("routes_known", jnp.int32), ("replay", jnp.bool_)):
-            batch[k] = jax.ShapeDtypeStruct((shape.rows, shape.length), dt, sharding=batch_sharding(mesh, 2))
+    if stage == "grpo" and g.routing_replay and arch.moe_layers:
+        batch.update(_replay_arrays(arch, shape, mesh))
     loss = (
         GRPOLoss(g.eps_low, g.eps_high, g.weight_cap, g.aggregation, g.kl_coef, g.temperature)
         if stage == "grpo"

@@ -75,6 +75,12 @@ class ModelSection(Section):
     """Positions per LM-head chunk in the losses (0: all at once). The [rows, length, vocab] fp32
     logits are the largest activation of a long-context step (151k vocabulary x 8k tokens =
     4.6 GiB per row); chunks of e.g. 1024 bound them and are recomputed in the backward pass."""
+    expert_dispatch: Literal["weights", "rows"] = "weights"
+    """MoE layers on a mesh with experts split (``expert`` > 1): ``weights`` gathers one layer's
+    experts onto every device, which computes its own rows (FSDP's traffic; the temporaries of
+    one row's assignments); ``rows`` keeps each device's experts local and gathers its expert
+    group's rows instead (Megatron's allgather dispatcher: no device holds every expert, but
+    each computes ``expert`` x the assignments). BENCHMARKS.md "Pod plans" has both on 30B-A3B."""
     mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
     """Device mesh (data, fsdp, tensor[, expert]); one -1 takes the remaining devices. ``expert``
     (default 1) splits an MoE model's experts over its devices and, for everything else, is one

@@ -158,13 +158,14 @@ def _run(model, *batch):
     return loss, aux, nnx.to_flat_state(grads)
 
 
-MESHES = [((1, 2, 1, 4), "rows"), ((2, 1, 2, 2), "rows"), ((1, 4, 2, 1), "rows"), ((1, 1, 1, 8), "rows")]
+MESHES = [((1, 2, 1, 4), "rows"), ((2, 1, 2, 2), "rows"), ((1, 4, 2, 1), "weights"), ((1, 1, 1, 8), "rows")]
 
 
-@pytest.mark.parametrize("shape, dispatch", [*MESHES, ((1, 2, 2, 2), "xla")])
+@pytest.mark.parametrize("shape, dispatch", [*MESHES, ((1, 2, 1, 4), "weights"), ((1, 2, 2, 2), "xla")])
 def test_expert_parallel_forward_loss_and_grads_match_single_device(moe, shape, dispatch):
-    """``rows``: each device dispatches its own rows (the model knows its mesh, as every stage
-    sets it up); ``xla``: it does not, and XLA partitions the whole-batch dispatch."""
+    """The model knows its mesh (as every stage sets it up) and each device routes its own rows:
+    ``rows`` keeps experts local and gathers the expert group's rows, ``weights`` gathers the
+    experts; ``xla``: the model does not know its mesh, XLA partitions the whole-batch dispatch."""
     _, path = moe
     ids, mask, pos = _batch(256)
     ref_loss, (ref_x, ref_routes), ref_grads = _run(
@@ -172,7 +173,10 @@ def test_expert_parallel_forward_loss_and_grads_match_single_device(moe, shape, 
     )
     mesh = make_mesh(shape)
     model = shard_model(load_hf(path), mesh)
-    if dispatch == "rows":
+    if dispatch != "xla":
+        for layer in model.layers:
+            if layer.sparse:
+                layer.mlp.dispatch = dispatch
         model.use_attention("dense", mesh)
     w = model.layers[0].mlp.experts.gate_proj[...]
     assert w.sharding.spec == spec_for("layers.0.mlp.experts.gate_proj", w.shape, "qwen3_moe", mesh)

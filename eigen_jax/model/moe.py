@@ -149,11 +149,12 @@ class SparseMoE(nnx.Module):
     """Router (``gate``, HF's name) and experts of one MoE layer.
 
     ``mesh`` (set by ``Decoder.use_attention``): with one, each device routes its own rows
-    (``shard_map`` over the batch axes). Expert parallelism: a device keeps its slice of the
-    experts (``expert`` axis; gathered over ``fsdp`` only, one layer at a time as FSDP gathers any
-    weight), gathers the rows of its ``expert`` group, computes the assignments to its own experts
-    and sums the partial outputs back onto each row's device (all-gather in, reduce-scatter out:
-    Megatron's "allgather" dispatcher), so no device holds or computes every expert. Experts
+    (``shard_map`` over the batch axes), by ``dispatch`` (``model.expert_dispatch``):
+    ``weights`` gathers the layer's experts from the ``expert`` and ``fsdp`` axes (one layer at a
+    time, as FSDP gathers any weight) and computes the device's own rows; ``rows`` keeps the
+    device's slice of the experts, gathers the rows of its ``expert`` group, computes the
+    assignments to its own experts and sums the partial outputs back onto each row's device
+    (all-gather in, reduce-scatter out: Megatron's "allgather" dispatcher). Either way experts
     stay split over ``tensor`` (each device computes its slice of every expert's hidden units;
     one all-reduce). Without a mesh, XLA partitions the whole-batch sort as it sees fit.
     """
@@ -163,6 +164,7 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(cfg, param_dtype=param_dtype, rngs=rngs)
         self.k, self.norm, self.dtype = cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype
         self.mesh: Mesh | None = None
+        self.dispatch = "weights"  # or "rows" (``model.expert_dispatch``)
 
     def __call__(self, x: jax.Array, forced: Forced | None = None) -> tuple[jax.Array, Routing]:
         """``x`` [B, T, H] -> (output [B, T, H], routing of the B*T tokens)."""
@@ -174,7 +176,7 @@ class SparseMoE(nnx.Module):
         fu = jnp.zeros((b, t), bool) if forced is None else forced.use.reshape(b, t)
         run = functools.partial(_moe_rows, k=k, norm=self.norm, dtype=self.dtype, replay=forced is not None)
         if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) == 0:
-            run = _on_mesh(run, self.mesh, weights)  # (rows that do not split: XLA partitions)
+            run = _on_mesh(run, self.mesh, weights, self.dispatch)  # (rows that do not split: XLA partitions)
         y, experts, gate_w, probs = run(x, *weights, fe, fu)
         routing = Routing(experts.reshape(b * t, k), gate_w.reshape(b * t, k), probs.reshape(b * t, -1))
         return y, routing
@@ -211,13 +213,17 @@ def _moe_rows(
     )
 
 
-def _on_mesh(run, mesh: Mesh, weights: tuple[jax.Array, ...]):
+def _on_mesh(run, mesh: Mesh, weights: tuple[jax.Array, ...], dispatch: str):
     """``run`` per device over its rows (batch over ``BATCH``), experts split over ``tensor``
     where it divides their hidden size."""
     n_experts, inter = weights[1].shape[0], weights[1].shape[2]
     split = mesh.shape["tensor"] > 1 and inter % mesh.shape["tensor"] == 0
     axis = "tensor" if split else None
-    ep = "expert" if mesh.shape["expert"] > 1 and n_experts % mesh.shape["expert"] == 0 else None
+    ep = (
+        "expert"
+        if dispatch == "rows" and mesh.shape["expert"] > 1 and n_experts % mesh.shape["expert"] == 0
+        else None
+    )
     rows3, rows2 = P(BATCH, None, None), P(BATCH, None)
     in_specs = (rows3, P(), P(ep, None, axis), P(ep, None, axis), P(ep, axis, None), rows3, rows2)
     out_specs = (rows3, rows3, rows3, rows3)
