@@ -53,9 +53,11 @@ class ExpertRoutes(BaseModel):
         raw = np.frombuffer(base64.b64decode(self.data), self.dtype) if self.data else np.zeros(0, self.dtype)
         return raw.reshape(self.tokens, self.layers, self.k).astype(np.int32)
 
-    def known(self) -> np.ndarray:
-        """[tokens] bool: which tokens have routes."""
-        return ~np.all(self.array() == self.unknown, axis=(1, 2))
+    def known(self, array: np.ndarray | None = None) -> np.ndarray:
+        """[tokens] bool: which tokens have routes (``array``: this record's ``array()``, if
+        already decoded)."""
+        a = self.array() if array is None else array
+        return ~np.all(a == self.unknown, axis=(1, 2))
 
     @classmethod
     def from_array(cls, experts: np.ndarray, width: Literal[1, 2]) -> ExpertRoutes:
@@ -79,10 +81,15 @@ def width_for(num_experts: int) -> Literal[1, 2]:
 
 
 def padded_routes(
-    routes: list[ExpertRoutes | None], length: int, layers: int, k: int
+    routes: list[ExpertRoutes | None],
+    length: int,
+    layers: int,
+    k: int,
+    starts: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """[rows, length, layers, k] int32 expert ids and the [rows, length] bool replay mask (where a
-    row's token has recorded routes) for a batch of right-padded rows cut at ``length``."""
+    row's token has recorded routes) for a batch of right-padded rows cut at ``length``; row r's
+    record covers its tokens from ``starts[r]`` on (default 0: all of them)."""
     out = np.zeros((len(routes), length, layers, k), np.int32)
     known = np.zeros((len(routes), length), bool)
     for r, rec in enumerate(routes):
@@ -92,8 +99,10 @@ def padded_routes(
             raise ValueError(
                 f"routes of row {r}: ({rec.layers} layers, top-{rec.k}), the model has ({layers}, {k})"
             )
-        n = min(rec.tokens, length)
-        a, m = rec.array()[:n], rec.known()[:n]
-        out[r, :n] = np.where(m[:, None, None], a, 0)
-        known[r, :n] = m
+        start = 0 if starts is None else starts[r]
+        n = max(min(rec.tokens, length - start), 0)
+        a = rec.array()[:n]
+        m = rec.known(a)
+        out[r, start : start + n] = np.where(m[:, None, None], a, 0)
+        known[r, start : start + n] = m
     return out, known

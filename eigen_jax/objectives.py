@@ -61,20 +61,31 @@ def forward_stats(
     return token_aligned(lp), None if ent is None else token_aligned(ent), taken
 
 
-def balance_term(model: Decoder, taken: Routes | None, share: jax.Array) -> jax.Array:
-    """The MoE load-balancing loss weighted by the config's coefficient and this micro-batch's
-    ``share`` of the batch (0 for dense models or a zero coefficient)."""
+def with_balance(
+    model: Decoder,
+    taken: Routes | None,
+    loss: jax.Array,
+    sums: dict,
+    mask: jax.Array,
+    mode: L.Aggregation,
+    denom: jax.Array,
+) -> jax.Array:
+    """``loss`` plus the MoE load-balancing loss (the config's coefficient times this
+    micro-batch's share of the batch, ``L.batch_share``), its weighted value recorded in
+    ``sums["balance_loss_sum"]``; ``loss`` unchanged for a dense model."""
+    if taken is None:
+        return loss
+    share = L.batch_share(mask, mode, denom)
+    sums["balance_loss_sum"] = taken.balance_loss * share
     coef = model.cfg.router_aux_loss_coef
-    if taken is None or coef == 0:
-        return jnp.zeros((), jnp.float32)
-    return coef * taken.balance_loss * share
+    return loss + coef * taken.balance_loss * share if coef else loss
 
 
 def route_mismatch(recorded: jax.Array, taken: jax.Array, known: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(mismatched, total) (token, layer) pairs among the ``known`` [N, T] tokens: pairs whose
     set of experts in ``taken`` differs from ``recorded`` (both [N, T, layers, k])."""
     differs = jnp.any(jnp.sort(recorded, -1) != jnp.sort(taken, -1), axis=-1)  # [N, T, layers]
-    k = known[..., None].astype(jnp.float32) * jnp.ones(differs.shape, jnp.float32)
+    k = jnp.broadcast_to(known[..., None], differs.shape).astype(jnp.float32)
     return (differs * k).sum(), k.sum()
 
 
@@ -97,11 +108,7 @@ class SFTLoss(NamedTuple):
         m = target_mask(batch).astype(jnp.float32)
         loss = L.aggregate(-lp, m, self.aggregation, denom)
         sums = {"tokens": m.sum(), "nll_sum": -(lp * m).sum()}
-        if taken is not None:
-            share = L.batch_share(m, self.aggregation, denom)
-            loss = loss + balance_term(model, taken, share)
-            sums["balance_loss_sum"] = taken.balance_loss * share
-        return loss, sums
+        return with_balance(model, taken, loss, sums, m, self.aggregation, denom), sums
 
 
 class GRPOLoss(NamedTuple):
@@ -152,8 +159,4 @@ class GRPOLoss(NamedTuple):
             kl = L.kl_k3(lp, batch["ref_logp"])
             loss = loss + self.kl_coef * L.aggregate(kl, m, self.aggregation, denom)
             sums["kl_sum"] = (kl * m).sum()
-        if taken is not None:
-            share = L.batch_share(m, self.aggregation, denom)
-            loss = loss + balance_term(model, taken, share)
-            sums["balance_loss_sum"] = taken.balance_loss * share
-        return loss, sums
+        return with_balance(model, taken, loss, sums, m, self.aggregation, denom), sums

@@ -50,8 +50,8 @@ class TokenTranscript:
         if routes.tokens > len(self.tokens):
             raise ValueError(f"routes cover {routes.tokens} tokens, the transcript has {len(self.tokens)}")
         self._routes_like = routes
-        known = routes.known()
-        for i, (row, ok) in enumerate(zip(routes.array(), known, strict=True)):
+        taken = routes.array()
+        for i, (row, ok) in enumerate(zip(taken, routes.known(taken), strict=True)):
             self._routes[len(self.tokens) - routes.tokens + i] = row if ok else None
 
     def routes(self) -> ExpertRoutes | None:

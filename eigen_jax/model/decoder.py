@@ -125,7 +125,8 @@ class Routes(NamedTuple):
     experts: jax.Array
     """[B, T, n_moe_layers, k] int32: the experts each token went to, per sparse layer."""
     balance_loss: jax.Array
-    """Scalar: the load-balancing loss over the real tokens (``moe.balance_loss``)."""
+    """Scalar: the load-balancing loss over the real tokens (``moe.balance_loss``); 0 in a call
+    with a KV cache (inference: nothing trains on it, and a decode step should not pay for it)."""
 
 
 REMAT_POLICIES = {
@@ -263,15 +264,19 @@ class Decoder(nnx.Module):
                 routings.append(routing)
             if new_cache is not None:
                 new_cache.append(c)
-        return self.norm(x), new_cache, self._routes(routings, b, t, mask if cache is None else None)
+        return self.norm(x), new_cache, self._routes(routings, b, t, mask, training=cache is None)
 
     @staticmethod
-    def _routes(routings: list[Routing], b: int, t: int, valid: jax.Array | None) -> Routes | None:
+    def _routes(
+        routings: list[Routing], b: int, t: int, valid: jax.Array | None, training: bool
+    ) -> Routes | None:
         if not routings:
             return None
+        experts = jnp.stack([r.experts.reshape(b, t, -1) for r in routings], axis=2)
+        if not training:
+            return Routes(experts, jnp.zeros((), jnp.float32))
         v = jnp.ones((b * t,), jnp.float32) if valid is None else valid.reshape(b * t)
         stats: list[BalanceStats] = [balance_stats(r, v) for r in routings]
-        experts = jnp.stack([r.experts.reshape(b, t, -1) for r in routings], axis=2)
         return Routes(experts, balance_loss(stats))
 
     def head(self) -> tuple[jax.Array, bool]:

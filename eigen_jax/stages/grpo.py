@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from eigen_core.routes import padded_routes
 from eigen_jax import losses as L
 from eigen_jax.learner import Learner, make_optimizer, merge_sums
 from eigen_jax.model import Decoder
@@ -75,15 +76,10 @@ def build_batch(
         out["advantages"][r] = advantages[r]
     if gens and gens[0].routes is not None:  # an MoE sampler's routes: the last tokens of each row
         like = gens[0].routes
-        out["routes"] = np.zeros((rows, length, like.layers, like.k), np.int32)
-        out["routes_known"] = np.zeros((rows, length), np.int32)
-        for r, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-            end = len(p) + len(g.tokens)
-            known = g.routes.known()
-            out["routes"][r, end - g.routes.tokens : end] = np.where(
-                known[:, None, None], g.routes.array(), 0
-            )
-            out["routes_known"][r, end - g.routes.tokens : end] = known
+        starts = [len(p) + len(g.tokens) - g.routes.tokens for p, g in zip(prompts, gens, strict=True)]
+        recs = [g.routes for g in gens] + [None] * (rows - len(gens))
+        routes, known = padded_routes(recs, length, like.layers, like.k, starts + [0] * (rows - len(gens)))
+        out.update(routes=routes, routes_known=known.astype(np.int32))
     return out
 
 
