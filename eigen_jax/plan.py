@@ -219,6 +219,15 @@ def _replay_arrays(arch: Any, shape: StageShape, mesh: Any) -> dict[str, Any]:
     }
 
 
+def _moe_report(cfg: RunConfig, arch: Any, platform: str) -> dict[str, str] | None:
+    """The MoE layers' grouped-matmul kernel and dispatch the compiled step used (None: dense)."""
+    from eigen_jax.model.moe import kernel_for
+
+    if not arch.moe_layers:
+        return None
+    return {"kernel": kernel_for(cfg.model.moe_kernel, platform), "dispatch": cfg.model.expert_dispatch}
+
+
 def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None) -> dict[str, Any]:
     """Compile ``stage``'s update for ``devices``; the per-device figures as a dict. ``chip`` (a
     ``CHIPS`` name) holds them against that chip instead of the devices' own kind: a stand-in
@@ -290,6 +299,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
         "attention": cfg.model.attention,
         "logits_chunk": cfg.model.logits_chunk,
         "remat": cfg.model.remat,
+        "moe": _moe_report(cfg, arch, devices[0].platform),
         "bytes": {"params": params_b, "opt_state": opt_b, "batch": batch_b, "temp": temp_b, "total": total},
         "hbm_bytes": hbm,
         "fits": False if refused else None if hbm is None else total <= hbm,
@@ -404,6 +414,8 @@ def _table(r: dict[str, Any]) -> str:
         )
         head += f"{r['micro_batches']} micro-batch(es), attention {r['attention']}, "
         head += f"LM-head chunk {r['logits_chunk'] or 'off'}, remat {r['remat']}"
+        if r.get("moe"):
+            head += f", experts: {r['moe']['kernel']} kernel, {r['moe']['dispatch']} dispatch"
     lines = [head, f"{'per device':<14}{'GiB':>10}"]
     for k, v in b.items():
         lines.append(f"{k:<14}{v / gib:>10.3f}")

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from eigen_jax.model import DecoderConfig, positions_from_mask
 from eigen_jax.model.hf import load_hf
-from eigen_jax.model.moe import Forced, grouped_ffn, route
+from eigen_jax.model.moe import Forced, grouped_ffn, grouped_matmul, kernel_for, route
 from eigen_jax.model.sharding import batch_sharding, make_mesh, shard_model, spec_for
 from eigen_jax.ops import next_token_logprobs
 
@@ -47,6 +47,40 @@ def test_grouped_ffn_equals_every_expert_on_every_token():
     g = jax.grad(lambda w: grouped_ffn(x, routing, w, up, down, jnp.float32).sum())(gate)
     for u in unused:
         assert float(jnp.abs(g[u]).max()) == 0.0
+
+
+def test_megablox_kernel_equals_ragged_dot():
+    """The Pallas grouped matmul (in its interpreter here) against XLA's ragged_dot: values and
+    both gradients, with an empty run, a last run that no kernel takes (other devices' experts)
+    and a row count that is not a multiple of its tile."""
+    rng = np.random.default_rng(3)
+    m, k, n = 45, 64, 48
+    a = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(4, k, n)), jnp.float32)
+    sizes = jnp.asarray([7, 0, 20, 9, 9], jnp.int32)  # the last 9 rows: nobody's here
+
+    def loss(kernel):
+        return lambda a, w: jnp.sum(jnp.sin(grouped_matmul(a, w, sizes, kernel, interpret=True)))
+
+    want = grouped_matmul(a, w, sizes, "ragged_dot")
+    got = grouped_matmul(a, w, sizes, "megablox", interpret=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got[36:]).max()) == 0.0
+    ga, gw = jax.grad(loss("megablox"), (0, 1))(a, w)
+    ra, rw = jax.grad(loss("ragged_dot"), (0, 1))(a, w)
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(ra), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(gw[1]).max()) == 0.0  # the empty run's kernel gets no gradient
+
+
+def test_kernel_choice():
+    assert kernel_for("auto", "tpu") == "megablox"
+    assert kernel_for("auto", "cpu") == kernel_for("auto", "gpu") == "ragged_dot"
+    assert kernel_for("megablox", "cpu", interpret=True) == "megablox"
+    with pytest.raises(ValueError, match="megablox is a TPU"):
+        kernel_for("megablox", "gpu")
+    with pytest.raises(ValueError, match=r"model\.moe_kernel 'gmm'"):
+        kernel_for("gmm", "tpu")
 
 
 def test_route_top_k_renormalisation_and_forced_rows():
@@ -161,23 +195,39 @@ def _run(model, *batch):
 MESHES = [((1, 2, 1, 4), "rows"), ((2, 1, 2, 2), "rows"), ((1, 4, 2, 1), "weights"), ((1, 1, 1, 8), "rows")]
 
 
-@pytest.mark.parametrize("shape, dispatch", [*MESHES, ((1, 2, 1, 4), "weights"), ((1, 2, 2, 2), "xla")])
-def test_expert_parallel_forward_loss_and_grads_match_single_device(moe, shape, dispatch):
+@pytest.mark.parametrize(
+    "shape, dispatch, kernel",
+    [
+        *((s, d, "ragged_dot") for s, d in MESHES[:3]),
+        pytest.param(*MESHES[3], "ragged_dot", marks=pytest.mark.slow),  # (default suite's time)
+        ((1, 2, 1, 4), "weights", "ragged_dot"),
+        pytest.param((1, 2, 2, 2), "xla", "ragged_dot", marks=pytest.mark.slow),
+        (None, "none", "megablox"),
+        ((1, 4, 2, 1), "weights", "megablox"),
+        ((2, 1, 2, 2), "rows", "megablox"),
+    ],
+)
+def test_expert_parallel_forward_loss_and_grads_match_single_device(moe, shape, dispatch, kernel):
     """The model knows its mesh (as every stage sets it up) and each device routes its own rows:
     ``rows`` keeps experts local and gathers the expert group's rows, ``weights`` gathers the
-    experts; ``xla``: the model does not know its mesh, XLA partitions the whole-batch dispatch."""
+    experts; ``xla``: the model does not know its mesh, XLA partitions the whole-batch dispatch.
+    The reference: one device, XLA's ragged_dot; ``megablox`` runs the Pallas kernel (interpreted)."""
     _, path = moe
     ids, mask, pos = _batch(256)
     ref_loss, (ref_x, ref_routes), ref_grads = _run(
         load_hf(path), *(jnp.asarray(a) for a in (ids, pos, mask))
     )
+    if shape is None:  # one device, no mesh
+        model = load_hf(path).use_attention("dense", interpret=True).use_experts(kernel)
+        assert model.layers[0].mlp.kernel == kernel
+        loss, (x, routes), grads = _run(model, *(jnp.asarray(a) for a in (ids, pos, mask)))
+        _same(loss, x, routes, grads, ref_loss, ref_x, ref_routes, ref_grads)
+        return
     mesh = make_mesh(shape)
     model = shard_model(load_hf(path), mesh)
     if dispatch != "xla":
-        for layer in model.layers:
-            if layer.sparse:
-                layer.mlp.dispatch = dispatch
-        model.use_attention("dense", mesh)
+        model.use_attention("dense", mesh, interpret=True).use_experts(kernel, dispatch)
+    assert model.layers[0].mlp.kernel == kernel
     w = model.layers[0].mlp.experts.gate_proj[...]
     assert w.sharding.spec == spec_for("layers.0.mlp.experts.gate_proj", w.shape, "qwen3_moe", mesh)
     if shape[3] > 1:
@@ -185,6 +235,10 @@ def test_expert_parallel_forward_loss_and_grads_match_single_device(moe, shape, 
         assert {s.data.shape[0] for s in w.addressable_shards} == {8 // shape[3]}  # each device: its experts
     batch = [jax.device_put(jnp.asarray(a), batch_sharding(mesh)) for a in (ids, pos, mask)]
     loss, (x, routes), grads = _run(model, *batch)
+    _same(loss, x, routes, grads, ref_loss, ref_x, ref_routes, ref_grads)
+
+
+def _same(loss, x, routes, grads, ref_loss, ref_x, ref_routes, ref_grads):
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(x), np.asarray(ref_x), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(routes), np.asarray(ref_routes))

@@ -233,3 +233,4 @@ def test_a_tiny_moe_with_experts_split_and_routing_replay_compiles_for_a_v5p_sli
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["fits"] is True and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}
+    assert report["moe"] == {"kernel": "megablox", "dispatch": "weights"}  # auto on TPU: the Pallas kernel

@@ -17,7 +17,15 @@ from jax.sharding import Mesh
 
 from eigen_jax.model.attention import IMPLS, AttnMask, attend
 from eigen_jax.model.config import DecoderConfig
-from eigen_jax.model.moe import BalanceStats, Forced, Routing, SparseMoE, balance_loss, balance_stats
+from eigen_jax.model.moe import (
+    BalanceStats,
+    Forced,
+    Routing,
+    SparseMoE,
+    balance_loss,
+    balance_stats,
+    kernel_for,
+)
 from eigen_jax.model.rope import apply_rope, inverse_frequencies, rope_tables
 from eigen_jax.ops import lm_logits
 
@@ -174,14 +182,27 @@ class Decoder(nnx.Module):
     def use_attention(self, impl: str, mesh: Mesh | None = None, *, interpret: bool = False) -> Decoder:
         """Compute attention with ``impl`` (``attention.IMPLS``) in every layer; ``mesh``: the one
         the model is sharded over (splash and MoE dispatch run under ``shard_map`` on it);
-        ``interpret`` runs the splash kernel in Pallas' interpreter (tests on CPU). Returns the model."""
+        ``interpret`` runs the Pallas kernels (splash, megablox) in Pallas' interpreter (tests on
+        CPU). Returns the model."""
         if impl not in IMPLS:
             raise ValueError(f"model.attention {impl!r}: expected one of {', '.join(IMPLS)}")
         for layer in self.layers:
             attn = layer.self_attn
             attn.impl, attn.mesh, attn.interpret = impl, mesh, interpret
             if layer.sparse:  # MoE layers dispatch each device's own rows on the mesh
-                layer.mlp.mesh = mesh
+                layer.mlp.mesh, layer.mlp.interpret = mesh, interpret
+        return self
+
+    def use_experts(self, kernel: str = "auto", dispatch: str = "weights") -> Decoder:
+        """MoE layers' grouped matmul (``model.moe_kernel``: ``moe.KERNELS`` or ``auto``, chosen by
+        the platform of the mesh ``use_attention`` set, else JAX's default backend) and expert
+        dispatch (``model.expert_dispatch``). Returns the model; a dense model is unchanged."""
+        for layer in self.layers:
+            if layer.sparse:
+                moe = layer.mlp
+                mesh = moe.mesh
+                platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+                moe.kernel, moe.dispatch = kernel_for(kernel, platform, moe.interpret), dispatch
         return self
 
     @property

@@ -2,8 +2,11 @@
 each expert a SwiGLU MLP that computes only the tokens routed to it.
 
 Dispatch is sort-based: the (token, expert) assignments are sorted by expert and each expert's
-contiguous run goes through one grouped matmul (``jax.lax.ragged_dot``), so compute scales with
-``num_experts_per_tok``, not ``num_experts``, and no token is ever dropped (no capacity factor).
+contiguous run goes through one grouped matmul, so compute scales with ``num_experts_per_tok``,
+not ``num_experts``, and no token is ever dropped (no capacity factor). Two grouped-matmul kernels
+(``KERNELS``, ``model.moe_kernel``): ``jax.lax.ragged_dot`` (XLA's; XLA:CPU and XLA:TPU expand it
+into dense per-expert work, XLA:GPU lowers it to cuDNN's grouped matmul where enabled) and the
+Pallas TPU kernel ``megablox`` (what MaxText uses), whose tiles visit only the routed rows.
 
 Routing replay: ``forced`` routes (recorded by the sampler for the tokens it generated) replace
 the router's own top-k choice on the rows marked for replay; the gate weights are still the
@@ -55,6 +58,54 @@ def route(logits: jax.Array, k: int, norm_topk_prob: bool, forced: Forced | None
     return Routing(top_i.astype(jnp.int32), top_w, probs)
 
 
+KERNELS: tuple[str, ...] = ("ragged_dot", "megablox")
+TILE_ROWS = 128  # megablox row tile: a tile straddling two experts' runs is computed for both,
+# so the waste is up to one tile per expert; 128 keeps it at 25% for 128 experts x 64k rows
+
+
+def kernel_for(choice: str, platform: str, interpret: bool = False) -> str:
+    """``model.moe_kernel`` resolved for a device ``platform``: ``auto`` is megablox on TPU,
+    ragged_dot elsewhere (megablox is a TPU kernel; off TPU it runs only in Pallas' interpreter)."""
+    if choice == "auto":
+        return "megablox" if platform == "tpu" else "ragged_dot"
+    if choice not in KERNELS:
+        raise ValueError(f"model.moe_kernel {choice!r}: expected auto or one of {', '.join(KERNELS)}")
+    if choice == "megablox" and platform != "tpu" and not interpret:
+        raise ValueError(
+            f"model.moe_kernel megablox is a TPU (Pallas) kernel and this run's devices are "
+            f"{platform}: use auto or ragged_dot"
+        )
+    return choice
+
+
+def _tile(d: int) -> int:
+    """A megablox block size along a contracted / output dimension: the largest of 512, 256, 128
+    dividing ``d`` (TPU blocks are multiples of 128 lanes), else the whole dimension."""
+    return next((t for t in (512, 256, 128) if d % t == 0), d)
+
+
+def grouped_matmul(
+    a: jax.Array, w: jax.Array, sizes: jax.Array, kernel: str = "ragged_dot", interpret: bool = False
+) -> jax.Array:
+    """Rows of ``a`` [M, K] in runs of ``sizes`` [G+1] (the last run: rows no kernel here takes),
+    run g times ``w[g]`` ([G, K, N]); rows of the last run come out 0. fp32 [M, N]."""
+    g = w.shape[0]
+    if kernel == "ragged_dot":
+        y = jax.lax.ragged_dot(a, w, sizes[:g], preferred_element_type=jnp.float32)
+        return jnp.where((jnp.arange(a.shape[0]) < jnp.sum(sizes[:g]))[:, None], y, 0.0)
+    from jax.experimental.pallas.ops.tpu.megablox import ops  # Pallas: only when asked for
+
+    m = a.shape[0]
+    tm = TILE_ROWS if m >= TILE_ROWS else -(-m // 16) * 16
+    pad = -m % tm  # megablox tiles whole rows: padding rows join the last (untaken) run
+    a = jnp.pad(a, ((0, pad), (0, 0)))
+    sizes = sizes.at[g].add(pad)
+    tiles = (tm, _tile(a.shape[1]), _tile(w.shape[2]))
+    # more group sizes than kernels: megablox computes runs 0..G-1 and zeroes the rest
+    y = ops.gmm(a, w, sizes, jnp.float32, tiles, None, None, False, interpret)
+    return y[:m]
+
+
 def grouped_ffn(
     x: jax.Array,
     routing: Routing,
@@ -63,12 +114,15 @@ def grouped_ffn(
     down: jax.Array,
     dtype,
     first: jax.Array | int | None = None,
+    kernel: str = "ragged_dot",
+    interpret: bool = False,
 ) -> jax.Array:
     """sum_j w_j * expert_{e_j}(x) per token: ``x`` [N, H]; expert kernels gate/up [E, H, I],
     down [E, I, H] ([in, out] per expert, as every kernel here). fp32 result [N, H].
 
     ``first``: the kernels are experts ``first .. first + E - 1`` of a larger set (expert
-    parallelism); assignments to any other expert contribute nothing here."""
+    parallelism); assignments to any other expert contribute nothing here. ``kernel``: the
+    grouped matmul (``KERNELS``); ``interpret`` runs megablox in Pallas' interpreter (CPU tests)."""
     n, k = routing.experts.shape
     e = gate.shape[0]
     flat = routing.experts.reshape(-1)
@@ -78,16 +132,14 @@ def grouped_ffn(
         flat, weights = jnp.where(mine, flat - first, e), jnp.where(mine, weights, 0.0)
     order = jnp.argsort(flat, stable=True)  # assignments grouped by expert
     token = order // k
-    sizes = jnp.bincount(flat, length=e + 1)[:e].astype(jnp.int32)
+    sizes = jnp.bincount(flat, length=e + 1).astype(jnp.int32)  # [E + 1]: the last, not ours
     xs = jnp.take(x.astype(dtype), token, axis=0)
 
     def mm(a, w):
-        return jax.lax.ragged_dot(a, w.astype(dtype), sizes, preferred_element_type=jnp.float32)
+        return grouped_matmul(a, w.astype(dtype), sizes, kernel, interpret)
 
     h = (jax.nn.silu(mm(xs, gate)) * mm(xs, up)).astype(dtype)
-    y = mm(h, down)
-    sorted_w = jnp.take(weights, order)
-    y = jnp.where((sorted_w != 0)[:, None], y * sorted_w[:, None], 0.0)  # rows past the groups: 0
+    y = mm(h, down) * jnp.take(weights, order)[:, None]
     return jnp.zeros((n, x.shape[-1]), jnp.float32).at[token].add(y)
 
 
@@ -165,6 +217,7 @@ class SparseMoE(nnx.Module):
         self.k, self.norm, self.dtype = cfg.num_experts_per_tok, cfg.norm_topk_prob, dtype
         self.mesh: Mesh | None = None
         self.dispatch = "weights"  # or "rows" (``model.expert_dispatch``)
+        self.kernel, self.interpret = "ragged_dot", False  # ``model.moe_kernel``, resolved
 
     def __call__(self, x: jax.Array, forced: Forced | None = None) -> tuple[jax.Array, Routing]:
         """``x`` [B, T, H] -> (output [B, T, H], routing of the B*T tokens)."""
@@ -174,7 +227,18 @@ class SparseMoE(nnx.Module):
         k = self.k
         fe = jnp.zeros((b, t, k), jnp.int32) if forced is None else forced.experts.reshape(b, t, k)
         fu = jnp.zeros((b, t), bool) if forced is None else forced.use.reshape(b, t)
-        run = functools.partial(_moe_rows, k=k, norm=self.norm, dtype=self.dtype, replay=forced is not None)
+        kernel = self.kernel
+        if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) != 0:
+            kernel = "ragged_dot"  # XLA partitions this call itself, and cannot split a Pallas one
+        run = functools.partial(
+            _moe_rows,
+            k=k,
+            norm=self.norm,
+            dtype=self.dtype,
+            replay=forced is not None,
+            kernel=kernel,
+            interpret=self.interpret,
+        )
         if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) == 0:
             run = _on_mesh(run, self.mesh, weights, self.dispatch)  # (rows that do not split: XLA partitions)
         y, experts, gate_w, probs = run(x, *weights, fe, fu)
@@ -183,7 +247,22 @@ class SparseMoE(nnx.Module):
 
 
 def _moe_rows(
-    x, router, gate, up, down, forced_experts, forced_use, *, k, norm, dtype, replay, tensor=None, expert=None
+    x,
+    router,
+    gate,
+    up,
+    down,
+    forced_experts,
+    forced_use,
+    *,
+    k,
+    norm,
+    dtype,
+    replay,
+    kernel,
+    interpret,
+    tensor=None,
+    expert=None,
 ):
     """One MoE layer on rows ``x`` [b, t, H]: (output, experts [b, t, k], their weights, probs).
     ``tensor``: the mesh axis the experts' hidden units are split over (partial sums added);
@@ -196,12 +275,12 @@ def _moe_rows(
     forced = Forced(forced_experts.reshape(b * t, k), forced_use.reshape(b * t)) if replay else None
     r = route(logits, k, norm, forced)
     if expert is None:
-        y = grouped_ffn(flat, r, gate, up, down, dtype)
+        y = grouped_ffn(flat, r, gate, up, down, dtype, kernel=kernel, interpret=interpret)
     else:
         gather = functools.partial(jax.lax.all_gather, axis_name=expert, tiled=True)
         group = Routing(gather(r.experts), gather(r.weights), r.probs)  # probs: not needed here
         first = jax.lax.axis_index(expert) * gate.shape[0]
-        y_all = grouped_ffn(gather(flat), group, gate, up, down, dtype, first=first)
+        y_all = grouped_ffn(gather(flat), group, gate, up, down, dtype, first, kernel, interpret)
         y = jax.lax.psum_scatter(y_all, expert, scatter_dimension=0, tiled=True)
     if tensor is not None:
         y = jax.lax.psum(y, tensor)

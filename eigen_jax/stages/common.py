@@ -102,10 +102,7 @@ def configure(model: Decoder, m: ModelSection, mesh) -> Decoder:
     """Apply the model section's compute options (remat, attention, LM-head chunks) to ``model``
     on ``mesh``: what a built or loaded model and ``eigen_jax.plan``'s abstract one share."""
     model.remat, model.logits_chunk = m.remat, m.logits_chunk
-    for layer in model.layers:
-        if layer.sparse:
-            layer.mlp.dispatch = m.expert_dispatch
-    return model.use_attention(m.attention, mesh)
+    return model.use_attention(m.attention, mesh).use_experts(m.moe_kernel, m.expert_dispatch)
 
 
 def episode_engine(
