@@ -7,7 +7,9 @@ horizontally and a dead one costs only its in-flight episodes (``rollout.remote`
 another server).
 
     POST /episode  {"task": Task, "seed": int, "group_id": str, "sample_index": int,
-                    "temperature": float, "version": int}      -> Trajectory (reward filled in)
+                    "temperature": float, "version": int,
+                    "routes": RouteLayout (optional: an MoE policy's, under routing replay)}
+                                                              -> Trajectory (reward filled in)
     POST /version  {"version": int}   the policy version the agent engine now serves
     GET  /health                      -> {"ok": true, "episodes": n, "in_flight": k, "version": v}
 """
@@ -28,6 +30,7 @@ from eigen_core.config import DomainConfig, EndpointSection, PoolConfig, ServerS
 from eigen_core.configio import Section, add_config_args, config_from_args
 from eigen_core.contracts import Task
 from eigen_core.domains import get_domain
+from eigen_core.routes import RouteLayout
 from eigen_core.tokenizer import Tokenizer
 from rollout.config import EpisodeConfig, episode_settings
 from rollout.http_auth import bearer_auth, server_token
@@ -100,6 +103,7 @@ class RolloutServer:
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0, not {temperature}")
             announced = int(body.get("version", 0))
+            routes = None if body.get("routes") is None else RouteLayout.model_validate(body["routes"])
             if snapshots.is_snapshot(ref := task.initial_state.reference):
                 snapshots.read(ref)
         except snapshots.SnapshotError as e:
@@ -117,6 +121,7 @@ class RolloutServer:
             temperature=temperature,
             user_engine=self.user,
             user_tok=self.user_tok,
+            routes=routes,
         )
         self.in_flight += 1
         try:

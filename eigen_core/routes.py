@@ -10,6 +10,7 @@ whose routes are unknown (context the engine never computed, or a dense engine's
 from __future__ import annotations
 
 import base64
+import io
 from typing import Literal
 
 import numpy as np
@@ -106,3 +107,64 @@ def padded_routes(
         out[r, start : start + n] = np.where(m[:, None, None], a, 0)
         known[r, start : start + n] = m
     return out, known
+
+
+class RouteLayout(BaseModel):
+    """Where an MoE policy's routes sit in an engine's answer: what a client needs to turn
+    vLLM's per-layer ``routed_experts`` into ``ExpertRoutes`` (sparse layers only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    moe_layers: tuple[int, ...] = Field(min_length=1)
+    """The decoder layers that are sparse (vLLM answers for every layer)."""
+    num_experts: int = Field(ge=1)
+    k: int = Field(ge=1)
+    """Experts per token."""
+
+
+def _npy_b64(a: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def routes_from_vllm(data: str, layout: RouteLayout, tokens: int) -> ExpertRoutes:
+    """vLLM's ``routed_experts`` (base64 of a ``.npy`` [n, layers, k] array: the experts of every
+    token from ``routed_experts_prompt_start`` on, but the last sampled one, which no forward pass
+    has seen) -> ``ExpertRoutes`` of the request's last n + 1 tokens, that last one unknown.
+    ``tokens``: prompt + completion tokens of the request (n is at most ``tokens`` - 1). Ids of
+    ``num_experts`` or more mark unknown tokens (``eigen_jax.serve``'s prefix-cache hits)."""
+    try:
+        a = np.load(io.BytesIO(base64.b64decode(data, validate=True)), allow_pickle=False)
+    except (ValueError, TypeError, OSError) as e:
+        raise ValueError(f"routed_experts: not a base64 .npy array ({e})") from None
+    need = max(layout.moe_layers) + 1
+    if a.ndim != 3 or a.shape[1] < need or a.shape[2] != layout.k or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(
+            f"routed_experts: shape {a.shape} ({a.dtype}), "
+            f"expected [tokens, >= {need} layers, {layout.k}] expert ids"
+        )
+    if a.shape[0] > tokens - 1:
+        raise ValueError(f"routed_experts: {a.shape[0]} tokens, more than the request's {tokens} - 1")
+    ids = a[:, list(layout.moe_layers)].astype(np.int64)
+    ids = np.where((ids < 0) | (ids >= layout.num_experts), -1, ids)
+    last = np.full((1, len(layout.moe_layers), layout.k), -1)
+    return ExpertRoutes.from_array(np.concatenate([ids, last]), width_for(layout.num_experts))
+
+
+def routes_to_vllm(
+    routes: ExpertRoutes | None, layout: RouteLayout, num_layers: int, tokens: int, start: int
+) -> str:
+    """The inverse, for a server that answers as vLLM does: ``routes`` covers the last
+    ``routes.tokens`` of the request's ``tokens``; the answer covers tokens ``start`` .. ``tokens``
+    - 2, every layer (dense layers' rows 0), tokens without routes marked by the dtype's largest
+    id."""
+    width = width_for(layout.num_experts)
+    dtype = np.dtype("<u1" if width == 1 else "<u2")
+    n = max(tokens - 1 - start, 0)
+    out = np.zeros((n, num_layers, layout.k), dtype)
+    full = np.full((tokens, len(layout.moe_layers), layout.k), np.iinfo(dtype).max, dtype)
+    if routes is not None and routes.tokens:
+        full[tokens - routes.tokens :] = routes.array().astype(dtype)
+    out[:, list(layout.moe_layers)] = full[start : start + n]
+    return _npy_b64(out)

@@ -26,16 +26,20 @@ import numpy as np
 @dataclass
 class CachedPrefix:
     """One served sequence: its token ids and their keys and values ([layers, len, kv_heads,
-    head_dim] each, the cache's layout), computed by the weights tagged ``version``."""
+    head_dim] each, the cache's layout), computed by the weights tagged ``version``; an MoE
+    sampler that records routes keeps theirs too (``routes``), so a hit still reports them."""
 
     tokens: np.ndarray
     k: np.ndarray
     v: np.ndarray
     version: int
+    routes: np.ndarray | None = None
+    """[len, moe_layers, k] expert ids of each token (-1: none recorded), or None."""
 
     @property
     def nbytes(self) -> int:
-        return self.tokens.nbytes + self.k.nbytes + self.v.nbytes
+        extra = 0 if self.routes is None else self.routes.nbytes
+        return self.tokens.nbytes + self.k.nbytes + self.v.nbytes + extra
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:

@@ -204,6 +204,16 @@ def _generate(
     return s["tok"], s["lp"], s["n"], s["stopped"], (s["cache"] if return_cache else None), routes
 
 
+def _route_rows(routes: ExpertRoutes | None, tokens: int) -> np.ndarray | None:
+    """[tokens, layers, k] ids of a sequence whose last ``routes.tokens`` have routes (-1: none)."""
+    if routes is None:
+        return None
+    a = routes.array()
+    a[~routes.known(a)] = -1
+    lead = np.full((tokens - len(a), *a.shape[1:]), -1, np.int32)
+    return np.concatenate([lead, a])
+
+
 class Sampler:
     """In-process ``InferenceEngine`` over a ``Decoder``.
 
@@ -222,8 +232,9 @@ class Sampler:
             own).
         keep_versions: how many of the latest weight versions stay servable by ``version`` (a
             lockstep cohort, ``rollout.lockstep``, runs wholly on the version it was pinned to).
-        record_routes: (MoE models) return with every generation the experts each token it
-            computed went to (``Generation.routes``), for routing replay in the learner.
+        record_routes: (MoE models) return with every generation the experts each token went to
+            (``Generation.routes``: the prompt's and the completion's; a prefix-cache hit's as
+            recorded when they were computed), for routing replay in the learner.
     """
 
     def __init__(
@@ -379,7 +390,9 @@ class Sampler:
                 logprobs=out_lp[r, : lengths[r]].tolist(),
                 finish_reason="stop" if stopped[r] else "length",
                 version=version,
-                routes=None if routes is None else self._routes(routes, r, len(news[r]), int(lengths[r])),
+                routes=None
+                if routes is None
+                else self._routes(routes, r, len(news[r]), int(lengths[r]), hits[r]),
             )
             for r in range(len(prompts))
         ]
@@ -387,12 +400,17 @@ class Sampler:
             self._keep(store, cache, prompts, hits, gens, cpre, p, weights_id)
         return gens
 
-    def _routes(self, routes, r: int, computed: int, generated: int) -> ExpertRoutes:
-        """Row ``r``'s routes: its ``computed`` prompt tokens (the last columns: left padding),
-        then its ``generated`` tokens."""
+    def _routes(self, routes, r: int, computed: int, generated: int, hit) -> ExpertRoutes:
+        """Row ``r``'s routes: those its prefix-cache ``hit`` kept (if any), its ``computed``
+        prompt tokens (the last columns: left padding), then its ``generated`` tokens."""
         prompt, decoded = routes
-        taken = np.concatenate([prompt[r, prompt.shape[1] - computed :], decoded[r, :generated]])
-        return ExpertRoutes.from_array(taken.astype(np.int32), self.route_width)
+        taken = np.concatenate([prompt[r, prompt.shape[1] - computed :], decoded[r, :generated]]).astype(
+            np.int32
+        )
+        used, entry = hit
+        if used and entry is not None and entry.routes is not None:
+            taken = np.concatenate([entry.routes[:used].astype(np.int32), taken])
+        return ExpertRoutes.from_array(taken, self.route_width)
 
     def _weights(self, version: int | None) -> tuple[nnx.State, int, int]:
         """(weights, version, weights id) of ``version`` (None: the current ones)."""
@@ -456,7 +474,7 @@ class Sampler:
             k = np.stack([layer.k[r, slots] for layer in cache])
             v = np.stack([layer.v[r, slots] for layer in cache])
             ids = np.asarray(list(x) + g.tokens, np.int32)
-            store.put(CachedPrefix(ids, k, v, weights_id))
+            store.put(CachedPrefix(ids, k, v, weights_id, _route_rows(g.routes, len(ids))))
 
     async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
         """Queue one request; requests that arrive while a batch runs form the next batch (inside

@@ -8,10 +8,11 @@ Its config has two sections, ``server`` (where it listens) and ``served`` (the c
 flag is an alias of one of their keys (``FLAGS``).
 
 Routes (as vLLM's): ``POST /v1/completions`` (token-id or text prompt; ``return_token_ids``;
-``logprobs``), ``POST /v1/chat/completions`` (messages + tools, Qwen/Hermes tool calls parsed into
-``tool_calls``), ``GET /v1/models``, ``GET /health``; and for weight sync ``POST /pause``
-(waits for in-flight requests; new ones wait), ``/collective_rpc`` with method
-``reload_weights`` and ``kwargs.weights_path`` (an HF safetensors directory), ``/reset_prefix_cache``
+``logprobs``; an MoE's ``routed_experts`` with ``served.routed_experts``), ``POST
+/v1/chat/completions`` (messages + tools, Qwen/Hermes tool calls parsed into ``tool_calls``), ``GET
+/v1/models``, ``GET /health``; and for weight sync ``POST /pause`` (waits for in-flight requests;
+new ones wait), ``/collective_rpc`` with method ``reload_weights`` and ``kwargs.weights_path`` (an
+HF safetensors directory), ``/reset_prefix_cache``
 (drops the prefix cache) and ``/resume``. Logprobs are those of softmax(logits / temperature),
 what the learner recomputes. ``n`` and ``stream`` are implemented; any other request field we do
 not implement is refused by name (``serve_protocol``). Bound beyond loopback it needs an API key
@@ -36,6 +37,7 @@ from pydantic import Field
 from eigen_core.chat_format import ChatFormat
 from eigen_core.config import ServerSection, env_secret
 from eigen_core.configio import Section, add_config_args, add_flag_aliases, alias_overrides, config_from_args
+from eigen_core.routes import RouteLayout, routes_to_vllm
 from eigen_core.tokenizer import Tokenizer
 from eigen_jax.model.hf import load_hf
 from eigen_jax.sampler import ContextOverflow, Sampler
@@ -127,6 +129,14 @@ class Server:
             },
         }
 
+    def _routes(self, gen, prompt_len: int, start: int) -> str:
+        """vLLM's ``routed_experts`` of one completion (``served.routed_experts``)."""
+        cfg = self.sampler.cfg
+        layout = RouteLayout(
+            moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok
+        )
+        return routes_to_vllm(gen.routes, layout, cfg.num_hidden_layers, prompt_len + len(gen.tokens), start)
+
     # -- routes ------------------------------------------------------------------------------
     async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         check_fields(body, "completions")
@@ -145,6 +155,11 @@ class Server:
         if logprobs not in (None, 0) or isinstance(logprobs, bool):
             raise BadRequest("logprobs: only 0 (the sampled token's logprob) is supported, not top-k")
         sp = self._sampling(body, [])
+        start = body.get("routed_experts_prompt_start") or 0
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= len(ids):
+            raise BadRequest(
+                f"routed_experts_prompt_start must be an integer in 0 .. {len(ids)}, not {start!r}"
+            )
         gens = await self._generate_n(ids, sp, int(body.get("n") or 1))
         skip = bool(body.get("skip_special_tokens", False))
         choices = []
@@ -162,6 +177,8 @@ class Server:
                     "tokens": [self.tok.decode([t]) for t in gen.tokens],
                     "token_logprobs": gen.logprobs,
                 }
+            if self.sampler.route_width is not None:
+                choice["routed_experts"] = self._routes(gen, len(ids), start)
             choices.append(choice)
         return self._answer("text_completion", ids, gens, choices, body.get("model"))
 
@@ -326,6 +343,11 @@ class ServedModelSection(Section):
     tokens); 0: off."""
     empty_think: bool = False
     """Qwen3 chat turns open with an empty <think> block."""
+    routed_experts: bool = False
+    """MoE models: each completion choice carries ``routed_experts``, the experts of every token
+    of the request but the last, in vLLM's format (``--enable-return-routed-experts``): what
+    routing replay through rollout servers reads. Tokens served from the prefix cache have none
+    (marked by the id dtype's largest value)."""
 
 
 class ServeConfig(Section):
@@ -345,6 +367,7 @@ FLAGS = {
     "--max-len": ("served.max_len", int),
     "--prefix-cache-mb": ("served.prefix_cache_mb", float),
     "--empty-think": ("served.empty_think", bool),
+    "--enable-return-routed-experts": ("served.routed_experts", bool),
     "--host": ("server.host", str),
     "--port": ("server.port", int),
     "--progress-every": ("server.progress_every", float),
@@ -382,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         pad_id=tok.pad_id,
         max_len=m.max_len,
         prefix_cache_mb=m.prefix_cache_mb,
+        record_routes=m.routed_experts,
     )
     server = Server(
         sampler,

@@ -40,7 +40,7 @@ _SHARED_NOOP: dict[str, tuple[Any, ...]] = {
 }
 _ROUTES: dict[str, tuple[set[str], dict[str, tuple[Any, ...]]]] = {
     "completions": (
-        {"prompt", "logprobs", "return_token_ids"},
+        {"prompt", "logprobs", "return_token_ids", "routed_experts_prompt_start"},
         {"echo": (None, False), "best_of": (None, 1), "suffix": (None, "")},
     ),
     "chat": (

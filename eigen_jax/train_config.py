@@ -323,7 +323,9 @@ class GRPOSection(Section):
     routes each token the sampler computed through the experts the sampler recorded (R3; the
     gate weights stay the learner's), so a token's logprob is recomputed through the experts
     that produced it. Off, the share of (token, layer) routes that differ is still reported
-    (``route_mismatch_frac``). Needs the embedded engine (``grpo.remote.servers`` empty)."""
+    (``route_mismatch_frac``). With rollout servers (``grpo.remote``), the policy engine must
+    return routed experts: vLLM with ``--enable-return-routed-experts`` (its GPU builds) or
+    ``eigen_jax.serve`` with ``served.routed_experts``; an answer without them stops the run."""
     episodes: GRPOEpisodesSection = GRPOEpisodesSection()
     """``source: episodes``: tasks, shaping and the asynchronous controller."""
     remote: RemoteRolloutsSection = RemoteRolloutsSection()

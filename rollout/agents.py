@@ -52,7 +52,8 @@ class TokenTranscript:
         self._routes_like = routes
         taken = routes.array()
         for i, (row, ok) in enumerate(zip(taken, routes.known(taken), strict=True)):
-            self._routes[len(self.tokens) - routes.tokens + i] = row if ok else None
+            if ok:  # an unknown row (a prefix-cache hit, vLLM's last token) keeps what an earlier call saw
+                self._routes[len(self.tokens) - routes.tokens + i] = row
 
     def routes(self) -> ExpertRoutes | None:
         """The recorded routes of every token (None when the engine recorded none)."""

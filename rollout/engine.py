@@ -11,7 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import Field
 
 from eigen_core.contracts import Contract
-from eigen_core.routes import ExpertRoutes
+from eigen_core.routes import ExpertRoutes, RouteLayout
 
 
 class ContextOverflow(ValueError):
@@ -32,6 +32,11 @@ class SamplingParams(Contract):
     """Generation ends after emitting any of these (the stop token is included in the output)."""
     seed: int | None = None
     """Per-request seed; None draws from the engine's own stream."""
+    routes: RouteLayout | None = None
+    """MoE policies (``grpo.routing_replay``): return the experts of every token with the
+    completion (``Generation.routes``); an HTTP engine reads them, in this layout, from the
+    server's ``routed_experts`` (vLLM's ``--enable-return-routed-experts``). The embedded sampler
+    records them when built with ``record_routes``."""
 
 
 class Generation(Contract):
@@ -45,8 +50,7 @@ class Generation(Contract):
     """Policy version of the weights that generated every token of this completion."""
     routes: ExpertRoutes | None = None
     """MoE engines that record routes: the experts of the last ``routes.tokens`` tokens of
-    prompt + completion (the prompt tokens this call computed, i.e. not served from a prefix
-    cache, then every generated token)."""
+    prompt + completion (rows of tokens the engine has no routes for are unknown)."""
 
 
 @runtime_checkable

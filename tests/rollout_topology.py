@@ -40,8 +40,9 @@ def _wait_health(url, proc, timeout=180):
     raise TimeoutError(url)
 
 
-def pool_and_agent(tmp_path):
-    """A pool, the run's tokenizer (in tmp/tok) and a random tiny agent (tmp/agent)."""
+def pool_and_agent(tmp_path, arch: dict | None = None):
+    """A pool, the run's tokenizer (in tmp/tok) and a random tiny agent (tmp/agent; ``arch``
+    overrides TINY_ARCH's fields)."""
     cfg = load_config(
         RunConfig,
         ROOT / "configs/quickstart.yaml",
@@ -58,7 +59,7 @@ def pool_and_agent(tmp_path):
 
     tok = stage_context(cfg).tok
     tok.save(tmp_path / "tok")
-    arch = {**TINY_ARCH, "vocab_size": -(-tok.vocab_size // 64) * 64}
+    arch = {**TINY_ARCH, **(arch or {}), "vocab_size": -(-tok.vocab_size // 64) * 64}
     save_hf(
         Decoder(DecoderConfig.from_hf(arch), rngs=nnx.Rngs(0)),
         tmp_path / "agent",
@@ -67,15 +68,19 @@ def pool_and_agent(tmp_path):
 
 
 @contextlib.contextmanager
-def topology(tmp_path, rate: float = 0.2):
-    """A policy engine and two rollout servers, each behind a fault proxy injecting ``rate`` of
-    faults of every kind; yields the processes and their ports (the proxies': fe, f1, f2)."""
+def topology(
+    tmp_path, rate: float = 0.2, engine_args: tuple[str, ...] = (), server_args: tuple[str, ...] = ()
+):
+    """A policy engine (``eigen_jax.serve`` with ``engine_args``) and two rollout servers (with
+    ``server_args`` overrides), each behind a fault proxy injecting ``rate`` of faults of every
+    kind; yields the processes and their ports (the proxies': fe, f1, f2)."""
     logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("engine", "r1", "r2", "fe", "f1", "f2")}
     ep, p1, p2 = free_port(), free_port(), free_port()
     fe, f1, f2 = free_port(), free_port(), free_port()  # fault proxies in front of each
     procs = {
         "engine": _launch(
-            ["eigen_jax.serve", "--model", str(tmp_path / "agent"), "--port", str(ep)], logs["engine"]
+            ["eigen_jax.serve", "--model", str(tmp_path / "agent"), "--port", str(ep), *engine_args],
+            logs["engine"],
         )
     }
     for name, port, up, seed in (("fe", fe, ep, 1), ("f1", f1, p1, 2), ("f2", f2, p2, 3)):
@@ -91,7 +96,7 @@ def topology(tmp_path, rate: float = 0.2):
                 "agent.timeout_s=30", "agent.max_retries=6", "agent.model=agent",
                 f"agent.tokenizer={tmp_path / 'tok'}",
                 "episode.user=scripted", "episode.turn_tokens=16", "episode.max_steps=3",
-                "episode.max_len=1024", "server.progress_every=1",
+                "episode.max_len=1024", "server.progress_every=1", *server_args,
             ],
             logs[name],
         )  # fmt: skip

@@ -9,7 +9,14 @@ from flax import nnx
 from hf_models import write_tiny
 
 from eigen_core.contracts import Termination, Trajectory
-from eigen_core.routes import ExpertRoutes, padded_routes, width_for
+from eigen_core.routes import (
+    ExpertRoutes,
+    RouteLayout,
+    padded_routes,
+    routes_from_vllm,
+    routes_to_vllm,
+    width_for,
+)
 from eigen_jax.model import positions_from_mask
 from eigen_jax.model.hf import load_hf
 from eigen_jax.objectives import forward_stats, sequence_logprobs
@@ -80,7 +87,8 @@ def test_a_multi_turn_transcript_carries_every_computed_tokens_routes(moe_path):
     t.add_generated(g1.tokens, g1.logprobs, g1.version, g1.routes)
     t.add_context([11, 12, 13])  # a tool reply
     g2 = sampler.generate_batch([t.tokens], SamplingParams(max_new_tokens=4, seed=2))[0]
-    assert g2.routes.tokens < len(t.tokens) + len(g2.tokens)  # the cached prefix was not recomputed
+    assert sampler.prefix_cache.hit_rate > 0  # the cached prefix was not recomputed: its routes were kept
+    assert g2.routes.tokens == len(t.tokens) + len(g2.tokens) and g2.routes.known().all()
     t.add_generated(g2.tokens, g2.logprobs, g2.version, g2.routes)
     routes = t.routes()
     assert routes.tokens == len(t.tokens) and routes.known().all()
@@ -88,6 +96,76 @@ def test_a_multi_turn_transcript_carries_every_computed_tokens_routes(moe_path):
     np.testing.assert_array_equal(routes.array(), own)  # fp32: the same experts either way
     t.add_context([1])
     assert not t.routes().known()[-1]  # context no call has computed yet
+
+
+def _layout(cfg):
+    return RouteLayout(moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok)
+
+
+def test_vllms_routed_experts_format_and_its_errors():
+    """vLLM answers [tokens - 1, every layer, k] from ``routed_experts_prompt_start`` on (the last
+    sampled token never went through the model); we keep the sparse layers, the last token unknown."""
+    layout = RouteLayout(moe_layers=(0, 2), num_experts=8, k=2)
+    rng = np.random.default_rng(0)
+    ours = ExpertRoutes.from_array(rng.integers(0, 8, (7, 2, 2)), 1)  # the last 7 of 10 tokens
+    wire = routes_to_vllm(ours, layout, num_layers=3, tokens=10, start=1)
+    import base64
+    import io
+
+    a = np.load(io.BytesIO(base64.b64decode(wire)))
+    assert a.shape == (8, 3, 2) and a.dtype == np.uint8  # tokens 1..8
+    assert (a[:, 1] == 0).all() and (a[:2, [0, 2]] == 255).all()  # dense layer; tokens not computed
+    back = routes_from_vllm(wire, layout, tokens=10)
+    assert back.tokens == 9 and back.known().tolist() == [False, False] + [True] * 6 + [False]
+    np.testing.assert_array_equal(back.array()[2:8], ours.array()[:6])
+    with pytest.raises(ValueError, match="more than the request's 5 - 1"):
+        routes_from_vllm(wire, layout, tokens=5)
+    with pytest.raises(ValueError, match=r"expected \[tokens, >= 3 layers, 3\]"):
+        routes_from_vllm(wire, layout.model_copy(update={"k": 3}), tokens=10)
+    with pytest.raises(ValueError, match=r"not a base64 \.npy"):
+        routes_from_vllm("bm90IG5weQ==", layout, tokens=10)
+
+
+def test_routes_over_http_as_vllm_returns_them(moe_path):
+    """``eigen_jax.serve --enable-return-routed-experts`` answers as vLLM does; the HTTP engine
+    reads the routes into a multi-turn transcript (prefix-cache hits keep the first call's), which
+    ends with every computed token's routes: the learner's own."""
+    from http_helpers import run_with
+
+    from eigen_core.tokenizer import build_small_tokenizer
+    from eigen_jax.serve import Server
+    from rollout.http_engine import EngineError, HTTPEngine
+
+    model = load_hf(moe_path)
+    tok = build_small_tokenizer(["route every token through its experts"] * 10, 200)
+    sp = SamplingParams(max_new_tokens=5, seed=1, routes=_layout(model.cfg))
+    t = TokenTranscript()
+
+    async def go(url):
+        async with HTTPEngine(url, "m") as eng:
+            t.add_context([3, 4, 5, 6])
+            g1 = await eng.generate(t.tokens, sp)
+            t.add_generated(g1.tokens, g1.logprobs, g1.version, g1.routes)
+            t.add_context([11, 12, 13])
+            g2 = await eng.generate(t.tokens, sp.model_copy(update={"seed": 2}))
+            t.add_generated(g2.tokens, g2.logprobs, g2.version, g2.routes)
+            return g1, g2
+
+    sampler = Sampler(model, record_routes=True, prefix_cache_mb=16)
+    g1, _ = run_with(Server(sampler, tok, "m").app(), go)
+    assert g1.routes.tokens == 4 + len(g1.tokens) and not g1.routes.known()[-1]
+    assert sampler.prefix_cache.hit_rate > 0  # the second turn's prefix came from the cache
+    routes = t.routes()
+    known = routes.known()
+    assert known[:-1].all() and not known[-1]  # the very last token: no forward pass saw it
+    np.testing.assert_array_equal(routes.array()[:-1], _own_routes(model, t.tokens)[:-1])
+
+    async def without(url):
+        async with HTTPEngine(url, "m", max_retries=0) as eng:
+            await eng.generate([3, 4], sp)
+
+    with pytest.raises(EngineError, match=r"returned no routed_experts.*enable-return-routed-experts"):
+        run_with(Server(Sampler(model), tok, "m").app(), without)
 
 
 def _batch(sampler, seed):
@@ -205,3 +283,40 @@ def test_sft_and_grpo_with_routing_replay_on_a_tiny_moe(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all("route_mismatch_frac" not in r for r in rows)  # replayed: the learner takes the sampler's
     assert summary["grpo"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_grpo_with_routing_replay_through_rollout_servers(tmp_path):
+    """The learner, two rollout servers and a policy engine that returns routed experts as vLLM
+    does (``eigen_jax.serve --enable-return-routed-experts``): the servers' trajectories carry
+    the routes and the update replays them."""
+    from rollout_topology import ROOT, pool_and_agent, topology
+
+    from eigen_core.configio import load_config
+    from eigen_jax.config import RunConfig
+    from eigen_jax.train import run
+
+    moe = {"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64}
+    pool_and_agent(tmp_path, {**moe, "head_dim": 32})
+    routed = ("--enable-return-routed-experts",)
+    with topology(tmp_path, 0.0, routed, ("episode.max_len=4096",)) as (_, ports):
+        cfg = load_config(
+            RunConfig,
+            ROOT / "configs/quickstart.yaml",
+            [
+                f"run.out_dir={tmp_path}/run", f"pool.dir={tmp_path}/run/pool", "run.progress=false",
+                "run.stages=[grpo]", f"model.hf_dir={tmp_path / 'agent'}",
+                f"model.tokenizer={tmp_path / 'tok'}", "episode.user=scripted", "episode.turn_tokens=16",
+                "episode.max_steps=3", "episode.prompt=full", "episode.max_len=4096",
+                "grpo.steps=2", "grpo.tasks_per_step=2", "grpo.group_size=2", "grpo.filter_groups=false",
+                "grpo.episodes.deterministic=false", "grpo.heldout.every=null", "grpo.routing_replay=true",
+                f"grpo.remote.servers=[http://127.0.0.1:{ports['f1']},http://127.0.0.1:{ports['f2']}]",
+                f"grpo.remote.agent.url=http://127.0.0.1:{ports['fe']}", "grpo.remote.agent.model=agent",
+            ],
+        )  # fmt: skip
+        assert run(cfg)["grpo"]["steps"] == 2
+    rows = _rows(tmp_path / "run/grpo/metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["agent_tokens"] > 0 for r in rows)
+    # every token but each episode's very last (no forward pass saw it) was replayed
+    assert all(0.9 < r["replayed_frac"] < 1.0 for r in rows)
+    assert all("route_mismatch_frac" not in r for r in rows)

@@ -143,8 +143,12 @@ class GRPOUpdate:
         host = self._padded(host)
         batch = learner.put(host)
         extra: dict[str, float] = {}
-        if "routes" in batch and g.routing_replay:  # an MoE policy's recorded routes, replayed
-            batch = {**batch, "replay": batch["routes_known"] > 0}
+        if g.routing_replay:  # an MoE policy's recorded routes, replayed where known
+            real = max(float(np.sum(host["attn_mask"])), 1.0)
+            known = float(np.sum(host["routes_known"] * host["attn_mask"])) if "routes" in host else 0.0
+            extra["replayed_frac"] = known / real
+            if "routes" in batch:
+                batch = {**batch, "replay": batch["routes_known"] > 0}
         lp, ent, mismatch = self._prox(learner.state.params, batch, entropy=g.top_entropy_frac < 1.0)
         if mismatch is not None:
             extra["route_mismatch_frac"] = float(mismatch[0]) / max(float(mismatch[1]), 1.0)

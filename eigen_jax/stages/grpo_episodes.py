@@ -35,7 +35,7 @@ from eigen_core.contracts import Task, Trajectory
 from eigen_core.domains import get_domain
 from eigen_core.live_tasks import LiveTasks
 from eigen_core.pool import TaskPool
-from eigen_core.routes import padded_routes
+from eigen_core.routes import RouteLayout, padded_routes
 from eigen_core.storage import atomic_write
 from eigen_jax.distributed import is_primary, process_count, share
 from eigen_jax.sampler import bucket
@@ -383,17 +383,19 @@ def episode_rollouts(
             "grpo.episodes.deterministic needs the in-process engines (grpo.remote.servers empty): "
             "remote engines batch requests as they arrive, so their numbers depend on timing"
         )
-    if g.routing_replay and g.remote.servers:
-        raise ValueError(
-            "grpo.routing_replay needs the embedded engine (grpo.remote.servers empty): the rollout "
-            "servers' engines (vLLM over its OpenAI API, eigen_jax.serve) return no routed experts"
-        )
     if not is_primary():
         return MirrorRollouts()
     if g.remote.servers:
         tok_dir = ctx.stage_dir("grpo").root / "tokenizer"
         tok.save(tok_dir)
-        return RemoteRollouts(g.remote, g.temperature, tok_dir, episode_settings(domain.name, ep))
+        cfg = update.learner.model().cfg
+        routes = (  # the servers' policy engine returns the experts of every token (vLLM's format)
+            RouteLayout(moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok)
+            if g.routing_replay
+            else None
+        )
+        settings = episode_settings(domain.name, ep)
+        return RemoteRollouts(g.remote, g.temperature, tok_dir, settings, routes)
     # a deterministic cohort runs wholly on its pinned version: at most eta + 1 back
     keep = g.episodes.max_staleness + 2 if g.episodes.deterministic else 1
     model = update.learner.model()

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from eigen_core.config import env_secret
 from eigen_core.contracts import Task, Trajectory
+from eigen_core.routes import RouteLayout
 from eigen_jax.learner import Learner
 from eigen_jax.model.hf import save_hf
 from eigen_jax.sampler import Sampler
@@ -78,7 +79,14 @@ class RemoteRollouts(Rollouts):
     and has the engine reload it, announcing the version to the rollout servers before the engine
     resumes (so their tokens carry it)."""
 
-    def __init__(self, r: RemoteRolloutsSection, temperature: float, tok_dir: Path, settings: dict[str, Any]):
+    def __init__(
+        self,
+        r: RemoteRolloutsSection,
+        temperature: float,
+        tok_dir: Path,
+        settings: dict[str, Any],
+        routes: RouteLayout | None = None,
+    ):
         if not r.agent.url:
             raise ValueError(
                 "grpo.remote.servers is set but grpo.remote.agent.url (the policy engine) is not"
@@ -93,6 +101,7 @@ class RemoteRollouts(Rollouts):
             api_key=key,
             settings=settings,
             policy_version=self.policy_version,
+            routes=routes,
         )
         self.engine = HTTPEngine(r.agent.url, r.agent.model, **options, policy_version=self.policy_version)
         self.tok_dir = tok_dir
