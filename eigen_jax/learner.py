@@ -104,6 +104,31 @@ def update_step(graphdef: Any, tx: optax.GradientTransformation, loss_fn: LossFn
     return step
 
 
+class DonatingUpdate:
+    """``update_step`` jitted with the optimiser state donated, so Adam's moments (twice the
+    parameters' bytes) are updated in place instead of next to a second copy. The parameters are
+    not donated: an in-process sampler may still serve the previous weights (its
+    ``update_weights`` keeps references to the learner's arrays). ``eigen_jax.plan`` compiles
+    this same function."""
+
+    def __init__(self, step: Callable[..., Any]):
+        def split(opt_state, rest: TrainState, batch: Batch, denom: jax.Array, advance: jax.Array):
+            return step(rest._replace(opt_state=opt_state), batch, denom, advance)
+
+        self._jit = jax.jit(split, donate_argnums=0)
+
+    @staticmethod
+    def _args(state: TrainState, *rest: Any) -> tuple[Any, ...]:
+        return (state.opt_state, state._replace(opt_state=None), *rest)
+
+    def __call__(self, state: TrainState, batch: Batch, denom: jax.Array, advance: jax.Array):
+        return self._jit(*self._args(state, batch, denom, advance))
+
+    def lower(self, state: TrainState, batch: Batch, denom: Any, advance: Any):
+        """Ahead-of-time lowering (abstract arguments welcome)."""
+        return self._jit.lower(*self._args(state, batch, denom, advance))
+
+
 def place_opt_state(
     tx: optax.GradientTransformation, opt_state: Any, params: Any, mesh: Mesh, put: Callable[[Any, Any], Any]
 ) -> Any:
@@ -149,8 +174,7 @@ class Learner:
         )
         if mesh is not None:
             self.state = self._placed(self.state, mesh)
-        # No buffer donation: an in-process sampler may still hold the previous weights.
-        self._update = jax.jit(update_step(self.graphdef, tx, loss_fn, micro_batches))
+        self._update = DonatingUpdate(update_step(self.graphdef, tx, loss_fn, micro_batches))
 
     def _placed(self, state: TrainState, mesh: Mesh) -> TrainState:
         """Optimiser moments sharded like their parameters, scalars replicated over the mesh.

@@ -236,7 +236,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
 
-    from eigen_jax.learner import update_step
+    from eigen_jax.learner import DonatingUpdate, update_step
     from eigen_jax.model.sharding import batch_sharding, batch_ways, make_mesh
     from eigen_jax.objectives import GRPOLoss, SFTLoss
 
@@ -268,7 +268,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
     replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
     scalar_f = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
     scalar_i = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    step = jax.jit(update_step(graphdef, tx, loss, shape.micro_batches))
+    step = DonatingUpdate(update_step(graphdef, tx, loss, shape.micro_batches))
     chip, hbm, peak = chip_of(chip or devices[0].device_kind)
     params_b, opt_b = _per_device_bytes(state.params), _per_device_bytes(state.opt_state)
     batch_b = _per_device_bytes(batch)
@@ -279,12 +279,14 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
         cost = cost[0] if isinstance(cost, list) else cost
         xla_flops = float((cost or {}).get("flops", 0.0))
         temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
+        # the step's results that do not reuse a donated buffer (the new parameters, metrics)
+        out_b = int(getattr(mem, "output_size_in_bytes", 0)) - int(getattr(mem, "alias_size_in_bytes", 0))
     except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        refused, xla_flops, temp_b = str(e).splitlines()[0], 0.0, 0
+        refused, xla_flops, temp_b, out_b = str(e).splitlines()[0], 0.0, 0, 0
     flops = model_flops(arch, shape.rows, shape.length) / len(devices)
-    total = params_b + opt_b + batch_b + temp_b
+    total = params_b + opt_b + batch_b + out_b + temp_b
     return {
         "compiler_refused": refused,
         "stage": stage,
@@ -300,7 +302,14 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
         "logits_chunk": cfg.model.logits_chunk,
         "remat": cfg.model.remat,
         "moe": _moe_report(cfg, arch, devices[0].platform),
-        "bytes": {"params": params_b, "opt_state": opt_b, "batch": batch_b, "temp": temp_b, "total": total},
+        "bytes": {
+            "params": params_b,
+            "opt_state": opt_b,
+            "batch": batch_b,
+            "outputs": out_b,
+            "temp": temp_b,
+            "total": total,
+        },
         "hbm_bytes": hbm,
         "fits": False if refused else None if hbm is None else total <= hbm,
         "flops_per_device": flops,

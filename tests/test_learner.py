@@ -212,3 +212,19 @@ def test_checkpoints_on_a_bucket_without_its_client_say_what_to_install(tmp_path
         Checkpointer("gs://bucket/run/sft")
     # a plain path is made absolute, as before
     assert Checkpointer(tmp_path / "ck").directory.is_absolute()
+
+
+def test_the_update_donates_the_optimiser_state_not_the_weights():
+    """Adam's moments are updated in place; the weights an in-process sampler may still serve
+    stay readable after the update."""
+    learner = Learner(_model(), make_optimizer(OptimSection(lr=1e-2), 10), SFTLoss())
+    params, moments = learner.state.params, learner.state.opt_state
+    batch = learner.put(_batch())
+    learner.update(batch, SFTLoss().denom(batch))
+    assert all(x.is_deleted() for x in jax.tree.leaves(moments))
+    old = jax.tree.leaves(params)
+    assert not any(x.is_deleted() for x in old)
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(old, jax.tree.leaves(learner.state.params), strict=True)
+    )

@@ -42,6 +42,10 @@ def test_the_plan_counts_what_a_real_learner_holds_per_device():
     assert report["bytes"]["opt_state"] == per_device(learner.state.opt_state)
     assert report["bytes"]["batch"] == 3 * 8 * 256 * 4 // 4  # three int32 [8, 256] arrays over fsdp 4
     assert report["flops_per_device"] > 0 and report["bytes"]["temp"] > 0
+    # the new parameters are new buffers; the optimiser state was donated and updated in place
+    b = report["bytes"]
+    assert b["params"] <= b["outputs"] < b["params"] + b["opt_state"] / 2, b
+    assert b["total"] == b["params"] + b["opt_state"] + b["batch"] + b["outputs"] + b["temp"]
     assert report["attention"] == "dense" and report["logits_chunk"] == 0
     assert report["fits"] is None  # a CPU device has no memory figure to hold it against
 
