@@ -81,6 +81,16 @@ def width_for(num_experts: int) -> Literal[1, 2]:
     return 1 if num_experts < 255 else 2
 
 
+def route_rows(routes: ExpertRoutes | None, tokens: int) -> np.ndarray | None:
+    """[tokens, layers, k] ids of a sequence whose last ``routes.tokens`` have routes (-1: none)."""
+    if routes is None:
+        return None
+    a = routes.array()
+    a[~routes.known(a)] = -1
+    lead = np.full((tokens - len(a), *a.shape[1:]), -1, np.int32)
+    return np.concatenate([lead, a])
+
+
 def padded_routes(
     routes: list[ExpertRoutes | None],
     length: int,

@@ -24,6 +24,7 @@ from typing import Any
 
 from eigen_core.configio import add_config_args, config_from_args
 from eigen_jax.config import RunConfig
+from eigen_jax.plan_report import advice, table
 from eigen_jax.train import LEARNER_STAGES
 
 CHIPS: dict[str, tuple[float, float]] = {
@@ -228,6 +229,23 @@ def _moe_report(cfg: RunConfig, arch: Any, platform: str) -> dict[str, str] | No
     return {"kernel": kernel_for(cfg.model.moe_kernel, platform), "dispatch": cfg.model.expert_dispatch}
 
 
+def _compile(lowered: Any) -> tuple[str | None, float, int, int]:
+    """(the compiler's refusal or None, XLA's FLOPs, temporaries, bytes of results that reuse no
+    donated buffer) of a lowered step, per device."""
+    import jax
+
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return str(e).splitlines()[0], 0.0, 0, 0
+    mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out = int(getattr(mem, "output_size_in_bytes", 0)) - int(getattr(mem, "alias_size_in_bytes", 0))
+    return None, float((cost or {}).get("flops", 0.0)), int(getattr(mem, "temp_size_in_bytes", 0)), out
+
+
 def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None) -> dict[str, Any]:
     """Compile ``stage``'s update for ``devices``; the per-device figures as a dict. ``chip`` (a
     ``CHIPS`` name) holds them against that chip instead of the devices' own kind: a stand-in
@@ -272,19 +290,7 @@ def plan(cfg: RunConfig, stage: str, devices: list[Any], chip: str | None = None
     chip, hbm, peak = chip_of(chip or devices[0].device_kind)
     params_b, opt_b = _per_device_bytes(state.params), _per_device_bytes(state.opt_state)
     batch_b = _per_device_bytes(batch)
-    refused = None
-    try:
-        compiled = step.lower(state, batch, scalar_f, scalar_i).compile()
-        mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        xla_flops = float((cost or {}).get("flops", 0.0))
-        temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
-        # the step's results that do not reuse a donated buffer (the new parameters, metrics)
-        out_b = int(getattr(mem, "output_size_in_bytes", 0)) - int(getattr(mem, "alias_size_in_bytes", 0))
-    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit
-        if "RESOURCE_EXHAUSTED" not in str(e):
-            raise
-        refused, xla_flops, temp_b, out_b = str(e).splitlines()[0], 0.0, 0, 0
+    refused, xla_flops, temp_b, out_b = _compile(step.lower(state, batch, scalar_f, scalar_i))
     flops = model_flops(arch, shape.rows, shape.length) / len(devices)
     total = params_b + opt_b + batch_b + out_b + temp_b
     return {
@@ -351,17 +357,16 @@ def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) ->
         state.params, prefix, arr((rows, 0), "int32"), tokens, tokens,
         keys, knobs, arr((rows, 4), "int32"), arr((rows,), "int32"), arr((rows,), "bool"),
     )  # fmt: skip
-    compiled = _generate.lower(graphdef, *args, max_new=new).compile()
-    mem = compiled.memory_analysis()
+    refused, _, temp_b, out_b = _compile(_generate.lower(graphdef, *args, max_new=new))
     name, hbm, _ = chip_of(chip or devices[0].device_kind)
     params_b = _per_device_bytes(state.params)
     length = prompt + new
     itemsize = np.dtype(cfg.model.dtype).itemsize
     cache_b = 2 * arch.num_hidden_layers * rows * length * arch.num_key_value_heads * arch.head_dim * itemsize
-    temp_b = int(getattr(mem, "temp_size_in_bytes", 0))
-    total = params_b + temp_b  # the cache is made inside the call: it is part of the temporaries
+    total = params_b + out_b + temp_b  # the cache is made inside the call: part of the temporaries
     attention = 4 * arch.num_hidden_layers * arch.num_attention_heads * arch.head_dim * length
     return {
+        "compiler_refused": refused,
         "stage": "sample",
         "devices": len(devices),
         "chip": name,
@@ -372,80 +377,10 @@ def plan_sampler(cfg: RunConfig, devices: list[Any], chip: str | None = None) ->
         "new_tokens": new,
         "bytes": {"params": params_b, "kv_cache_whole": cache_b, "temp": temp_b, "total": total},
         "hbm_bytes": hbm,
-        "fits": None if hbm is None else total <= hbm,
+        "fits": False if refused else None if hbm is None else total <= hbm,
         # the last decode step: every row reads the whole cache
         "flops_per_token": 2 * matmul_params(arch) + attention,
     }
-
-
-def advice(report: dict[str, Any]) -> list[str]:
-    """The changes that would make a plan that does not fit fit (largest share first)."""
-    b, hbm = report["bytes"], report["hbm_bytes"] or 1
-    out = []
-    if b["params"] + b["opt_state"] > 0.6 * hbm:
-        out.append("more fsdp in model.mesh (parameters and optimiser state split over more devices)")
-    if b["temp"] + b["batch"] > 0.3 * hbm or report.get("compiler_refused"):
-        mesh = report.get("mesh", {})
-        ways = mesh.get("data", 1) * mesh.get("fsdp", 1) * mesh.get("expert", 1)
-        per_chip = report.get("rows", 0) // max(ways * report["micro_batches"], 1)
-        if per_chip > 1 or "rows" not in report:
-            out.append(
-                f"more micro-batches (now {report['micro_batches']}: activations scale with rows per "
-                "micro-batch)"
-            )
-        else:  # one row per chip per micro-batch already: split each row's activations instead
-            out.append(
-                "tensor parallelism (model.mesh [1, -1, 2] or more: each row's activations and "
-                "attention heads split over several chips; a micro-batch already holds one row per chip)"
-            )
-        if report.get("attention", "dense") == "dense":
-            out.append(
-                "model.attention: splash (TPU) or blockwise (any backend): dense attention materializes "
-                "[rows, heads, length, length] scores"
-            )
-        if not report.get("logits_chunk"):
-            out.append("model.logits_chunk: 1024 (the LM head's [rows, length, vocab] logits in chunks)")
-        if report.get("remat", "none") == "none":
-            out.append("model.remat: full (recompute each block's activations in the backward pass)")
-    return out or ["a larger slice (more devices)"]
-
-
-def _table(r: dict[str, Any]) -> str:
-    gib = 2**30
-    b = r["bytes"]
-    where = r["chip"] if r["chip"] == r["compiled_for"] else f"{r['chip']} (compiled for {r['compiled_for']})"
-    head = f"plan: {r['stage']} on {r['devices']} x {where}, mesh {r['mesh']}, "
-    if r["stage"] == "sample":
-        head += f"{r['rows']} rows x ({r['prompt']} prompt + {r['new_tokens']} new) tokens"
-    else:
-        head += (
-            f"{r['model_params'] / 1e6:.1f}M parameters, {r['rows']} rows x {r['length']} tokens per update, "
-        )
-        head += f"{r['micro_batches']} micro-batch(es), attention {r['attention']}, "
-        head += f"LM-head chunk {r['logits_chunk'] or 'off'}, remat {r['remat']}"
-        if r.get("moe"):
-            head += f", experts: {r['moe']['kernel']} kernel, {r['moe']['dispatch']} dispatch"
-    lines = [head, f"{'per device':<14}{'GiB':>10}"]
-    for k, v in b.items():
-        lines.append(f"{k:<14}{v / gib:>10.3f}")
-    if r.get("compiler_refused"):
-        lines.append(f"the compiler refused the step: {r['compiler_refused']}")
-    if r["hbm_bytes"] is not None:
-        lines.append(
-            f"{'memory':<14}{r['hbm_bytes'] / gib:>10.3f}  ({'fits' if r['fits'] else 'DOES NOT FIT'})"
-        )
-    elif not r.get("compiler_refused"):
-        lines.append("memory: not checked (this chip's memory is unknown; --chip NAME holds it against one)")
-    if r["stage"] == "sample":
-        lines.append(
-            f"FLOPs per generated token (the last one, over the whole cache): {r['flops_per_token']:.3e}"
-        )
-        return "\n".join(lines)
-    lines.append(f"model FLOPs per device per update: {r['flops_per_device']:.3e}")
-    lines.append(f"  (XLA's cost analysis, each loop body once: {r['xla_flops_per_device']:.3e})")
-    if r["step_s_at_peak"] is not None:
-        lines.append(f"step time at the chip's peak (MFU 1): {r['step_s_at_peak']:.3g} s")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         report = plan_sampler(cfg, _devices(args), args.chip)
     else:
         report = plan(cfg, args.stage, _devices(args), args.chip)
-    print(json.dumps(report, indent=2) if args.json else _table(report))
+    print(json.dumps(report, indent=2) if args.json else table(report))
     if report["fits"] is False:
         helps = (
             "; ".join(advice(report))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from eigen_core.routes import ExpertRoutes, width_for
+from eigen_core.routes import ExpertRoutes, route_rows, width_for
 from eigen_jax.model.decoder import Decoder, LayerCache, positions_from_mask
 from eigen_jax.prefix_cache import CachedPrefix, PrefixStore
 from rollout.engine import ContextOverflow, Generation, SamplingParams
@@ -202,16 +202,6 @@ def _generate(
     s = jax.lax.while_loop(cond, body, state0)
     routes = None if route_dtype is None else (prompt_routes, s["routes"])
     return s["tok"], s["lp"], s["n"], s["stopped"], (s["cache"] if return_cache else None), routes
-
-
-def _route_rows(routes: ExpertRoutes | None, tokens: int) -> np.ndarray | None:
-    """[tokens, layers, k] ids of a sequence whose last ``routes.tokens`` have routes (-1: none)."""
-    if routes is None:
-        return None
-    a = routes.array()
-    a[~routes.known(a)] = -1
-    lead = np.full((tokens - len(a), *a.shape[1:]), -1, np.int32)
-    return np.concatenate([lead, a])
 
 
 class Sampler:
@@ -474,7 +464,7 @@ class Sampler:
             k = np.stack([layer.k[r, slots] for layer in cache])
             v = np.stack([layer.v[r, slots] for layer in cache])
             ids = np.asarray(list(x) + g.tokens, np.int32)
-            store.put(CachedPrefix(ids, k, v, weights_id, _route_rows(g.routes, len(ids))))
+            store.put(CachedPrefix(ids, k, v, weights_id, route_rows(g.routes, len(ids))))
 
     async def generate(self, prompt_tokens: list[int], sampling: SamplingParams) -> Generation:
         """Queue one request; requests that arrive while a batch runs form the next batch (inside

@@ -52,7 +52,21 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class Server:
     """Request handling around one ``Sampler`` (see the module docstring for the routes)."""
 
-    def __init__(self, sampler: Sampler, tokenizer: Tokenizer, name: str, *, dtype=jnp.float32, fmt=None):
+    def __init__(
+        self,
+        sampler: Sampler,
+        tokenizer: Tokenizer,
+        name: str,
+        *,
+        dtype=jnp.float32,
+        fmt=None,
+        routed_experts: bool = False,
+    ):
+        """``routed_experts``: answer completions with vLLM's ``routed_experts`` (the sampler
+        must record routes: ``Sampler(record_routes=True)``)."""
+        if routed_experts and getattr(sampler, "route_width", None) is None:
+            raise ValueError("routed_experts: the sampler records no routes (Sampler(record_routes=True))")
+        self.routed_experts = routed_experts
         self.sampler, self.tok, self.name, self.dtype = sampler, tokenizer, name, dtype
         self.fmt = fmt or ChatFormat()
         self._open = asyncio.Event()
@@ -177,7 +191,7 @@ class Server:
                     "tokens": [self.tok.decode([t]) for t in gen.tokens],
                     "token_logprobs": gen.logprobs,
                 }
-            if self.sampler.route_width is not None:
+            if self.routed_experts:
                 choice["routed_experts"] = self._routes(gen, len(ids), start)
             choices.append(choice)
         return self._answer("text_completion", ids, gens, choices, body.get("model"))
@@ -413,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         m.name or model_dir.name,
         dtype=dtype,
         fmt=ChatFormat(empty_think=m.empty_think),
+        routed_experts=m.routed_experts,
     )
 
     async def start(app: web.Application) -> None:

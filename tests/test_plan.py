@@ -13,7 +13,8 @@ import pytest
 
 from eigen_core.configio import load_config
 from eigen_jax.config import RunConfig
-from eigen_jax.plan import CHIPS, advice, chip_of, plan, plan_sampler
+from eigen_jax.plan import CHIPS, chip_of, plan, plan_sampler
+from eigen_jax.plan_report import advice
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "configs/quickstart.yaml"

@@ -152,7 +152,7 @@ def test_routes_over_http_as_vllm_returns_them(moe_path):
             return g1, g2
 
     sampler = Sampler(model, record_routes=True, prefix_cache_mb=16)
-    g1, _ = run_with(Server(sampler, tok, "m").app(), go)
+    g1, _ = run_with(Server(sampler, tok, "m", routed_experts=True).app(), go)
     assert g1.routes.tokens == 4 + len(g1.tokens) and not g1.routes.known()[-1]
     assert sampler.prefix_cache.hit_rate > 0  # the second turn's prefix came from the cache
     routes = t.routes()
