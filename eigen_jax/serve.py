@@ -360,8 +360,8 @@ class ServedModelSection(Section):
     routed_experts: bool = False
     """MoE models: each completion choice carries ``routed_experts``, the experts of every token
     of the request but the last, in vLLM's format (``--enable-return-routed-experts``): what
-    routing replay through rollout servers reads. Tokens served from the prefix cache have none
-    (marked by the id dtype's largest value)."""
+    routing replay through rollout servers reads (prefix-cache entries keep their tokens' routes;
+    a token without any is marked by the id dtype's largest value)."""
 
 
 class ServeConfig(Section):
