@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -131,6 +131,12 @@ class RouteLayout(BaseModel):
     k: int = Field(ge=1)
     """Experts per token."""
 
+    @classmethod
+    def of(cls, cfg: Any) -> RouteLayout:
+        """The layout of a model config (``DecoderConfig``: ``moe_layers``, ``num_experts``,
+        ``num_experts_per_tok``)."""
+        return cls(moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok)
+
 
 def _npy_b64(a: np.ndarray) -> str:
     buf = io.BytesIO()
@@ -143,7 +149,7 @@ def routes_from_vllm(data: str, layout: RouteLayout, tokens: int) -> ExpertRoute
     token from ``routed_experts_prompt_start`` on, but the last sampled one, which no forward pass
     has seen) -> ``ExpertRoutes`` of the request's last n + 1 tokens, that last one unknown.
     ``tokens``: prompt + completion tokens of the request (n is at most ``tokens`` - 1). Ids of
-    ``num_experts`` or more mark unknown tokens (``eigen_jax.serve``'s prefix-cache hits)."""
+    ``num_experts`` or more mark unknown tokens (``routes_to_vllm``'s tokens without routes)."""
     try:
         a = np.load(io.BytesIO(base64.b64decode(data, validate=True)), allow_pickle=False)
     except (ValueError, TypeError, OSError) as e:

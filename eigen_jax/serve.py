@@ -66,7 +66,7 @@ class Server:
         must record routes: ``Sampler(record_routes=True)``)."""
         if routed_experts and getattr(sampler, "route_width", None) is None:
             raise ValueError("routed_experts: the sampler records no routes (Sampler(record_routes=True))")
-        self.routed_experts = routed_experts
+        self.routes = RouteLayout.of(sampler.cfg) if routed_experts else None
         self.sampler, self.tok, self.name, self.dtype = sampler, tokenizer, name, dtype
         self.fmt = fmt or ChatFormat()
         self._open = asyncio.Event()
@@ -145,11 +145,8 @@ class Server:
 
     def _routes(self, gen, prompt_len: int, start: int) -> str:
         """vLLM's ``routed_experts`` of one completion (``served.routed_experts``)."""
-        cfg = self.sampler.cfg
-        layout = RouteLayout(
-            moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok
-        )
-        return routes_to_vllm(gen.routes, layout, cfg.num_hidden_layers, prompt_len + len(gen.tokens), start)
+        layers, tokens = self.sampler.cfg.num_hidden_layers, prompt_len + len(gen.tokens)
+        return routes_to_vllm(gen.routes, self.routes, layers, tokens, start)
 
     # -- routes ------------------------------------------------------------------------------
     async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +188,7 @@ class Server:
                     "tokens": [self.tok.decode([t]) for t in gen.tokens],
                     "token_logprobs": gen.logprobs,
                 }
-            if self.routed_experts:
+            if self.routes is not None:
                 choice["routed_experts"] = self._routes(gen, len(ids), start)
             choices.append(choice)
         return self._answer("text_completion", ids, gens, choices, body.get("model"))

@@ -98,10 +98,6 @@ def test_a_multi_turn_transcript_carries_every_computed_tokens_routes(moe_path):
     assert not t.routes().known()[-1]  # context no call has computed yet
 
 
-def _layout(cfg):
-    return RouteLayout(moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok)
-
-
 def test_vllms_routed_experts_format_and_its_errors():
     """vLLM answers [tokens - 1, every layer, k] from ``routed_experts_prompt_start`` on (the last
     sampled token never went through the model); we keep the sparse layers, the last token unknown."""
@@ -138,7 +134,7 @@ def test_routes_over_http_as_vllm_returns_them(moe_path):
 
     model = load_hf(moe_path)
     tok = build_small_tokenizer(["route every token through its experts"] * 10, 200)
-    sp = SamplingParams(max_new_tokens=5, seed=1, routes=_layout(model.cfg))
+    sp = SamplingParams(max_new_tokens=5, seed=1, routes=RouteLayout.of(model.cfg))
     t = TokenTranscript()
 
     async def go(url):

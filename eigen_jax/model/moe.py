@@ -227,9 +227,10 @@ class SparseMoE(nnx.Module):
         k = self.k
         fe = jnp.zeros((b, t, k), jnp.int32) if forced is None else forced.experts.reshape(b, t, k)
         fu = jnp.zeros((b, t), bool) if forced is None else forced.use.reshape(b, t)
-        kernel = self.kernel
-        if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) != 0:
-            kernel = "ragged_dot"  # XLA partitions this call itself, and cannot split a Pallas one
+        sharded = self.mesh is not None and self.mesh.size > 1
+        per_device = sharded and b % batch_ways(self.mesh) == 0
+        # rows that do not split: XLA partitions the call itself, and cannot split a Pallas one
+        kernel = "ragged_dot" if sharded and not per_device else self.kernel
         run = functools.partial(
             _moe_rows,
             k=k,
@@ -239,8 +240,8 @@ class SparseMoE(nnx.Module):
             kernel=kernel,
             interpret=self.interpret,
         )
-        if self.mesh is not None and self.mesh.size > 1 and b % batch_ways(self.mesh) == 0:
-            run = _on_mesh(run, self.mesh, weights, self.dispatch)  # (rows that do not split: XLA partitions)
+        if per_device:
+            run = _on_mesh(run, self.mesh, weights, self.dispatch)
         y, experts, gate_w, probs = run(x, *weights, fe, fu)
         routing = Routing(experts.reshape(b * t, k), gate_w.reshape(b * t, k), probs.reshape(b * t, -1))
         return y, routing

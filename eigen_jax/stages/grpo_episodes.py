@@ -388,12 +388,8 @@ def episode_rollouts(
     if g.remote.servers:
         tok_dir = ctx.stage_dir("grpo").root / "tokenizer"
         tok.save(tok_dir)
-        cfg = update.learner.model().cfg
-        routes = (  # the servers' policy engine returns the experts of every token (vLLM's format)
-            RouteLayout(moe_layers=cfg.moe_layers, num_experts=cfg.num_experts, k=cfg.num_experts_per_tok)
-            if g.routing_replay
-            else None
-        )
+        # under replay the servers' policy engine returns the experts of every token (vLLM's format)
+        routes = RouteLayout.of(update.learner.model().cfg) if g.routing_replay else None
         settings = episode_settings(domain.name, ep)
         return RemoteRollouts(g.remote, g.temperature, tok_dir, settings, routes)
     # a deterministic cohort runs wholly on its pinned version: at most eta + 1 back
