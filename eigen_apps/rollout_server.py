@@ -138,7 +138,10 @@ class RolloutServer:
             body = await _json_object(request)
             try:
                 return web.json_response(await self.episode(body))
-            except EngineError as e:  # the policy / user engine failed: not this server's fault
+            except EngineError as e:
+                if not e.transient:  # the engine refused the request: any server would hear the same
+                    raise web.HTTPUnprocessableEntity(text=f"engine refused: {e}") from None
+                # the policy / user engine kept failing: not this server's fault, another may fare better
                 raise web.HTTPBadGateway(text=f"engine failed: {e}") from None
 
         async def version(request: web.Request) -> web.Response:

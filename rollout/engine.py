@@ -18,6 +18,19 @@ class ContextOverflow(ValueError):
     """A request longer than the engine serves; episodes end with ``context_overflow``."""
 
 
+class EngineError(RuntimeError):
+    """A request that failed for good (after retries, or a 4xx the server explained). Not an
+    outcome of the episode: ``rollout.episode.run_episode`` lets it through, so the caller reruns
+    the episode (``transient``) or stops, and never scores an engine's failure as the policy's.
+
+    ``transient``: the endpoint kept failing (retries spent), so the same request may succeed
+    later; false for an answer that says the request itself is wrong."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 class SamplingParams(Contract):
     """How to sample one completion."""
 

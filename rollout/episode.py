@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from eigen_core.contracts import Message, Task, Termination, ToolCall, Trajectory
 from eigen_core.domain import Domain
 from rollout.agents import Agent
-from rollout.engine import ContextOverflow
+from rollout.engine import ContextOverflow, EngineError
 from rollout.user_sim import UserSimulator, is_stop
 
 T = TypeVar("T")
@@ -142,7 +142,9 @@ async def run_episode(
     prompt: str = "full",
 ) -> Trajectory:
     """Run one episode. Never raises for agent, user or tool failures: they end the episode with
-    ``termination == "error"`` (and ``error`` set) so one bad episode cannot crash a run.
+    ``termination == "error"`` (and ``error`` set) so one bad episode cannot crash a run. An
+    engine that failed for good (``EngineError``) is raised: that is no outcome of the policy's,
+    and a zero reward for it would train (or score) the policy on an outage.
 
     A step is one agent message, or one user message with tool calls (a user-side tool round);
     ``max_steps`` bounds them. Tool errors are observations. Agent tool calls are executed as the
@@ -159,7 +161,9 @@ async def run_episode(
         termination = Termination.MAX_STEPS
     except ContextOverflow as e:
         termination, error = Termination.CONTEXT_OVERFLOW, str(e)
-    except Exception as e:  # any failure of a party ends only this episode
+    except EngineError:  # the engine failed, not the policy: the caller reruns the episode or stops
+        raise
+    except Exception as e:  # any other failure of a party ends only this episode
         termination, error = Termination.ERROR, f"{type(e).__name__}: {e}"
     arrays = agent.transcript.arrays() if agent.transcript is not None else {}
     return Trajectory(

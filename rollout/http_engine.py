@@ -42,19 +42,8 @@ import aiohttp
 from asyncio_throttle import Throttler
 
 from eigen_core.routes import ExpertRoutes, RouteLayout, routes_from_vllm
-from rollout.engine import ContextOverflow, Generation, SamplingParams
+from rollout.engine import ContextOverflow, EngineError, Generation, SamplingParams
 from rollout.version import PolicyVersion
-
-
-class EngineError(RuntimeError):
-    """A request that failed for good (after retries, or a 4xx the server explained).
-
-    ``transient``: the endpoint kept failing (retries spent), so the same request may succeed
-    later; false for an answer that says the request itself is wrong."""
-
-    def __init__(self, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.transient = transient
 
 
 class FailureBudgetExceeded(EngineError):

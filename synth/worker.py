@@ -191,7 +191,11 @@ async def run_attempt(
     passed: list[tuple[int, Trajectory]] = []
     for k in range(env.rollouts):
         seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
-        traj = await workflow.run(task, seed, task.id, k)
+        try:
+            traj = await workflow.run(task, seed, task.id, k)
+        except EngineError as e:  # an endpoint failed for good: no verdict on the task either way
+            reason = Reason(code="endpoint_error", detail=str(e)[:300])
+            return reject("trajectory", [reason], task_id=task.id, rollout=summary)
         if traj.termination == Termination.ERROR and (traj.error or "").startswith("BudgetExhausted"):
             raise BudgetExhausted(traj.error)  # the episode runner caught it: not the task's fault
         info = traj.reward_info

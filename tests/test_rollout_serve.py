@@ -164,6 +164,54 @@ def test_bad_episode_request_is_a_400(shop_tasks, tmp_path):
     asyncio.run(main())
 
 
+def test_an_engine_that_refuses_the_request_stops_the_client_at_once(shop_tasks, tmp_path):
+    """A policy engine without routed experts, asked for them (routing replay): the rollout
+    server answers 422 naming the cause, and the client stops there, not after retrying every
+    server (every one of them would hear the same refusal)."""
+    from eigen_core.routes import RouteLayout
+
+    tok = build_small_tokenizer(["hello world"], 300)
+    tok.save(tmp_path / "tok")
+    completions = {"n": 0}
+
+    async def complete(request):  # a vLLM answer without ``routed_experts``
+        completions["n"] += 1
+        body = await request.json()
+        choice = {"token_ids": [tok.eos_id], "logprobs": {"token_logprobs": [-0.1]}, "finish_reason": "stop"}
+        return web.json_response({"model": body["model"], "choices": [choice]})
+
+    engine = web.Application()
+    engine.add_routes([web.post("/v1/completions", complete)])
+
+    async def main():
+        with Sandbox(1, 2.0, 256) as sb:
+            policy = TestServer(engine)
+            await policy.start_server()
+            url = str(policy.make_url("")).rstrip("/")
+            cfg = RolloutServerConfig.model_validate(
+                {"agent": {"url": url, "model": "m", "tokenizer": str(tmp_path / "tok"), "max_retries": 0},
+                 "episode": {"user": "scripted"}}
+            )  # fmt: skip
+            servers = [TestServer(RolloutServer(cfg, sb).app()) for _ in range(2)]
+            for s in servers:
+                await s.start_server()
+            try:
+                urls = [str(s.make_url("")).rstrip("/") for s in servers]
+                layout = RouteLayout(moe_layers=(0, 1), num_experts=4, k=2)
+                remote = RemoteEpisodes(urls, routes=layout, cooldown_s=0.01)
+                with pytest.raises(EngineError, match=r"HTTP 422.*no routed_experts") as e:
+                    await remote.run(shop_tasks[0], 0)
+                assert not e.value.transient  # rerun_on_engine_error does not rerun it either
+                assert completions["n"] == 1 and sum(remote.failures.values()) == 0
+                await remote.close()
+            finally:
+                for s in servers:
+                    await s.close()
+                await policy.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.slow
 def test_grpo_through_rollout_servers_survives_a_killed_server(tmp_path):
     """Also through 20% injected faults of every kind in front of the policy engine (episodes and

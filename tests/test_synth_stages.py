@@ -338,6 +338,18 @@ def test_each_scripted_fault_is_rejected_with_its_code(ctx, sandbox, fault, stag
         assert rec.rollout.verdicts[0].tag == "underspecified_scenario"
 
 
+def test_an_agent_endpoint_down_in_the_rollout_rejects_the_attempt_not_the_task(ctx, sandbox):
+    """The task synthesised and verified, then the rollout's assistant endpoint fails for good:
+    the attempt is rejected as an endpoint error (run again on another attempt), not scored as a
+    failed rollout (which would pass a verdict on the task)."""
+    down = {"kind": "endpoint", "url": "http://127.0.0.1:9", "model": "m", "timeout_s": 0.5,
+            "max_retries": 1, "backoff_s": 0.01}  # fmt: skip
+    b = ScriptedBehaviour(faults=(), slip_rate=0.0)
+    rec, _, _ = asyncio.run(_attempt(ctx, sandbox, b, endpoints=_scripted(assistant=down)))
+    assert not rec.accepted and (rec.stage, rec.reasons[0].code) == ("trajectory", "endpoint_error")
+    assert "127.0.0.1:9" in rec.reasons[0].detail and rec.rollout.rewards == []
+
+
 def test_a_valid_task_is_accepted_with_its_rollout_and_a_slip_is_the_trajectorys_fault(ctx, sandbox):
     rec, budget, _ = asyncio.run(_attempt(ctx, sandbox, ScriptedBehaviour(faults=(), slip_rate=0.0)))
     assert rec.accepted and rec.task.id == "shop-t" and rec.rollout.rewards == [1.0]
