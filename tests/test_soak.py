@@ -1,18 +1,19 @@
 """A 30-minute GRPO-on-episodes run (tiny model, embedded sampler, prefix cache on), sampled every
-30 s: resident memory after warm-up grows < 5%, open descriptors and threads do not grow, the
-prefix cache stays within its budget. By hand: ``bash tools/test.sh -m soak -s`` (minutes:
-``EIGEN_SOAK_MINUTES``); the figures go to RELIABILITY.md's soak section."""
+30 s: resident memory after warm-up grows < 5% (both of its levels: ``soak_trend``), open
+descriptors and threads do not grow, the prefix cache stays within its budget. By hand:
+``bash tools/test.sh -m soak -s`` (minutes: ``EIGEN_SOAK_MINUTES``); the figures go to
+RELIABILITY.md's soak section."""
 
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from soak_trend import trend
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.soak
@@ -62,15 +63,8 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
     (ROOT / "runs").mkdir(exist_ok=True)
     (ROOT / "runs/soak.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-    # Warm-up: the first sixth (compiles of new prompt buckets, the first checkpoint's threads).
-    # RSS swings by hundreds of MB with the batch in flight, so windows of samples are compared.
-    warm = [s for s in samples if s["minute"] >= minutes / 6]
-    k = max(1, min(10, len(warm) // 3))
-    first, last = warm[:k], warm[-k:]
-    growth = statistics.median(s["rss_mb"] for s in last) / statistics.median(s["rss_mb"] for s in first) - 1
-    print(json.dumps({"rss_growth": growth, "steps": rows[-1]["step"] if rows else 0}))
-    assert len(warm) >= 3 and growth < 0.05, samples
-    # Medians too: a checkpoint being written holds a few extra threads and files for a moment.
-    assert statistics.median(s["fds"] for s in last) <= statistics.median(s["fds"] for s in first), samples
-    assert statistics.median(s["threads"] for s in last) <= statistics.median(s["threads"] for s in first)
+    t = trend(samples)
+    print(json.dumps({**t, "steps": rows[-1]["step"] if rows else 0}))
+    assert t["warm_samples"] >= 3 and t["rss_growth"] < 0.05, samples
+    assert t["fds"][1] <= t["fds"][0] and t["threads"][1] <= t["threads"][0], samples
     assert max(r.get("prefix_cache_mb", 0) for r in rows) <= budget_mb

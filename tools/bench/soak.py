@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from _report import RELIABILITY, machine, write_section  # noqa: E402
+from soak_trend import trend  # noqa: E402
 
 
 def main() -> int:
@@ -26,13 +27,10 @@ def main() -> int:
     args = ap.parse_args()
     samples = [json.loads(x) for x in Path(args.samples).read_text().splitlines()]
     minutes = samples[-1]["minute"]
-    warm = [s for s in samples if s["minute"] >= minutes / 6]
-    k = max(1, min(10, len(warm) // 3))
-    first, last = warm[:k], warm[-k:]
-    med = lambda xs: statistics.median(s["rss_mb"] for s in xs)  # noqa: E731
-    growth = med(last) / med(first) - 1
-    mid = lambda xs, key: statistics.median(s[key] for s in xs)  # noqa: E731
+    t = trend(samples)
+    growth, k = t["rss_growth"], t["window"]
     verdict = "met" if growth < 0.05 else "NOT met"
+    (lo0, lo1), (hi0, hi1) = t["rss_low_mb"], t["rss_high_mb"]
 
     import matplotlib
 
@@ -56,10 +54,11 @@ def main() -> int:
 
 `bash tools/test.sh -m soak -s` then `python tools/bench/soak.py` — {machine()}. The quickstart's
 tiny model from scratch, embedded sampler with a 64 MB prefix cache, scripted user, sampled every
-30 s; warm-up is the first sixth. RSS swings with the batch in flight, so the median of the
-first {k} samples after warm-up is compared with the median of the last {k}: growth
-**{growth:+.1%}** (bar: < 5%: {verdict}); threads {mid(first, "threads"):g} → {mid(last, "threads"):g},
-descriptors {mid(first, "fds"):g} → {mid(last, "fds"):g} (medians of the same windows).
+30 s; warm-up is the first sixth. RSS alternates between levels with the batch in flight, so
+each level is compared: the lowest and the highest of the first {k} samples after warm-up against
+those of the last {k} (`tests/soak_trend.py`): lows {lo0:.0f} → {lo1:.0f} MB, highs {hi0:.0f} →
+{hi1:.0f} MB, growth **{growth:+.1%}** (the larger; bar: < 5%: {verdict}); threads
+{t["threads"][0]:g} → {t["threads"][1]:g}, descriptors {t["fds"][0]:g} → {t["fds"][1]:g} (window medians).
 
 ![RSS per minute](docs/soak_rss.png)
 
