@@ -55,6 +55,10 @@ class TokenTranscript:
             if ok:  # an unknown row (a prefix-cache hit, vLLM's last token) keeps what an earlier call saw
                 self._routes[len(self.tokens) - routes.tokens + i] = row
 
+    def routes_known(self) -> int:
+        """How many leading tokens have known routes (what the next call need not fetch)."""
+        return next((i for i, r in enumerate(self._routes) if r is None), len(self._routes))
+
     def routes(self) -> ExpertRoutes | None:
         """The recorded routes of every token (None when the engine recorded none)."""
         like = self._routes_like

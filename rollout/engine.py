@@ -50,6 +50,10 @@ class SamplingParams(Contract):
     completion (``Generation.routes``); an HTTP engine reads them, in this layout, from the
     server's ``routed_experts`` (vLLM's ``--enable-return-routed-experts``). The embedded sampler
     records them when built with ``record_routes``."""
+    routes_start: int = Field(0, ge=0)
+    """With ``routes``: the caller already holds the routes of the prompt's first this many
+    tokens (earlier turns), so the engine may leave them out of its answer (vLLM's
+    ``routed_experts_prompt_start``: multi-turn episodes then fetch each token's routes once)."""
 
 
 class Generation(Contract):

@@ -211,6 +211,8 @@ class HTTPEngine:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.routes is not None and sampling.routes_start:
+            body["routed_experts_prompt_start"] = min(sampling.routes_start, len(prompt_tokens))
         try:
             out = await self.request("POST", "/v1/completions", body)
         except EngineError as e:

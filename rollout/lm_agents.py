@@ -78,6 +78,8 @@ class LMAgent(Agent):
             text = self.fmt.continuation(messages[self._seen :])
         self.transcript.add_context(self.tok.encode(text))
         sp = _fitted(self.sampling, len(self.transcript), self.max_len, "the agent's", self._turns)
+        if sp.routes is not None:  # fetch only the routes the transcript lacks
+            sp = sp.model_copy(update={"routes_start": self.transcript.routes_known()})
         self._turns += 1
         gen = await self.engine.generate(list(self.transcript.tokens), sp)
         self.transcript.add_generated(gen.tokens, gen.logprobs, gen.version, gen.routes)

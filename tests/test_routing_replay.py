@@ -1,6 +1,8 @@
 """Routing replay (R3) for MoE policies: the sampler records the experts of every token it
 computes, trajectories carry them compactly, and the learner replays them."""
 
+import asyncio
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,13 +145,16 @@ def test_routes_over_http_as_vllm_returns_them(moe_path):
             g1 = await eng.generate(t.tokens, sp)
             t.add_generated(g1.tokens, g1.logprobs, g1.version, g1.routes)
             t.add_context([11, 12, 13])
-            g2 = await eng.generate(t.tokens, sp.model_copy(update={"seed": 2}))
+            start = t.routes_known()  # the second turn fetches only the routes the transcript lacks
+            g2 = await eng.generate(t.tokens, sp.model_copy(update={"seed": 2, "routes_start": start}))
             t.add_generated(g2.tokens, g2.logprobs, g2.version, g2.routes)
-            return g1, g2
+            return g1, g2, start
 
     sampler = Sampler(model, record_routes=True, prefix_cache_mb=16)
-    g1, _ = run_with(Server(sampler, tok, "m", routed_experts=True).app(), go)
+    g1, g2, start = run_with(Server(sampler, tok, "m", routed_experts=True).app(), go)
     assert g1.routes.tokens == 4 + len(g1.tokens) and not g1.routes.known()[-1]
+    assert start == 4 + len(g1.tokens) - 1  # all but the first turn's last token (no forward pass saw it)
+    assert g2.routes.tokens == len(t.tokens) - start
     assert sampler.prefix_cache.hit_rate > 0  # the second turn's prefix came from the cache
     routes = t.routes()
     known = routes.known()
@@ -162,6 +167,39 @@ def test_routes_over_http_as_vllm_returns_them(moe_path):
 
     with pytest.raises(EngineError, match=r"returned no routed_experts.*enable-return-routed-experts"):
         run_with(Server(Sampler(model), tok, "m").app(), without)
+
+
+def test_an_lm_agent_asks_only_for_the_routes_its_transcript_lacks(moe_path):
+    """Each turn's request names, as ``routes_start``, how many leading tokens already have
+    routes; with a server that honours it the episode's routes still end complete."""
+    from eigen_core.contracts import Message
+    from eigen_core.tokenizer import build_small_tokenizer
+    from rollout.lm_agents import LMAgent
+
+    model = load_hf(moe_path)
+    tok = build_small_tokenizer(["route every token through its experts"] * 10, 200)
+    sampler = Sampler(model, record_routes=True)
+    asked = []
+
+    class Recording:
+        async def generate(self, prompt, sp):
+            asked.append((len(prompt), sp.routes_start))
+            return await sampler.generate(prompt, sp)
+
+    sp = SamplingParams(max_new_tokens=4, seed=3, routes=RouteLayout.of(model.cfg))
+    agent = LMAgent(Recording(), tok, sp, max_len=512)
+
+    async def go():
+        msgs = [Message(role="user", content="route every token")]
+        msgs += [await agent.act(msgs, []), Message(role="user", content="and again")]
+        await agent.act(msgs, [])
+
+    asyncio.run(go())
+    assert asked[0][1] == 0 and 0 < asked[1][1] < asked[1][0]
+    t = agent.transcript
+    k = t.routes_known()
+    assert k >= len(t) - 2  # all but the last sampled token (and an eos closing a cut-off reply)
+    np.testing.assert_array_equal(t.routes().array()[:k], _own_routes(model, t.tokens)[:k])
 
 
 def _batch(sampler, seed):
