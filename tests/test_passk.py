@@ -1,6 +1,7 @@
 """pass^k by hand values and by brute force over trial subsets."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,25 @@ def test_paired_difference_by_hand():
     assert se == pytest.approx((((1 / 6) ** 2 * 2 + (1 / 3) ** 2) / 2 / 3) ** 0.5)
     with pytest.raises(ValueError, match="common tasks"):
         paired_difference({"a": [1]}, {"b": [1]})
+
+
+def test_learning_curves_of_several_runs_plot_on_one_png(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "plot_heldout", Path(__file__).parents[1] / "tools/plot_heldout.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for name, ys in (("a", [0.2, 0.3]), ("b", [0.25, 0.2])):
+        (tmp_path / name / "grpo").mkdir(parents=True)
+        rows = "".join(json.dumps({"step": s, "pass^1": y}) + "\n" for s, y in zip((0, 10), ys, strict=True))
+        (tmp_path / name / "grpo/heldout.jsonl").write_text(rows)
+    out = tmp_path / "curves.png"
+    assert (
+        tool.main(["--out", str(out), f"a={tmp_path / 'a'}", f"b={tmp_path / 'b/grpo/heldout.jsonl'}"]) == 0
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # a curve without the asked pass^k is refused by name
+        tool.main(["--out", str(out), "--key", "pass^4", f"a={tmp_path / 'a'}"])

@@ -56,3 +56,12 @@ def plot_curve(points: Sequence[Mapping[str, float]], path: str | Path, title: s
     keys = sorted({k for p in points for k in p if k.startswith("pass^")}, key=lambda k: int(k[5:]))
     lines = {k: ([p["step"] for p in points], [p[k] for p in points]) for k in keys}
     return _plot(lines, path, "GRPO step", "held-out pass^k", title)
+
+
+def plot_curves(
+    runs: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, key: str = "pass^1", title: str = ""
+) -> Path:
+    """Several learning curves on one PNG: ``key`` of each run's points (``grpo/heldout.jsonl``
+    rows) against the step, one line per run name."""
+    lines = {name: ([p["step"] for p in pts], [p[key] for p in pts]) for name, pts in runs.items()}
+    return _plot(lines, path, "GRPO step", f"held-out {key}", title)
