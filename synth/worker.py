@@ -138,6 +138,39 @@ async def _judge(env: WorkerEnv, plan: PlanPair, task: Task, traj: Trajectory, i
     return verdict
 
 
+async def _roll_out(
+    env: WorkerEnv, plan: PlanPair, task: Task, summary: RolloutSummary
+) -> list[tuple[int, Trajectory]]:
+    """``env.rollouts`` episodes of ``task``: rewards and (for failures) verdicts go into
+    ``summary``; returns the passing ``(k, trajectory)`` pairs. An endpoint that failed for good
+    raises ``EngineError``."""
+    workflow = ScoredEpisodes(
+        env.ctx.domain,
+        agent=env.make_agent,
+        user=env.make_user,
+        score=env.verifier.score,
+        max_steps=env.max_steps,
+        prompt=env.prompt,
+    )
+    passed: list[tuple[int, Trajectory]] = []
+    for k in range(env.rollouts):
+        seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
+        traj = await workflow.run(task, seed, task.id, k)
+        if traj.termination == Termination.ERROR and (traj.error or "").startswith("BudgetExhausted"):
+            raise BudgetExhausted(traj.error)  # the episode runner caught it: not the task's fault
+        info = traj.reward_info
+        assert info is not None
+        summary.rewards.append(info.reward)
+        if info.reward >= 1:
+            passed.append((k, traj))
+        if info.reward < 1:
+            try:
+                summary.verdicts.append(await _judge(env, plan, task, traj, info))
+            except (MalformedOutput, EngineError) as e:
+                summary.verdicts.append(Verdict(fault="trajectory", tag="unjudged", evidence=str(e)[:200]))
+    return passed
+
+
 async def run_attempt(
     env: WorkerEnv,
     plan: PlanPair,
@@ -180,34 +213,11 @@ async def run_attempt(
         return reject("dedupe", [Reason(code="near_duplicate", detail=dup)], task_id=task.id)
 
     summary = RolloutSummary()
-    workflow = ScoredEpisodes(
-        env.ctx.domain,
-        agent=env.make_agent,
-        user=env.make_user,
-        score=env.verifier.score,
-        max_steps=env.max_steps,
-        prompt=env.prompt,
-    )
-    passed: list[tuple[int, Trajectory]] = []
-    for k in range(env.rollouts):
-        seed = hash_int(f"{env.seed}:{task.id}:{k}") % 2**31
-        try:
-            traj = await workflow.run(task, seed, task.id, k)
-        except EngineError as e:  # an endpoint failed for good: no verdict on the task either way
-            reason = Reason(code="endpoint_error", detail=str(e)[:300])
-            return reject("trajectory", [reason], task_id=task.id, rollout=summary)
-        if traj.termination == Termination.ERROR and (traj.error or "").startswith("BudgetExhausted"):
-            raise BudgetExhausted(traj.error)  # the episode runner caught it: not the task's fault
-        info = traj.reward_info
-        assert info is not None
-        summary.rewards.append(info.reward)
-        if info.reward >= 1:
-            passed.append((k, traj))
-        if info.reward < 1:
-            try:
-                summary.verdicts.append(await _judge(env, plan, task, traj, info))
-            except (MalformedOutput, EngineError) as e:
-                summary.verdicts.append(Verdict(fault="trajectory", tag="unjudged", evidence=str(e)[:200]))
+    try:
+        passed = await _roll_out(env, plan, task, summary)
+    except EngineError as e:  # an endpoint failed for good: no verdict on the task either way
+        reason = Reason(code="endpoint_error", detail=str(e)[:300])
+        return reject("trajectory", [reason], task_id=task.id, rollout=summary)
     task_faults = [v for v in summary.verdicts if v.fault == "task"]
     if task_faults:
         reasons = [Reason(code="task_fault", detail=f"{v.tag}: {v.evidence}") for v in task_faults]
