@@ -17,8 +17,8 @@ def trend(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """``samples``: ``{"minute", "rss_mb", "threads", "fds"}`` in time order. Warm-up is the
     first sixth of the run (compiles of new prompt buckets, the first checkpoint's threads);
     the windows are up to 10 samples (a third of what follows warm-up, at least 1)."""
-    minutes = samples[-1]["minute"]
-    warm = [s for s in samples if s["minute"] >= minutes / 6]
+    warm_from = samples[-1]["minute"] / 6
+    warm = [s for s in samples if s["minute"] >= warm_from]
     k = max(1, min(10, len(warm) // 3))
     first, last = warm[:k], warm[-k:]
     rss = lambda xs, f: f(s["rss_mb"] for s in xs)  # noqa: E731
@@ -26,6 +26,7 @@ def trend(samples: list[dict[str, Any]]) -> dict[str, Any]:
     high = rss(last, max) / rss(first, max) - 1
     med = lambda xs, key: statistics.median(s[key] for s in xs)  # noqa: E731
     return {
+        "warm_from": warm_from,
         "warm_samples": len(warm),
         "window": k,
         "rss_low_mb": (rss(first, min), rss(last, min)),

@@ -26,7 +26,6 @@ def main() -> int:
     ap.add_argument("--samples", default=str(ROOT / "runs/soak.jsonl"))
     args = ap.parse_args()
     samples = [json.loads(x) for x in Path(args.samples).read_text().splitlines()]
-    minutes = samples[-1]["minute"]
     t = trend(samples)
     growth, k = t["rss_growth"], t["window"]
     verdict = "met" if growth < 0.05 else "NOT met"
@@ -39,7 +38,7 @@ def main() -> int:
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot([s["minute"] for s in samples], [s["rss_mb"] for s in samples], marker="o", ms=3)
-    ax.axvline(minutes / 6, color="grey", ls="--", lw=1)
+    ax.axvline(t["warm_from"], color="grey", ls="--", lw=1)
     ax.set_xlabel("minute")
     ax.set_ylabel("RSS (MB)")
     ax.set_title(f"GRPO soak: {samples[-1]['steps']} steps; RSS growth after warm-up {growth:+.1%}")
