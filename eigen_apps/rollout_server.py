@@ -32,8 +32,9 @@ from eigen_core.contracts import Task
 from eigen_core.domains import get_domain
 from eigen_core.routes import RouteLayout
 from eigen_core.tokenizer import Tokenizer
+from rollout import http_limits
 from rollout.config import EpisodeConfig, episode_settings
-from rollout.http_auth import bearer_auth, server_token
+from rollout.http_auth import server_token
 from rollout.http_engine import EngineError, HTTPEngine
 from rollout.version import PolicyVersion
 from rollout.workflow import lm_episodes
@@ -164,7 +165,8 @@ class RolloutServer:
             )
 
         app = web.Application(
-            client_max_size=64 * 2**20, middlewares=[bearer_auth(api_key)] if api_key else []
+            client_max_size=64 * 2**20,
+            middlewares=http_limits.middlewares(api_key, self.cfg.server.read_timeout_s),
         )
         app.add_routes(
             [web.post("/episode", episode), web.post("/version", version), web.get("/health", health)]
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             f"[rollout] {cfg.domain.name} episodes on http://{s.host}:{s.port}, agent {cfg.agent.url}{auth}",
             flush=True,
         )
-        web.run_app(app, host=s.host, port=s.port, print=None)
+        http_limits.run(app, s)
 
 
 if __name__ == "__main__":

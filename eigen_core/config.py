@@ -151,3 +151,10 @@ class ServerSection(Section):
     """Port to listen on."""
     progress_every: float = Field(10.0, gt=0)
     """Seconds between progress lines."""
+    idle_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a connection may stay open without sending a complete request's headers (idle
+    between requests, or a client sending them slowly): then it is closed. Keep it above the
+    clients' own keep-alive (aiohttp's: 15 s) so they never reuse a connection being closed."""
+    read_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a request's body may take to arrive after its headers; later: 408, connection
+    closed. How long the answer takes (an episode may run for minutes) is not limited."""

@@ -42,8 +42,9 @@ from eigen_core.tokenizer import Tokenizer
 from eigen_jax.model.hf import load_hf
 from eigen_jax.sampler import ContextOverflow, Sampler
 from eigen_jax.serve_protocol import BadRequest, check_fields, sse_events
+from rollout import http_limits
 from rollout.engine import SamplingParams
-from rollout.http_auth import API_KEY_ENV, bearer_auth, server_token
+from rollout.http_auth import API_KEY_ENV, server_token
 from rollout.openai_format import from_openai, to_openai
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -251,15 +252,16 @@ class Server:
         return {"results": [{"version": version}]}
 
     # -- aiohttp glue ------------------------------------------------------------------------
-    def app(self, api_key: str | None = None) -> web.Application:
-        """The aiohttp application; with ``api_key``, every route but /health needs it."""
+    def app(self, api_key: str | None = None, server: ServerSection | None = None) -> web.Application:
+        """The aiohttp application; with ``api_key``, every route but /health needs it;
+        ``server``: where its request deadlines come from (``http_limits``)."""
 
         def route(fn, with_body=True):
             async def handler(request: web.Request) -> web.Response:
                 try:
                     if with_body:
                         try:
-                            body = await request.json() if request.can_read_body else {}
+                            body = await request.json() if request.body_exists else {}
                         except ValueError as e:  # invalid JSON or not UTF-8
                             raise BadRequest(f"body is not JSON: {e}") from None
                         if not isinstance(body, dict):
@@ -281,8 +283,9 @@ class Server:
 
             return handler
 
+        limits = server or ServerSection()
         app = web.Application(
-            client_max_size=64 * 2**20, middlewares=[bearer_auth(api_key)] if api_key else []
+            client_max_size=64 * 2**20, middlewares=http_limits.middlewares(api_key, limits.read_timeout_s)
         )
         app.router.add_post("/v1/completions", route(self.completions))
         app.router.add_post("/v1/chat/completions", route(self.chat))
@@ -430,11 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     async def start(app: web.Application) -> None:
         app["progress"] = asyncio.create_task(_progress(server, sv.progress_every))
 
-    app = server.app(api_key)
+    app = server.app(api_key, sv)
     app.on_startup.append(start)
     auth = ", API key required" if api_key else ""
     print(f"[serve] {model_dir} on http://{sv.host}:{sv.port} as {server.name!r}{auth}", flush=True)
-    web.run_app(app, host=sv.host, port=sv.port, print=None)
+    http_limits.run(app, sv)
 
 
 if __name__ == "__main__":

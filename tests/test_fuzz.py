@@ -10,7 +10,7 @@ import string
 
 import pytest
 import yaml
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from fuzzing import fuzz
 from hypothesis import given
@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 
 from eigen_apps.rollout_server import RolloutServer, RolloutServerConfig
 from eigen_core.chat_format import ChatFormat
+from eigen_core.config import ServerSection
 from eigen_core.configio import ConfigError, load_config
 from eigen_core.contracts import Message, ToolCall
 from eigen_core.tokenizer import build_small_tokenizer
 from eigen_jax.serve import Server
 from rollout.engine import Generation
+from rollout.http_limits import runner_options
 from rollout.openai_format import from_openai
 from verifiers.sandbox import Sandbox
 
@@ -210,9 +212,11 @@ def apps(tmp_path_factory):
     sb = Sandbox(1, 2.0, 256)
     agent = {"tokenizer": str(root / "tok"), "url": "http://127.0.0.1:9", "max_retries": 0}
     cfg = RolloutServerConfig.model_validate({"agent": agent})
-    yield {
-        "serve": lambda: Server(_EchoSampler(), tok, "m").app(),
-        "rollout": lambda: RolloutServer(cfg, sb).app(),
+    yield {  # ``limits``: the server section (its deadlines); the default one if None
+        "serve": lambda limits=None: Server(_EchoSampler(), tok, "m").app(None, limits),
+        "rollout": lambda limits=None: RolloutServer(
+            cfg.model_copy(update={"server": limits}) if limits else cfg, sb
+        ).app(),
     }
     sb.close()
 
@@ -264,3 +268,45 @@ def test_oversized_bodies_are_refused(apps):
             await server.close()
 
     assert asyncio.run(go()) == 413
+
+
+@pytest.mark.parametrize("which", ["serve", "rollout"])
+def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
+    """Slowloris: a client that stops half-way through its headers is disconnected, one that
+    stops half-way through its body gets 408, and a normal request meanwhile is answered."""
+    limits = ServerSection(idle_timeout_s=1.0, read_timeout_s=1.0)
+    route = _ROUTES[which][0]
+
+    async def stalled(data: bytes, port: int) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(data)
+        await w.drain()
+        try:  # everything the server sends until it closes the connection
+            return await asyncio.wait_for(r.read(), 30)
+        finally:
+            w.close()
+
+    async def go():
+        runner = web.AppRunner(apps[which](limits), **runner_options(limits))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            head = f"POST {route} HTTP/1.1\r\nHost: x\r\n".encode()
+            body_head = b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"
+            half_headers = asyncio.create_task(stalled(head, port))
+            half_body = asyncio.create_task(stalled(head + body_head, port))
+            await asyncio.sleep(0.2)  # both stalled clients are connected
+            async with ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                    healthy = r.status
+            return healthy, await half_headers, await half_body
+        finally:
+            await runner.cleanup()
+
+    healthy, headers_answer, body_answer = asyncio.run(go())
+    assert healthy == 200
+    assert headers_answer == b""  # closed without an answer
+    assert body_answer.startswith(b"HTTP/1.1 408"), body_answer[:200]
+    assert b"server.read_timeout_s" in body_answer

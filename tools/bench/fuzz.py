@@ -59,6 +59,12 @@ Found and fixed while writing these targets: `from_openai` raised `TypeError` on
 `tool_calls`; `eigen_jax.serve` answered 500 to a non-UTF-8 body and to malformed `tools`;
 `eigen_apps.rollout_server` answered 500 to a non-JSON body, a bad `version` or `sample_index`, and to a
 failing engine (now 400, 400 and 502 naming the engine).
+
+Slow requests (`tests/test_fuzz.py::test_slow_clients_are_cut_off_while_others_are_served`, both
+servers): a client that stops half-way through its headers was held open by aiohttp for an hour
+(its keep-alive default when an app is run by hand), and one that stops half-way through its body
+forever; now the first is disconnected after `server.idle_timeout_s`, the second answered 408
+after `server.read_timeout_s`, and a request meanwhile is served.
 """
     print(body)
     write_section("fuzz", body, RELIABILITY)
