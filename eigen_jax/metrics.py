@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def host_rss_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux's ``/proc/self/statm``; None elsewhere).
+    Logged with every step, i.e. at the same point of each step's cycle, which is what makes a
+    trend readable: sampled at random moments, RSS swings with whatever batch is in flight."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class MetricsLogger:
@@ -53,6 +65,8 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if (rss := host_rss_mb()) is not None:
+            metrics = {**metrics, "host_rss_mb": round(rss, 1)}
         row = {"step": step, "time": round(time.perf_counter() - self._t0, 3), **metrics}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()

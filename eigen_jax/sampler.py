@@ -124,21 +124,9 @@ def _forward(model: Decoder, route_dtype):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "return_cache", "route_dtype"))
 def _generate(
-    graphdef,
-    state,
-    prefix,
-    prefix_mask,
-    prompt,
-    prompt_mask,
-    keys,
-    knobs,
-    stop_ids,
-    max_new_per_row,
-    live,
-    max_new,
-    return_cache=False,
-    route_dtype=None,
-):
+    graphdef, state, prefix, prefix_mask, prompt, prompt_mask, keys, knobs, stop_ids, max_new_per_row,
+    live, max_new, return_cache=False, route_dtype=None,
+):  # fmt: skip
     """Prefill ``prompt`` [B, P] after the cached ``prefix`` (per layer (k, v) [B, C, kv, hd],
     real slots in ``prefix_mask`` [B, C]; C may be 0), then decode up to ``max_new`` tokens.
     Cache slots: [0, C) prefix, [C, C+P) prompt, [C+P, C+P+max_new) generated tokens.
@@ -301,6 +289,14 @@ class Sampler:
             self.prefix_cache.clear()
         self.policy_version.set(new_version)
         return new_version
+
+    @staticmethod
+    def compiled_programs() -> int:
+        """Generation programs compiled so far (one per prompt/prefix/batch shape bucket), process
+        wide: the soak watches it beside resident memory, since each program holds host memory.
+        -1 where this JAX does not expose jit's cache size."""
+        size = getattr(_generate, "_cache_size", None)
+        return int(size()) if callable(size) else -1
 
     def new_prefix_store(self) -> PrefixStore | None:
         """An empty prefix cache of this engine's budget (a lockstep cohort's own: what it finds

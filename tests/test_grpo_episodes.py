@@ -107,8 +107,9 @@ def test_grpo_on_episodes_trains_logs_and_checkpoints_the_controller(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     keys = ("pass_rate", "loss", "staleness_max", "learner_idle_frac", "episode_tokens", "step_s")
-    for key in (*keys, "train_reward_mean", "prefix_hit_rate"):
+    for key in (*keys, "train_reward_mean", "prefix_hit_rate", "compiled_programs"):
         assert key in rows[0], key
+    assert rows[-1]["compiled_programs"] >= 1  # the sampler's generation programs (soak: memory)
     assert max(r["staleness_max"] for r in rows) <= 1  # eta: batches are consumed in start order
     assert summary["source"] == "episodes" and summary["max_staleness"] == 1
     assert summary["train_tasks"] == 3  # grpo.max_tasks: the train split's first 3

@@ -1,5 +1,5 @@
 """A 30-minute GRPO-on-episodes run (tiny model, embedded sampler, prefix cache on), sampled every
-30 s: resident memory after warm-up grows < 5% (both of its levels: ``soak_trend``), open
+30 s: resident memory after warm-up grows < 5% (at the end of each step: ``soak_trend``), open
 descriptors and threads do not grow, the prefix cache stays within its budget. By hand:
 ``bash tools/test.sh -m soak -s`` (minutes: ``EIGEN_SOAK_MINUTES``); the figures go to
 RELIABILITY.md's soak section."""
@@ -51,10 +51,12 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
         while time.monotonic() - t0 < minutes * 60:
             time.sleep(30 if minutes >= 5 else 10)
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            steps = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            programs = json.loads(lines[-1]).get("compiled_programs", -1) if lines else -1
             samples.append(
-                {"minute": round((time.monotonic() - t0) / 60, 1), "steps": steps, **_sample(proc.pid)}
-            )
+                {"minute": round((time.monotonic() - t0) / 60, 1), "steps": len(lines), **_sample(proc.pid),
+                 "programs": programs}
+            )  # fmt: skip
             print(json.dumps(samples[-1]), flush=True)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -63,7 +65,11 @@ def test_thirty_minutes_of_grpo_do_not_leak(tmp_path):
     (ROOT / "runs").mkdir(exist_ok=True)
     (ROOT / "runs/soak.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-    t = trend(samples)
+    kept = ("step", "time", "host_rss_mb", "compiled_programs", "prefix_cache_mb")
+    (ROOT / "runs/soak_steps.jsonl").write_text(
+        "".join(json.dumps({k: r[k] for k in kept if k in r}) + "\n" for r in rows)
+    )
+    t = trend(samples, rows)
     print(json.dumps({**t, "steps": rows[-1]["step"] if rows else 0}))
     assert t["warm_samples"] >= 3 and t["rss_growth"] < 0.05, samples
     assert t["fds"][1] <= t["fds"][0] and t["threads"][1] <= t["threads"][0], samples

@@ -63,6 +63,7 @@ def test_sft_user_and_grpo_write_metrics_checkpoints_and_hf(tmp_path):
     assert sft["steps"] == 4 and sft["train_dialogues"] + sft["test_dialogues"] == 60
     rows = _metrics(tmp_path / "sft_user/metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[1] and rows[0]["tokens"] > 0
+    assert all(100 < r["host_rss_mb"] < 2**20 for r in rows)  # a JAX process holds >100 MiB
     assert any((tmp_path / "sft_user/tb").iterdir())
     assert sorted(p.name for p in (tmp_path / "sft_user/checkpoints").iterdir() if p.name.isdigit()) == [
         "2",

@@ -64,11 +64,12 @@ class InProcessRollouts(Rollouts):
         return 0  # no network in between
 
     def engine_metrics(self) -> dict[str, float]:
+        out = {"compiled_programs": float(self.sampler.compiled_programs())}
         store = self.sampler.prefix_cache
-        if store is None:
-            return {}
-        # share of prompt tokens not prefilled; bytes held within episode.prefix_cache_mb
-        return {"prefix_hit_rate": store.hit_rate, "prefix_cache_mb": store.nbytes / 2**20}
+        if store is not None:
+            # share of prompt tokens not prefilled; bytes held within episode.prefix_cache_mb
+            out |= {"prefix_hit_rate": store.hit_rate, "prefix_cache_mb": store.nbytes / 2**20}
+        return out
 
     async def close(self) -> None:
         pass
