@@ -166,7 +166,7 @@ class RolloutServer:
 
         app = web.Application(
             client_max_size=64 * 2**20,
-            middlewares=http_limits.middlewares(api_key, self.cfg.server.read_timeout_s),
+            middlewares=http_limits.middlewares(api_key, self.cfg.server),
         )
         app.add_routes(
             [web.post("/episode", episode), web.post("/version", version), web.get("/health", health)]

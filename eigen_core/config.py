@@ -158,3 +158,7 @@ class ServerSection(Section):
     read_timeout_s: float = Field(60.0, gt=0)
     """Seconds a request's body may take to arrive after its headers; later: 408, connection
     closed. How long the answer takes (an episode may run for minutes) is not limited."""
+    max_inflight: int = Field(1024, ge=1)
+    """Requests read or handled at once (``/health`` aside); one more is answered 429 with
+    ``Retry-After`` and the clients retry. Keep it above the clients' concurrency (a rollout
+    client's episodes in flight, an engine client's connection pool)."""

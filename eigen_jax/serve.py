@@ -285,7 +285,7 @@ class Server:
 
         limits = server or ServerSection()
         app = web.Application(
-            client_max_size=64 * 2**20, middlewares=http_limits.middlewares(api_key, limits.read_timeout_s)
+            client_max_size=64 * 2**20, middlewares=http_limits.middlewares(api_key, limits)
         )
         app.router.add_post("/v1/completions", route(self.completions))
         app.router.add_post("/v1/chat/completions", route(self.chat))

@@ -270,21 +270,26 @@ def test_oversized_bodies_are_refused(apps):
     assert asyncio.run(go()) == 413
 
 
+async def _stalled(data: bytes, port: int) -> bytes:
+    """Send ``data`` and no more; everything the server sends until it closes the connection."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(data)
+    await w.drain()
+    try:
+        return await asyncio.wait_for(r.read(), 30)
+    finally:
+        w.close()
+
+
+_BODY_HEAD = b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"  # then stalls
+
+
 @pytest.mark.parametrize("which", ["serve", "rollout"])
 def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
     """Slowloris: a client that stops half-way through its headers is disconnected, one that
     stops half-way through its body gets 408, and a normal request meanwhile is answered."""
     limits = ServerSection(idle_timeout_s=1.0, read_timeout_s=1.0)
     route = _ROUTES[which][0]
-
-    async def stalled(data: bytes, port: int) -> bytes:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(data)
-        await w.drain()
-        try:  # everything the server sends until it closes the connection
-            return await asyncio.wait_for(r.read(), 30)
-        finally:
-            w.close()
 
     async def go():
         runner = web.AppRunner(apps[which](limits), **runner_options(limits))
@@ -294,9 +299,8 @@ def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
         port = site._server.sockets[0].getsockname()[1]
         try:
             head = f"POST {route} HTTP/1.1\r\nHost: x\r\n".encode()
-            body_head = b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"
-            half_headers = asyncio.create_task(stalled(head, port))
-            half_body = asyncio.create_task(stalled(head + body_head, port))
+            half_headers = asyncio.create_task(_stalled(head, port))
+            half_body = asyncio.create_task(_stalled(head + _BODY_HEAD, port))
             await asyncio.sleep(0.2)  # both stalled clients are connected
             async with ClientSession() as s:
                 async with s.get(f"http://127.0.0.1:{port}/health") as r:
@@ -310,3 +314,40 @@ def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
     assert headers_answer == b""  # closed without an answer
     assert body_answer.startswith(b"HTTP/1.1 408"), body_answer[:200]
     assert b"server.read_timeout_s" in body_answer
+
+
+@pytest.mark.parametrize("which", ["serve", "rollout"])
+def test_a_full_server_answers_429_with_retry_after_and_its_health_check_still_answers(apps, which):
+    """server.max_inflight: with its one slot held by a request whose body stalls, the next
+    request is answered 429 with Retry-After (clients retry), /health is answered, and once the
+    stalled request is cut off (408) the slot is free again."""
+    limits = ServerSection(max_inflight=1, read_timeout_s=1.5)
+    route = _ROUTES[which][0]
+
+    async def go():
+        runner = web.AppRunner(apps[which](limits), **runner_options(limits))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            head = f"POST {route} HTTP/1.1\r\nHost: x\r\n".encode()
+            holder = asyncio.create_task(_stalled(head + _BODY_HEAD, port))
+            await asyncio.sleep(0.3)  # the stalled request holds the slot
+            async with ClientSession() as s:
+                async with s.post(url + route, json={}) as r:
+                    full = (r.status, r.headers.get("Retry-After"), await r.json())
+                async with s.get(url + "/health") as r:
+                    healthy = r.status
+                held = await holder  # cut off by the body deadline: the slot is released
+                async with s.post(url + route, json={}) as r:
+                    after = r.status
+            return full, healthy, held, after
+        finally:
+            await runner.cleanup()
+
+    (status, retry_after, body), healthy, held, after = asyncio.run(go())
+    assert (status, retry_after) == (429, "1") and "server.max_inflight" in body["error"]["message"]
+    assert healthy == 200 and held.startswith(b"HTTP/1.1 408")
+    assert after != 429 and after < 500, after  # served (an error about the empty body, at most)

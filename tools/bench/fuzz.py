@@ -64,7 +64,10 @@ Slow requests (`tests/test_fuzz.py::test_slow_clients_are_cut_off_while_others_a
 servers): a client that stops half-way through its headers was held open by aiohttp for an hour
 (its keep-alive default when an app is run by hand), and one that stops half-way through its body
 forever; now the first is disconnected after `server.idle_timeout_s`, the second answered 408
-after `server.read_timeout_s`, and a request meanwhile is served.
+after `server.read_timeout_s`, and a request meanwhile is served. A flood is bounded too
+(`test_a_full_server_answers_429_with_retry_after_and_its_health_check_still_answers`): beyond
+`server.max_inflight` requests at once the answer is 429 with `Retry-After`, `/health` still
+answers, and a slot frees when its request ends or is cut off.
 """
     print(body)
     write_section("fuzz", body, RELIABILITY)
