@@ -15,7 +15,9 @@ drawn uniformly from ``faults``:
 - ``malformed``: ``200`` with a body that is not JSON;
 - ``wrong_model``: the real answer with its ``model`` field naming another model.
 
-``counts`` says how many requests met each fault (and ``ok``: forwarded untouched); the proxy
+``counts`` says how many requests met each fault (and ``ok``: forwarded untouched), ``abandoned``
+how many forwarded answers found their client gone (it timed out on a slow upstream: a retry the
+proxy did not cause); the proxy
 itself answers ``GET /_fault_proxy/counts`` with them. Binds 127.0.0.1 only: it is a test tool.
 """
 
@@ -61,6 +63,7 @@ class FaultProxy:
         self.rate, self.faults = rate, tuple(faults)
         self.hang_s, self.slow_s, self.retry_after_s = hang_s, slow_s, retry_after_s
         self.counts: Counter[str] = Counter()
+        self.abandoned = 0
         self._rng = random.Random(seed)
         self._session: aiohttp.ClientSession | None = None
 
@@ -100,7 +103,13 @@ class FaultProxy:
             return web.Response(
                 status=200, body=b'{"choices": [{"text": "unterminated', content_type="application/json"
             )
-        status, headers, data = await self._forward(request, body)
+        try:
+            status, headers, data = await self._forward(request, body)
+        except asyncio.CancelledError:  # the client hung up (a server with handler cancellation)
+            self.abandoned += 1
+            raise
+        if request.transport is None or request.transport.is_closing():
+            self.abandoned += 1  # no fault of ours: the client gave up waiting upstream
         if fault == "wrong_model" and status == 200:
             try:
                 obj = json.loads(data)

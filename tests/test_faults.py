@@ -56,17 +56,53 @@ def test_the_client_recovers_from_every_fault_with_the_same_answers():
             got = await asyncio.gather(*(flaky.generate(p, s) for p, s in zip(prompts, sp, strict=True)))
             await direct.close()
             await flaky.close()
-            return want, got, proxy.counts, flaky.retries
+            return want, got, proxy.counts, flaky.retries, proxy.abandoned
         finally:
             await front.close()
             await up.close()
 
-    want, got, counts, retries = asyncio.run(main())
+    want, got, counts, retries, abandoned = asyncio.run(main())
     assert [g.tokens for g in got] == [w.tokens for w in want]
     assert [g.logprobs for g in got] == [w.logprobs for w in want]
     assert set(FAULTS) <= set(counts), counts  # every kind of fault was met
     failed = sum(n for f, n in counts.items() if f not in ("ok", "slow"))
-    assert retries == failed, (retries, counts)  # each failed attempt was retried exactly once
+    # each failed attempt was retried exactly once (and a sound answer that came too late, once)
+    assert retries == failed + abandoned, (retries, counts, abandoned)
+
+
+@pytest.mark.parametrize("cancel", [True, False], ids=["handler-cancelled", "handler-runs-on"])
+def test_the_proxy_counts_sound_answers_whose_client_gave_up(cancel):
+    """A slow upstream (no injected fault) outlasting the client's timeout: the proxy counts the
+    answer it could not deliver, so tests can tell such retries from the ones it caused (aiohttp
+    cancels the handler of a vanished client under a test server, not under ``run_app``)."""
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(0.6)
+        return web.json_response({"ok": True})
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/x", slow)
+        up = TestServer(app)
+        await up.start_server()
+        proxy = FaultProxy(str(up.make_url("")).rstrip("/"), rate=0.0)
+        runner = web.AppRunner(proxy.app(), handler_cancellation=cancel)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            eng = HTTPEngine(f"http://127.0.0.1:{port}", "m", timeout_s=0.2, max_retries=0)
+            with pytest.raises(EngineError):
+                await eng.request("POST", "/x", {})
+            await eng.close()
+            await asyncio.sleep(0.8)  # the upstream answers, to nobody
+            return proxy.counts, proxy.abandoned
+        finally:
+            await runner.cleanup()
+            await up.close()
+
+    assert asyncio.run(main()) == ({"ok": 1}, 1)
 
 
 def test_past_its_failure_budget_an_endpoint_stops_the_run_by_name():
@@ -242,13 +278,15 @@ def test_a_synth_round_through_faults_completes_and_counts_its_retries(tmp_path)
                 ],
             )  # fmt: skip
             try:
-                return await run_synth(cfg), proxy.counts
+                return await run_synth(cfg), proxy.counts, proxy.abandoned
             finally:
                 await front.close()
 
-    report, counts = asyncio.run(main())
+    report, counts, abandoned = asyncio.run(main())
     journal = (tmp_path / "run/journal.jsonl").read_text().splitlines()
     assert len(journal) == 24 and [r["proposed"] for r in report["rounds"]] == [12, 12]
     assert len(TaskPool(tmp_path / "pool")) == report["accepted"] > 0
     faults = sum(n for f, n in counts.items() if f not in ("ok", "slow"))
-    assert faults > 10 and report["retries"] == faults, (report["retries"], counts)  # each one retried
+    # each fault retried once, and each sound answer the client stopped waiting for (a loaded
+    # machine) once more
+    assert faults > 10 and report["retries"] == faults + abandoned, (report["retries"], counts, abandoned)
