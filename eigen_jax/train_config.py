@@ -81,12 +81,13 @@ class ModelSection(Section):
     one row's assignments); ``rows`` keeps each device's experts local and gathers its expert
     group's rows instead (Megatron's allgather dispatcher: no device holds every expert, but
     each computes ``expert`` x the assignments). BENCHMARKS.md "Pod plans" has both on 30B-A3B."""
-    moe_kernel: Literal["auto", "ragged_dot", "megablox"] = "auto"
+    moe_kernel: Literal["auto", "ragged_dot", "megablox", "tiled"] = "auto"
     """MoE layers' grouped matmul (``eigen_jax/model/moe.py``): ``ragged_dot`` is XLA's
     ``lax.ragged_dot`` (XLA:TPU and XLA:CPU expand it into dense per-expert work and
     temporaries; XLA builds with cuDNN's ragged-dot fusion lower it to a grouped matmul on
     NVIDIA GPUs); ``megablox`` is the Pallas TPU kernel that computes only the routed rows
-    (MaxText's); ``auto``: megablox on TPU, ragged_dot elsewhere."""
+    (MaxText's); ``tiled`` the same tiling in plain JAX, for any backend; ``auto``: megablox on
+    TPU, tiled on CPU, ragged_dot on GPUs."""
     mesh: list[int] = Field(default_factory=lambda: [1, -1, 1])
     """Device mesh (data, fsdp, tensor[, expert]); one -1 takes the remaining devices. ``expert``
     (default 1) splits an MoE model's experts over its devices and, for everything else, is one

@@ -3,10 +3,12 @@ each expert a SwiGLU MLP that computes only the tokens routed to it.
 
 Dispatch is sort-based: the (token, expert) assignments are sorted by expert and each expert's
 contiguous run goes through one grouped matmul, so compute scales with ``num_experts_per_tok``,
-not ``num_experts``, and no token is ever dropped (no capacity factor). Two grouped-matmul kernels
-(``KERNELS``, ``model.moe_kernel``): ``jax.lax.ragged_dot`` (XLA's; XLA:CPU and XLA:TPU expand it
-into dense per-expert work, XLA:GPU lowers it to cuDNN's grouped matmul where enabled) and the
-Pallas TPU kernel ``megablox`` (what MaxText uses), whose tiles visit only the routed rows.
+not ``num_experts``, and no token is ever dropped (no capacity factor). Three grouped-matmul
+kernels (``KERNELS``, ``model.moe_kernel``): ``jax.lax.ragged_dot`` (XLA's; XLA:CPU and XLA:TPU
+expand it into dense per-expert work, XLA:GPU lowers it to cuDNN's grouped matmul where enabled),
+the Pallas TPU kernel ``megablox`` (what MaxText uses), whose tiles visit only the routed rows,
+and ``tiled``, the same tiling in plain JAX (a loop over row tiles, each times its own expert's
+kernel): any backend, the default on CPU.
 
 Routing replay: ``forced`` routes (recorded by the sampler for the tokens it generated) replace
 the router's own top-k choice on the rows marked for replay; the gate weights are still the
@@ -58,16 +60,17 @@ def route(logits: jax.Array, k: int, norm_topk_prob: bool, forced: Forced | None
     return Routing(top_i.astype(jnp.int32), top_w, probs)
 
 
-KERNELS: tuple[str, ...] = ("ragged_dot", "megablox")
+KERNELS: tuple[str, ...] = ("ragged_dot", "megablox", "tiled")
 TILE_ROWS = 128  # megablox row tile: a tile straddling two experts' runs is computed for both,
 # so the waste is up to one tile per expert; 128 keeps it at 25% for 128 experts x 64k rows
 
 
 def kernel_for(choice: str, platform: str, interpret: bool = False) -> str:
     """``model.moe_kernel`` resolved for a device ``platform``: ``auto`` is megablox on TPU,
-    ragged_dot elsewhere (megablox is a TPU kernel; off TPU it runs only in Pallas' interpreter)."""
+    tiled on CPU (BENCHMARKS.md "MoE"), ragged_dot on GPUs (cuDNN's grouped matmul where XLA has
+    it; not measured here). Megablox is a TPU kernel; off TPU it runs only in Pallas' interpreter."""
     if choice == "auto":
-        return "megablox" if platform == "tpu" else "ragged_dot"
+        return {"tpu": "megablox", "cpu": "tiled"}.get(platform, "ragged_dot")
     if choice not in KERNELS:
         raise ValueError(f"model.moe_kernel {choice!r}: expected auto or one of {', '.join(KERNELS)}")
     if choice == "megablox" and platform != "tpu" and not interpret:
@@ -84,12 +87,100 @@ def _tile(d: int) -> int:
     return next((t for t in (512, 256, 128) if d % t == 0), d)
 
 
+def tiled_rows(m: int, g: int) -> int:
+    """The ``tiled`` kernel's row tile for ``m`` rows in ``g`` runs: about one run's share,
+    a power of two from 8 to 128, so padding every run to whole tiles at most doubles the rows."""
+    share = max(1, -(-m // g))
+    return min(128, max(8, 1 << (share - 1).bit_length()))
+
+
+def _tile_layout(m: int, g: int, sizes: jax.Array):
+    """Where the ``tiled`` kernel puts each row: (tile rows, tiles, slot of each row in the padded
+    copy (``tiles * tm``: none), whether a kernel takes the row, each tile's run (``g``: none))."""
+    tm = tiled_rows(m, g)
+    nt = -(-m // tm) + g  # sum_j ceil(s_j / tm) <= m / tm + g
+    ends = jnp.cumsum(sizes[:g])
+    tiles = -(-sizes[:g] // tm)
+    tile_ends = jnp.cumsum(tiles)
+    row = jnp.arange(m)
+    run = jnp.searchsorted(ends, row, side="right")  # g: the last run, nobody's here
+    taken = run < g
+    j = jnp.minimum(run, g - 1)
+    slot = jnp.where(taken, (tile_ends[j] - tiles[j]) * tm + row - (ends[j] - sizes[j]), nt * tm)
+    owner = jnp.searchsorted(tile_ends, jnp.arange(nt), side="right")
+    return tm, nt, slot, taken, owner
+
+
+def _pad_rows(x: jax.Array, slot: jax.Array, nt: int, tm: int) -> jax.Array:
+    return jnp.zeros((nt, tm, x.shape[1]), x.dtype).at[slot // tm, slot % tm].set(x, mode="drop")
+
+
+def _unpad_rows(y: jax.Array, slot: jax.Array, taken: jax.Array) -> jax.Array:
+    y = jnp.take(y.reshape(-1, y.shape[-1]), jnp.where(taken, slot, 0), axis=0)
+    return jnp.where(taken[:, None], y, 0.0)
+
+
+@jax.custom_vjp
+def _tiled_matmul(a: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+    """``grouped_matmul`` in plain JAX for any backend: every run is copied to start on a tile
+    boundary, and a loop over the tiles multiplies each by its own run's kernel only; tiles past
+    the last taken run are skipped. Work: the routed rows plus at most a tile per run."""
+    return _tiled_fwd(a, w, sizes)[0]
+
+
+def _tiled_fwd(a, w, sizes):
+    g = w.shape[0]
+    tm, nt, slot, taken, owner = _tile_layout(a.shape[0], g, sizes)
+    padded = _pad_rows(a, slot, nt, tm)
+
+    def tile(_, xs):
+        t, o = xs
+        y = jax.lax.cond(
+            o < g,
+            lambda: jnp.dot(t, w[jnp.minimum(o, g - 1)], preferred_element_type=jnp.float32),
+            lambda: jnp.zeros((tm, w.shape[2]), jnp.float32),
+        )
+        return None, y
+
+    out = jax.lax.scan(tile, None, (padded, owner))[1]
+    return _unpad_rows(out, slot, taken), (padded, w, slot, taken, owner)
+
+
+def _tiled_bwd(res, dy):
+    # written out rather than differentiated: autodiff of the loop would add a zero-filled
+    # gradient of every kernel at every tile; here each tile adds into its own kernel only
+    padded, w, slot, taken, owner = res
+    nt, tm, _ = padded.shape
+    g = w.shape[0]
+    dyp = _pad_rows(jnp.where(taken[:, None], dy, 0.0), slot, nt, tm)
+
+    def tile(dw, xs):
+        t, d, o = xs
+        i = jnp.minimum(o, g - 1)
+
+        def grads():
+            da = jnp.dot(d, w[i].T.astype(d.dtype), preferred_element_type=jnp.float32)
+            dwi = jnp.dot(t.T.astype(jnp.float32), d, preferred_element_type=jnp.float32)
+            return da, dw.at[i].add(dwi)
+
+        da, dw = jax.lax.cond(o < g, grads, lambda: (jnp.zeros((tm, w.shape[1]), jnp.float32), dw))
+        return dw, da
+
+    dw, da = jax.lax.scan(tile, jnp.zeros(w.shape, jnp.float32), (padded, dyp, owner))
+    return _unpad_rows(da, slot, taken).astype(padded.dtype), dw.astype(w.dtype), None
+
+
+_tiled_matmul.defvjp(_tiled_fwd, _tiled_bwd)
+
+
 def grouped_matmul(
     a: jax.Array, w: jax.Array, sizes: jax.Array, kernel: str = "ragged_dot", interpret: bool = False
 ) -> jax.Array:
     """Rows of ``a`` [M, K] in runs of ``sizes`` [G+1] (the last run: rows no kernel here takes),
     run g times ``w[g]`` ([G, K, N]); rows of the last run come out 0. fp32 [M, N]."""
     g = w.shape[0]
+    if kernel == "tiled":
+        return _tiled_matmul(a, w, sizes)
     if kernel == "ragged_dot":
         y = jax.lax.ragged_dot(a, w, sizes[:g], preferred_element_type=jnp.float32)
         return jnp.where((jnp.arange(a.shape[0]) < jnp.sum(sizes[:g]))[:, None], y, 0.0)

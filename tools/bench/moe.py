@@ -4,9 +4,11 @@ against transformers' MoE on the same weights, side by side in one run.
     python tools/bench/moe.py [--repeats 5] [--batch 8x256] [--decode 16x64+64]
 
 * learner step: SFT loss + backward + clip + AdamW (fp32), eigen-jax's ``Learner.update`` on the
-  MoE and on the dense model, and the same step written plainly in torch on transformers'
+  MoE (with the CPU's default grouped matmul, ``tiled``, and with XLA's ``ragged_dot``) and on the
+  dense model, and the same step written plainly in torch on transformers'
   ``Qwen3MoeForCausalLM`` with the MoE's weights; tokens/s over every token of the batch.
-* decode: eigen-jax's ``Sampler`` (greedy, fp32) on the MoE and on the dense model; new tokens/s.
+* decode: eigen-jax's ``Sampler`` (greedy, fp32) on the MoE (both kernels) and on the dense model;
+  new tokens/s.
 
 The dense peer has every MoE layer's experts replaced by one MLP of ``top_k x moe_intermediate``
 hidden units: the same matmul FLOPs per token (the router aside). Each engine runs in a process
@@ -67,13 +69,13 @@ def batch(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"tokens": tokens, "attn_mask": np.ones_like(tokens), "loss_mask": np.ones_like(tokens)}
 
 
-def jax_step(path: str, b: dict[str, np.ndarray], repeats: int) -> float:
+def jax_step(path: str, b: dict[str, np.ndarray], repeats: int, kernel: str = "auto") -> float:
     from eigen_jax.learner import Learner, make_optimizer
     from eigen_jax.model.hf import load_hf
     from eigen_jax.objectives import SFTLoss
     from eigen_jax.train_config import OptimSection
 
-    learner = Learner(load_hf(path), make_optimizer(OptimSection(lr=1e-6), 10), SFTLoss())
+    learner = Learner(load_hf(path).use_experts(kernel), make_optimizer(OptimSection(lr=1e-6), 10), SFTLoss())
     dev = learner.put(b)
     denom = SFTLoss().denom(dev)
     learner.update(dev, denom)  # compiles
@@ -101,12 +103,12 @@ def torch_step(path: str, b: dict[str, np.ndarray], repeats: int) -> float:
     return median_time(step, repeats)[0]
 
 
-def jax_decode(path: str, rows: int, prompt: int, new: int, repeats: int) -> float:
+def jax_decode(path: str, rows: int, prompt: int, new: int, repeats: int, kernel: str = "auto") -> float:
     from eigen_jax.model.hf import load_hf
     from eigen_jax.sampler import Sampler
     from rollout.engine import SamplingParams
 
-    sampler = Sampler(load_hf(path))
+    sampler = Sampler(load_hf(path).use_experts(kernel))
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, ARCH["vocab_size"] - 1, prompt).tolist() for _ in range(rows)]
     sp = SamplingParams(temperature=0, max_new_tokens=new)
@@ -118,10 +120,11 @@ def worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     kind, path, r = spec["kind"], spec["path"], spec["repeats"]
     if kind == "decode":
-        seconds = jax_decode(path, spec["rows"], spec["prompt"], spec["new"], r)
+        seconds = jax_decode(path, spec["rows"], spec["prompt"], spec["new"], r, spec["kernel"])
+    elif spec["engine"] == "torch":
+        seconds = torch_step(path, dict(np.load(spec["batch"])), r)
     else:
-        b = dict(np.load(spec["batch"]))
-        seconds = (torch_step if spec["engine"] == "torch" else jax_step)(path, b, r)
+        seconds = jax_step(path, dict(np.load(spec["batch"])), r, spec["kernel"])
     print("RESULT " + json.dumps({"seconds": seconds}), flush=True)
 
 
@@ -151,25 +154,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = build(Path(tmp))
         np.savez(Path(tmp) / "batch.npz", **batch(n, length))
-        common = {"batch": str(Path(tmp) / "batch.npz"), "repeats": args.repeats}
+        common = {"batch": str(Path(tmp) / "batch.npz"), "repeats": args.repeats, "kernel": "auto"}
+        jax_runs = (
+            ("eigen-jax MoE", "moe", "auto"),
+            ("eigen-jax MoE, ragged_dot", "moe", "ragged_dot"),
+            ("eigen-jax dense", "dense", "auto"),
+        )
         step = {
-            "eigen-jax MoE": run({**common, "kind": "step", "engine": "jax", "path": paths["moe"]}),
-            "eigen-jax dense": run({**common, "kind": "step", "engine": "jax", "path": paths["dense"]}),
-            "transformers MoE": run({**common, "kind": "step", "engine": "torch", "path": paths["moe"]}),
+            name: run({**common, "kind": "step", "engine": "jax", "path": paths[key], "kernel": kernel})
+            for name, key, kernel in jax_runs
         }
-        dec = {
-            name: run(
-                {
-                    "kind": "decode",
-                    "path": paths[key],
-                    "rows": int(rows),
-                    "prompt": prompt,
-                    "new": new,
-                    "repeats": args.repeats,
-                }
-            )
-            for name, key in (("eigen-jax MoE", "moe"), ("eigen-jax dense", "dense"))
-        }
+        step["transformers MoE"] = run({**common, "kind": "step", "engine": "torch", "path": paths["moe"]})
+        decode = {"kind": "decode", "rows": int(rows), "prompt": prompt, "new": new, "repeats": args.repeats}
+        dec = {name: run({**decode, "path": paths[key], "kernel": kernel}) for name, key, kernel in jax_runs}
     tokens = n * length
     cmd = f"python tools/bench/moe.py --repeats {args.repeats} --batch {args.batch} --decode {args.decode}"
     model = (
@@ -182,7 +179,9 @@ def main() -> None:
         "## MoE: learner step and decode (`tools/bench/moe.py`)",
         "",
         f"Command: `{cmd}`. Machine: {machine()}. Model: {model}. Median of {args.repeats} after a "
-        "warm-up, each engine in its own process.",
+        'warm-up, each engine in its own process. "eigen-jax MoE" is `model.moe_kernel: auto` (on '
+        "CPU: `tiled`, the plain-JAX grouped matmul); the ragged_dot row is XLA's `lax.ragged_dot`, "
+        "which XLA:CPU expands into every expert on every row.",
         "",
         f"| learner step ({n} x {length} tokens, SFT + AdamW) | s / step | tokens/s | speed vs MoE |",
         "|---|---:|---:|---:|",
