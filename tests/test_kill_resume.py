@@ -1,8 +1,10 @@
-"""kill -9 at random points, twenty times per stage, each followed by a resume: the task pool and
-the eval records neither lose nor duplicate an item, and deterministic runs end exactly where an
-uninterrupted run ends (tests/kill_harness.py; crash points in eigen_core.crashpoints)."""
+"""kill -9 at random points (twenty times per stage in tools/bench/kills.py; fewer for SFT and
+GRPO in CI), each followed by a resume: the task pool and the eval records neither lose nor
+duplicate an item, and deterministic runs end exactly where an uninterrupted run ends
+(tests/kill_harness.py; crash points in eigen_core.crashpoints)."""
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -26,10 +28,10 @@ def _timed(cmd, **kw):
     return time.monotonic() - t0
 
 
-def _windows(cmd, kills, **kw):
+def _windows(cmd, kills, module=None, **kw):
     """(startup, per-round window): the time to import the command's module, and twice an even
     share of the rest of its run per kill."""
-    startup = _timed([sys.executable, "-c", f"import {cmd[2]}"], **kw)
+    startup = _timed([sys.executable, "-c", f"import {module or cmd[2]}"], **kw)
     total = _timed(cmd, **kw)
     return startup, 2 * max(total - startup, 0.5) / kills
 
@@ -153,3 +155,59 @@ def test_sft_survives_kills_mid_step_and_mid_checkpoint_and_ends_bit_exact(tmp_p
     for f in sorted((tmp_path / "ref/sft_user/hf").glob("*.safetensors")):
         assert f.read_bytes() == (tmp_path / "killed/sft_user/hf" / f.name).read_bytes(), f.name
     record("SFT (24 steps, checkpoint every 2)", report, "losses and exported weights bit-equal")
+
+
+def _coin_cmd(out: Path, *extra: str) -> list[str]:
+    """GRPO on episodes with a coin reward (tests/coin_reward.py: a signal from a random agent),
+    synchronous (eta 0: what is sampled does not depend on timing), checkpointed every step."""
+    args = [
+        f"run.out_dir={out}", f"pool.dir={out}/pool", "run.progress=false", "procedural.num_tasks=40",
+        "run.stages=[generate,grpo]", "episode.user=scripted", "episode.turn_tokens=24",
+        "episode.max_len=512", "episode.max_steps=4", "grpo.steps=6", "grpo.tasks_per_step=2",
+        "grpo.group_size=4", "grpo.filter_groups=false", "grpo.episodes.max_staleness=0",
+        "checkpoint.every=1", "grpo.heldout.every=null",
+    ]  # fmt: skip
+    return [sys.executable, "tests/coin_reward.py", "--config", "configs/quickstart.yaml", *args, *extra]
+
+
+def test_grpo_killed_mid_step_reruns_only_the_groups_in_flight_and_ends_bit_exact(tmp_path):
+    """kill -9 at random times (most land inside a step: sampling, update, weight sync), right
+    after an update that nothing has saved yet, and inside a checkpoint save; each resume reruns
+    exactly the groups its checkpoint had not trained on, token for token as the uninterrupted
+    run sampled them, and the run ends on the uninterrupted run's losses and weights."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    kills = int(os.environ.get("EIGEN_GRPO_KILLS", "4"))  # tools/bench/kills.py runs 20
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    startup, window = _windows(_coin_cmd(ref), kills, module="eigen_jax.train", env=env)
+    report = kill_and_resume(
+        lambda r: _coin_cmd(killed, *(["--resume"] if r else [])), kills=kills, seed=3,
+        startup_s=startup, window_s=window, cwd=ROOT, env=env,
+        points=["grpo.after_update", "checkpoint.saving"], max_hit=5, log=tmp_path / "killed.log",
+    )  # fmt: skip
+    assert report.final_returncode == 0 and report.kills == kills, report
+
+    a = _complete_lines(ref / "grpo/metrics.jsonl")
+    b = {r["step"]: r for r in _complete_lines(killed / "grpo/metrics.jsonl")}  # resumes rewrite
+    assert sorted(b) == [r["step"] for r in a] == list(range(1, 7))
+    assert all(r["grad_norm"] > 0 for r in a)  # there is a signal to get wrong
+    for r in a:
+        got = b[r["step"]]
+        want = (r["groups"], r["loss"], r["grad_norm"])
+        assert (got["groups"], got["loss"], got["grad_norm"]) == want, r["step"]
+
+    want = {r["index"]: r["tokens"] for r in _complete_lines(ref / "grpo/groups.jsonl") if "index" in r}
+    log = _complete_lines(killed / "grpo/groups.jsonl")
+    starts = [i for i, r in enumerate(log) if "session" in r] + [len(log)]
+    assert len(starts) >= 3  # at least two sessions of the GRPO stage: one killed, one resumed
+    for s, e in itertools.pairwise(starts):
+        session, ran = log[s]["session"], [r["index"] for r in log[s + 1 : e]]
+        assert session["next_index"] == 2 * session["step"]  # 2 groups a step, none skipped
+        assert all(i >= session["next_index"] for i in ran), (session, ran)  # nothing trained reran
+        assert len(ran) == len(set(ran))
+    final = log[starts[-2]]["session"]
+    assert sorted(r["index"] for r in log[starts[-2] + 1 :]) == list(range(final["next_index"], 12))
+    assert all(r["tokens"] == want[r["index"]] for r in log if "index" in r)
+    for f in sorted((ref / "grpo/hf").glob("*.safetensors")):
+        assert f.read_bytes() == (killed / "grpo/hf" / f.name).read_bytes(), f.name
+    record("GRPO on episodes (6 steps x 2 groups of 4)", report, "losses, groups rerun and weights bit-equal")

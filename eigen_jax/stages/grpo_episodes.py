@@ -32,6 +32,7 @@ from eigen_apps.eval.report import plot_curve
 from eigen_apps.eval.trials import run_trials
 from eigen_core.config import DomainConfig, PoolConfig
 from eigen_core.contracts import Task, Trajectory
+from eigen_core.crashpoints import crash_point
 from eigen_core.domains import get_domain
 from eigen_core.live_tasks import LiveTasks
 from eigen_core.pool import TaskPool
@@ -309,6 +310,7 @@ class EpisodeGRPO(StageProgram):
         )
         groups.reruns = []
         row.update(await asyncio.to_thread(self.update, host))
+        crash_point("grpo.after_update")  # the learner moved on in memory; nothing of it is saved
         engine = self.policy.engine_metrics()  # before the swap, which empties the prefix cache
         await self.policy.sync(learner, self.export_dir)  # the new version admits the next groups
         elapsed = time.perf_counter() - t0

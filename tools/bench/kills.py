@@ -1,8 +1,9 @@
 """kill -9 injection per stage, with resume: how many kills landed, where, and what held.
 
-    python tools/bench/kills.py [--sft-kills 20]
+    python tools/bench/kills.py [--sft-kills 20] [--grpo-kills 20]
 
-Runs tests/test_kill_resume.py (synth and eval: 20 kills each; SFT: ``--sft-kills``, 5 in CI) and
+Runs tests/test_kill_resume.py (synth and eval: 20 kills each; SFT and GRPO: ``--sft-kills`` and
+``--grpo-kills``, 5 and 4 in CI) and
 tabulates what the harness recorded. Writes RELIABILITY.md's kill section; exits 1 on a failure.
 """
 
@@ -25,10 +26,12 @@ from _report import RELIABILITY, machine, write_section  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sft-kills", type=int, default=20)
+    ap.add_argument("--grpo-kills", type=int, default=20)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "kills.jsonl"
-        env = {**os.environ, "EIGEN_KILL_REPORT": str(report), "EIGEN_SFT_KILLS": str(args.sft_kills)}
+        env = {**os.environ, "EIGEN_KILL_REPORT": str(report), "EIGEN_SFT_KILLS": str(args.sft_kills),
+               "EIGEN_GRPO_KILLS": str(args.grpo_kills)}  # fmt: skip
         cmd = [
             sys.executable,
             "-m",
@@ -51,10 +54,12 @@ def main() -> int:
     summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
     body = f"""## kill -9 at random points, then resume
 
-`python tools/bench/kills.py --sft-kills {args.sft_kills}` — {machine()}. Each round SIGKILLs the
-command at a seeded random time (after its imports, within twice an even share of its work) or
-at a named crash point (`eigen_core.crashpoints`), then the next round resumes it; after the last
-kill the run resumes to the end and is compared with an uninterrupted run. pytest: {summary}
+`python tools/bench/kills.py --sft-kills {args.sft_kills} --grpo-kills {args.grpo_kills}` —
+{machine()}. Each round SIGKILLs the command at a seeded random time (after its imports, within
+twice an even share of its work) or at a named crash point (`eigen_core.crashpoints`: a shard
+written but not published, a checkpoint half saved, a journal line half written, a GRPO update
+applied in memory but not yet saved), then the next round resumes it; after the last kill the
+run resumes to the end and is compared with an uninterrupted run. pytest: {summary}
 
 | stage | kills | where | rounds | resumed | what held |
 |---|---:|---|---:|---|---|
