@@ -16,6 +16,7 @@ reason). Memory is bounded by a byte budget, least recently used first.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class PrefixStore:
     def __init__(self, budget_bytes: int):
         if budget_bytes <= 0:
             raise ValueError(f"prefix cache budget must be positive, got {budget_bytes} bytes")
-        self.budget = budget_bytes
+        self.budget = self._full = budget_bytes
+        self._children: weakref.WeakSet[PrefixStore] = weakref.WeakSet()
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()
         self._next_id = 0
         self._bytes = 0
@@ -76,6 +78,21 @@ class PrefixStore:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+    @property
+    def total_nbytes(self) -> int:
+        """This store's bytes and those of its live ``child`` stores."""
+        return self._bytes + sum(c.nbytes for c in list(self._children))
+
+    def child(self, share: float) -> PrefixStore | None:
+        """A new, empty store of ``share`` of this one's budget (a lockstep cohort's own),
+        counted in ``total_nbytes`` while anyone holds it; None if the share holds nothing."""
+        budget = int(self._full * share)
+        if budget <= 0:
+            return None
+        store = PrefixStore(budget)
+        self._children.add(store)
+        return store
 
     def lookup(self, prompt: Sequence[int], version: int) -> tuple[int, CachedPrefix | None]:
         """The longest cached prefix of ``prompt`` computed by ``version``: (its length, the
@@ -114,6 +131,14 @@ class PrefixStore:
             self._entries[self._next_id] = entry
             self._next_id += 1
             self._bytes += entry.nbytes
+            while self._bytes > self.budget:
+                self._drop(next(iter(self._entries)))
+
+    def scale(self, fraction: float) -> None:
+        """Hold at most ``fraction`` of the budget this store was made with: the least recently
+        used entries over it go now (a lockstep cohort's store, as its members end)."""
+        with self._lock:
+            self.budget = int(self._full * fraction)
             while self._bytes > self.budget:
                 self._drop(next(iter(self._entries)))
 

@@ -298,10 +298,10 @@ class Sampler:
         size = getattr(_generate, "_cache_size", None)
         return int(size()) if callable(size) else -1
 
-    def new_prefix_store(self) -> PrefixStore | None:
-        """An empty prefix cache of this engine's budget (a lockstep cohort's own: what it finds
-        there does not depend on what other cohorts ran)."""
-        return PrefixStore(self.prefix_cache.budget) if self.prefix_cache is not None else None
+    def new_prefix_store(self, share: float = 1.0) -> PrefixStore | None:
+        """An empty prefix cache of ``share`` of this engine's budget (a lockstep cohort's own:
+        what it finds there does not depend on what other cohorts ran)."""
+        return self.prefix_cache.child(share) if self.prefix_cache is not None else None
 
     def generate_batch(
         self,

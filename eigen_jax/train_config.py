@@ -198,8 +198,9 @@ class GRPOEpisodesSection(Section):
     deterministic mode), and the embedded engines batch each admission's episodes in lockstep
     (``rollout.lockstep``), so the same config and seed give the same losses and weights bit for
     bit on one machine. Costs: stragglers hold their cohort's batches, up to eta + 2 weight
-    versions stay in memory, and each cohort keeps its own prefix cache. Needs the in-process
-    engines (``grpo.remote.servers`` empty)."""
+    versions stay in memory, and each cohort keeps its own prefix cache (its share of the
+    budget: together they hold one). Needs the in-process engines (``grpo.remote.servers``
+    empty)."""
     groups_in_flight: int = Field(8, ge=1)
     """Most groups running at once (their requests batch in the engine). Not used when
     ``deterministic``: each admission starts its groups together (at most (eta + 1) x

@@ -173,7 +173,10 @@ class RolloutController(Generic[G]):
                 f"batch {self._handed} expects {want}: swap weights after every update, before "
                 "asking for the next batch"
             )
-        cohort = Cohort(n * self.members_per_group, self.policy_version, self.version)
+        # at most (eta + 1) * B groups are in flight (module docstring): each cohort's share of
+        # the engines' prefix caches is its part of that, so together they hold one budget
+        share = n / ((self.max_staleness + 1) * self.batch_groups)
+        cohort = Cohort(n * self.members_per_group, self.policy_version, self.version, share)
         self.cohorts += 1
         for _ in range(n):
             index = self.next_index

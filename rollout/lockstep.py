@@ -31,14 +31,23 @@ T = TypeVar("T")
 Request = tuple[Hashable, list[int], SamplingParams, "asyncio.Future[Generation]"]  # (member, prompt, ...)
 
 
+class CohortStore(Protocol):
+    """A cohort's prefix cache, as the cohort sees it."""
+
+    def scale(self, fraction: float) -> None:
+        """Hold at most ``fraction`` of the budget it was made with (evicting what is over)."""
+        ...
+
+
 class LockstepEngine(Protocol):
     """An engine that can serve a cohort's batch."""
 
     policy_version: PolicyVersion
     """Whose version a cohort's pin refers to (engines of other policies serve their current weights)."""
 
-    def new_prefix_store(self) -> Any | None:
-        """A fresh, empty prefix cache for one cohort (None: the engine keeps none)."""
+    def new_prefix_store(self, share: float = 1.0) -> CohortStore | None:
+        """A fresh, empty prefix cache for one cohort with ``share`` of the engine's budget
+        (None: the engine keeps none, or the share is too small to hold anything)."""
         ...
 
     def generate_batch(
@@ -67,13 +76,23 @@ class Cohort:
             engines whose ``policy_version`` is ``policy`` serve that version's weights.
     """
 
-    def __init__(self, members: int, policy: PolicyVersion | None = None, version: int | None = None):
+    def __init__(
+        self,
+        members: int,
+        policy: PolicyVersion | None = None,
+        version: int | None = None,
+        cache_share: float = 1.0,
+    ):
+        """``cache_share``: the fraction of each engine's prefix-cache budget the cohort's store
+        starts with; it shrinks with the members still live, so cohorts whose shares add up to at
+        most 1 over the episodes in flight hold at most one budget together (the controller's)."""
         if members < 1:
             raise ValueError(f"a cohort needs at least one member, got {members}")
-        self.live = members
+        self.members = self.live = members
+        self.cache_share = cache_share
         self.policy, self.version = policy, version
         self._pending: dict[int, tuple[LockstepEngine, list[Request]]] = {}  # by id(engine)
-        self._stores: dict[int, Any] = {}
+        self._stores: dict[int, CohortStore | None] = {}
         self._batches: set[asyncio.Task] = set()
         self.ticks = 0
 
@@ -86,8 +105,13 @@ class Cohort:
         return await fut
 
     def leave(self) -> None:
-        """A member ended (its remaining members may now be the only ones left to wait for)."""
+        """A member ended (its remaining members may now be the only ones left to wait for).
+        Between two ticks, so the stores shrink at the same point of the cohort's run whatever
+        the timing."""
         self.live -= 1
+        for store in self._stores.values():
+            if store is not None:
+                store.scale(self.live / self.members)
         self._maybe_tick()
 
     def _maybe_tick(self) -> None:
@@ -105,7 +129,10 @@ class Cohort:
     async def _run(self, key: int, engine: LockstepEngine, reqs: list[Request]) -> None:
         pinned = self.version if self.policy is not None and engine.policy_version is self.policy else None
         if key not in self._stores:
-            self._stores[key] = engine.new_prefix_store()
+            store = engine.new_prefix_store(self.cache_share)
+            if store is not None:
+                store.scale(self.live / self.members)
+            self._stores[key] = store
         try:
             gens = await asyncio.to_thread(
                 engine.generate_batch,

@@ -23,7 +23,7 @@ class RecordingEngine:
         self.policy_version = pv or PolicyVersion()
         self.batches: list[tuple[list[int], int | None]] = []
 
-    def new_prefix_store(self):
+    def new_prefix_store(self, share=1.0):
         return None
 
     def generate_batch(self, prompts, sampling, *, version=None, prefix_store=None):
@@ -117,17 +117,27 @@ def test_sampler_serves_a_pinned_version_and_refuses_one_it_no_longer_keeps():
         s.generate_batch([[5, 6, 7]], sp, version=0)
 
 
-def _deterministic_schedule(seed: int, eta: int, b: int = 3, steps: int = 6):
+def _deterministic_schedule(seed: int, eta: int, b: int = 3, steps: int = 6, held: list | None = None):
     """Fake groups (dropped by a fixed rule of their index) finishing after random pauses, and a
-    learner that bumps the version after each batch: [(batch indices, their pinned versions)]."""
+    learner that bumps the version after each batch: [(batch indices, their pinned versions)].
+    ``held``: at each group's start, the prefix-cache budget shares the live cohorts hold."""
     rng = random.Random(seed)
+    cohorts = set()
 
     async def main():
         pv = PolicyVersion()
 
         async def run_group(index):
-            await asyncio.sleep(rng.random() * 0.01)
-            return {"index": index, "version": lockstep.current_cohort.get().version}
+            cohort = lockstep.current_cohort.get()
+            cohorts.add(cohort)
+            if held is not None:
+                held.append(sum(c.cache_share * c.live / c.members for c in cohorts))
+
+            async def episode():
+                await asyncio.sleep(rng.random() * 0.01)
+                return {"index": index, "version": cohort.version}
+
+            return await lockstep.member(index, episode)  # one episode per group
 
         ctl = RolloutController(
             run_group, keep=lambda g: g["index"] % 3 != 1, batch_groups=b, max_staleness=eta,
@@ -158,6 +168,9 @@ def test_the_deterministic_schedule_is_a_function_of_the_outcomes_alone(eta):
     else:
         assert any(w < v for v, (_, ws) in enumerate(out) for w in ws)  # it does run ahead
     assert np.concatenate([i for i, _ in out]).tolist() == [i for i in range(27) if i % 3 != 1][:18]
+    held = []
+    _deterministic_schedule(2, eta, held=held)
+    assert max(held) <= 1 + 1e-9, held  # the cohorts' prefix caches: one budget together
 
 
 def test_the_deterministic_schedule_refuses_to_run_on_the_wrong_version():

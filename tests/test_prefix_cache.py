@@ -61,6 +61,67 @@ def test_store_evicts_least_recently_used_to_the_budget():
         PrefixStore(0)
 
 
+def test_lockstep_cohorts_stores_hold_one_budget_together_and_shrink_as_members_end():
+    """Cohort stores are children of the engine's: each gets its cohort's share of the budget,
+    the engine counts them in total_nbytes while they live, and a cohort's store shrinks with
+    its live members (evicting the least recently used), so cohorts whose shares add up to 1
+    never hold more than one budget."""
+    import asyncio
+
+    from rollout import lockstep
+
+    one = _entry([1, 2, 3, 4]).nbytes
+    engine = PrefixStore(budget_bytes=8 * one)
+    first, second = engine.child(0.5), engine.child(0.5)
+    for i in range(6):
+        first.put(_entry([10 + i] * 4))
+        second.put(_entry([20 + i] * 4))
+    assert first.nbytes == second.nbytes == 4 * one and engine.total_nbytes == 8 * one
+    assert engine.child(1e-9) is None  # a share too small to hold a byte
+
+    class Engine:
+        policy_version = None
+
+        def new_prefix_store(self, share=1.0):
+            self.store = engine.child(share)
+            return self.store
+
+        def generate_batch(self, prompts, sampling, *, version=None, prefix_store=None):
+            for p in prompts:
+                prefix_store.put(_entry([p[0]] * 4))
+            return [None] * len(prompts)
+
+    async def run():
+        eng = Engine()
+        cohort = lockstep.Cohort(4, cache_share=0.5)
+        sizes = []
+
+        async def member(j):
+            await cohort.submit(eng, [30 + j], None)
+            sizes.append((j, eng.store.budget // one, len(eng.store)))
+
+        tasks = [
+            asyncio.create_task(lockstep.member(j, lambda j=j: member(j)), context=lockstep.in_cohort(cohort))
+            for j in range(4)
+        ]
+        await asyncio.gather(*tasks)
+        return sizes, eng.store
+
+    sizes, store = asyncio.run(run())
+    assert store.budget == 0 and len(store) == 0  # every member ended: nothing held
+    assert sorted(b for _, b, _ in sizes) == [
+        1,
+        2,
+        3,
+        4,
+    ]  # 4 of 8 at the start, a quarter less per member ended
+    del first, second, store
+    import gc
+
+    gc.collect()
+    assert engine.total_nbytes == 0  # dropped stores no longer count
+
+
 def _turns(sampler, sp, continuations):
     """Three turns of a token-exact transcript per row: prompt, sampled tokens, continuation..."""
     transcripts = [list(p) for p in PROMPTS]

@@ -67,8 +67,9 @@ class InProcessRollouts(Rollouts):
         out = {"compiled_programs": float(self.sampler.compiled_programs())}
         store = self.sampler.prefix_cache
         if store is not None:
-            # share of prompt tokens not prefilled; bytes held within episode.prefix_cache_mb
-            out |= {"prefix_hit_rate": store.hit_rate, "prefix_cache_mb": store.nbytes / 2**20}
+            # share of prompt tokens not prefilled; bytes held (lockstep cohorts' stores too)
+            # within episode.prefix_cache_mb
+            out |= {"prefix_hit_rate": store.hit_rate, "prefix_cache_mb": store.total_nbytes / 2**20}
         return out
 
     async def close(self) -> None:

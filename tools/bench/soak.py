@@ -69,11 +69,9 @@ the last {k}: lows {lo0:.0f} → {lo1:.0f} MB, highs {hi0:.0f} → {hi1:.0f} MB.
 {t["threads"][0]:g} → {t["threads"][1]:g}, descriptors {t["fds"][0]:g} → {t["fds"][1]:g} (window medians).
 "Sampler programs" is the number of generation programs compiled so far (the step's
 `compiled_programs` metric; -1: not recorded): each holds host memory, so RSS lows that rise with
-it are compilation, not a leak. The prefix cache's bound is checked on the engine's own store
-(`prefix_cache_mb` at each step's end: at most {cache:.1f} MB here), which this run, deterministic
-like the quickstart, leaves empty: each lockstep cohort keeps a store of its own under the same
-budget, so with several cohorts in flight the cache may hold that many budgets (not yet bounded
-as a whole; see the issue's notes).
+it are compilation, not a leak. Prefix cache (`prefix_cache_mb` at each step's end: the engine's
+store and the live lockstep cohorts' own stores, which share the budget): at most {cache:.1f} MB
+of the 64 MB budget.
 
 ![RSS per minute](docs/soak_rss.png)
 
