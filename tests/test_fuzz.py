@@ -4,6 +4,7 @@ target either succeeds or fails the documented way (a flagged message, an error 
 ``ConfigError`` naming the place, a 4xx) — never an exception of another kind, never a 5xx."""
 
 import asyncio
+import contextlib
 import copy
 import json
 import string
@@ -284,6 +285,19 @@ async def _stalled(data: bytes, port: int) -> bytes:
 _BODY_HEAD = b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"  # then stalls
 
 
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application, limits: ServerSection):
+    """``app`` on a free local port under ``limits``' deadlines, as ``http_limits.run`` serves it."""
+    runner = web.AppRunner(app, **runner_options(limits))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("which", ["serve", "rollout"])
 def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
     """Slowloris: a client that stops half-way through its headers is disconnected, one that
@@ -292,12 +306,7 @@ def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
     route = _ROUTES[which][0]
 
     async def go():
-        runner = web.AppRunner(apps[which](limits), **runner_options(limits))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
+        async with _serving(apps[which](limits), limits) as port:
             head = f"POST {route} HTTP/1.1\r\nHost: x\r\n".encode()
             half_headers = asyncio.create_task(_stalled(head, port))
             half_body = asyncio.create_task(_stalled(head + _BODY_HEAD, port))
@@ -306,8 +315,6 @@ def test_slow_clients_are_cut_off_while_others_are_served(apps, which):
                 async with s.get(f"http://127.0.0.1:{port}/health") as r:
                     healthy = r.status
             return healthy, await half_headers, await half_body
-        finally:
-            await runner.cleanup()
 
     healthy, headers_answer, body_answer = asyncio.run(go())
     assert healthy == 200
@@ -325,13 +332,8 @@ def test_a_full_server_answers_429_with_retry_after_and_its_health_check_still_a
     route = _ROUTES[which][0]
 
     async def go():
-        runner = web.AppRunner(apps[which](limits), **runner_options(limits))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        try:
+        async with _serving(apps[which](limits), limits) as port:
+            url = f"http://127.0.0.1:{port}"
             head = f"POST {route} HTTP/1.1\r\nHost: x\r\n".encode()
             holder = asyncio.create_task(_stalled(head + _BODY_HEAD, port))
             await asyncio.sleep(0.3)  # the stalled request holds the slot
@@ -344,8 +346,6 @@ def test_a_full_server_answers_429_with_retry_after_and_its_health_check_still_a
                 async with s.post(url + route, json={}) as r:
                     after = r.status
             return full, healthy, held, after
-        finally:
-            await runner.cleanup()
 
     (status, retry_after, body), healthy, held, after = asyncio.run(go())
     assert (status, retry_after) == (429, "1") and "server.max_inflight" in body["error"]["message"]
