@@ -15,10 +15,10 @@ drawn uniformly from ``faults``:
 - ``malformed``: ``200`` with a body that is not JSON;
 - ``wrong_model``: the real answer with its ``model`` field naming another model.
 
-``counts`` says how many requests met each fault (and ``ok``: forwarded untouched), ``abandoned``
-how many forwarded answers found their client gone (it timed out on a slow upstream: a retry the
-proxy did not cause); the proxy
-itself answers ``GET /_fault_proxy/counts`` with them. Binds 127.0.0.1 only: it is a test tool.
+``counts`` says how many requests met each fault (and ``ok``: forwarded untouched); the proxy
+itself answers ``GET /_fault_proxy/counts`` with them. ``abandoned`` counts forwarded answers
+whose client was already gone (it timed out on a slow upstream: a retry the proxy did not
+cause). Binds 127.0.0.1 only: it is a test tool.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from aiohttp import web
 
 API_KEY_ENV = "EIGEN_API_KEY"
 """The environment variable both servers read their token from when none is given."""
+OPEN_PATHS = frozenset({"/health"})
+"""Routes answered to anyone, always: no token, no in-flight cap (``http_limits``)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -41,7 +43,7 @@ def server_token(host: str, token: str | None, where: str) -> str | None:
     return token
 
 
-def bearer_auth(token: str, open_paths: frozenset[str] = frozenset({"/health"})) -> Callable:
+def bearer_auth(token: str, open_paths: frozenset[str] = OPEN_PATHS) -> Callable:
     """aiohttp middleware: 401 for a request without ``Authorization: Bearer <token>``."""
     expected = f"Bearer {token}".encode()
 

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from eigen_core.config import ServerSection
-from rollout.http_auth import bearer_auth
+from rollout.http_auth import OPEN_PATHS, bearer_auth
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,7 +53,7 @@ def body_deadline(timeout_s: float) -> Callable:
     return read_in_time
 
 
-def inflight_cap(limit: int, open_paths: frozenset[str] = frozenset({"/health"})) -> Callable:
+def inflight_cap(limit: int, open_paths: frozenset[str] = OPEN_PATHS) -> Callable:
     """aiohttp middleware: at most ``limit`` requests in the handlers at once; beyond, 429."""
     state = {"n": 0}
 
